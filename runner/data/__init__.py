@@ -1,0 +1,232 @@
+"""Datasets: everything offline, loaded into host arrays, split and standardised once.
+
+A :class:`Dataset` is plain NumPy: features ``X`` (float32, ``(N, *feature_shape)``; image sets
+keep ``(N, C, H, W)``) and targets ``y`` (int64 class indices for classification, float32
+``(N, d)`` for regression). Moving it to the training device is the loop's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from runner.errors import ConfigError, DataError
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+@dataclass
+class Dataset:
+    """Host-side data of one split.
+
+    Attributes:
+        X: float32 features, ``(N, *feature_shape)``.
+        y: int64 ``(N,)`` class indices, or float32 ``(N, d)`` regression targets.
+        task: ``"classification"`` or ``"regression"``.
+        n_classes: number of classes (classification only).
+        info: facts worth recording with the run (e.g. the true weights of ``linreg``).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    task: str
+    n_classes: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.X.shape[1:])
+
+    @property
+    def target_dim(self) -> int:
+        return 1 if self.task == CLASSIFICATION else int(self.y.shape[1])
+
+    def subset(self, index: np.ndarray) -> "Dataset":
+        return replace(self, X=self.X[index], y=self.y[index])
+
+
+def _classification(X: np.ndarray, y: np.ndarray, **info: Any) -> Dataset:
+    classes, y_index = np.unique(y, return_inverse=True)
+    info.setdefault("classes", classes.tolist())
+    return Dataset(X.astype(np.float32), y_index.astype(np.int64), CLASSIFICATION, len(classes), info)
+
+
+def _regression(X: np.ndarray, y: np.ndarray, **info: Any) -> Dataset:
+    y = np.asarray(y, dtype=np.float32)
+    return Dataset(X.astype(np.float32), y.reshape(len(y), -1), REGRESSION, None, info)
+
+
+# ---------------------------------------------------------------- bundled with scikit-learn
+def _sklearn(cfg: Any) -> Dataset:
+    from sklearn import datasets
+
+    if cfg.name == "digits":
+        bunch = datasets.load_digits()
+        # Kept as 1x8x8 images so that a CNN can use them; dense models flatten.
+        return _classification(bunch.images[:, None, :, :], bunch.target)
+    if cfg.name == "diabetes":
+        bunch = datasets.load_diabetes()
+        return _regression(bunch.data, bunch.target, feature_names=list(bunch.feature_names))
+    bunch = getattr(datasets, f"load_{cfg.name}")()
+    return _classification(bunch.data, bunch.target, feature_names=list(bunch.feature_names))
+
+
+# ----------------------------------------------------------------------------- synthetic
+def _linreg(cfg: Any) -> Dataset:
+    rng = np.random.default_rng(cfg.seed)
+    weights = rng.normal(size=cfg.d)
+    bias = float(rng.normal())
+    X = rng.normal(size=(cfg.n, cfg.d))
+    y = X @ weights + bias + cfg.noise * rng.normal(size=cfg.n)
+    return _regression(X, y, true_weights=weights.tolist(), true_bias=bias)
+
+
+def _moons(cfg: Any) -> Dataset:
+    from sklearn.datasets import make_moons
+
+    X, y = make_moons(n_samples=cfg.n, noise=cfg.noise, random_state=cfg.seed)
+    return _classification(X, y)
+
+
+def _blobs(cfg: Any) -> Dataset:
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(
+        n_samples=cfg.n,
+        centers=cfg.centers,
+        n_features=cfg.n_features,
+        cluster_std=cfg.cluster_std,
+        random_state=cfg.seed,
+    )
+    return _classification(X, y)
+
+
+def _spirals(cfg: Any) -> Dataset:
+    """Interleaved Archimedean spirals, one arm per class: not linearly separable."""
+    rng = np.random.default_rng(cfg.seed)
+    labels = np.arange(cfg.n) % cfg.classes
+    t = np.sqrt(rng.uniform(size=cfg.n))  # sqrt: points spread evenly along the arm's length
+    angle = 2 * np.pi * (cfg.turns * t + labels / cfg.classes)
+    X = np.stack([t * np.cos(angle), t * np.sin(angle)], axis=1)
+    X += cfg.noise * rng.normal(size=X.shape)
+    return _classification(X, labels)
+
+
+# ----------------------------------------------------------------------------- files
+def _file(cfg: Any) -> Dataset:
+    from runner.data import files
+
+    path = Path(cfg.path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        X, y = files.load_npz(path)
+    elif suffix == ".csv":
+        X, y, names = files.load_csv(path, cfg.target)
+    else:
+        raise ConfigError("dataset.path", cfg.path, "a .npz file (arrays X and y) or a .csv file with a header row")
+    return _with_task(X, y, cfg.task, path)
+
+
+def _with_task(X: np.ndarray, y: np.ndarray, task: str, path: Path) -> Dataset:
+    integral = y.ndim == 1 and np.all(np.mod(y, 1) == 0)
+    if task == "auto":
+        task = CLASSIFICATION if integral else REGRESSION
+    if task == CLASSIFICATION and not integral:
+        raise DataError(path, "dataset.task=classification needs a 1-D target of whole numbers (class labels)")
+    if task == CLASSIFICATION:
+        return _classification(X, y.astype(np.int64), source=str(path))
+    return _regression(X, y, source=str(path))
+
+
+def _idx(cfg: Any) -> Dataset:
+    from runner.data import files
+
+    X, y = files.load_idx_dataset(cfg.root, cfg.name, "train")
+    return _classification(X, y)
+
+
+def _cifar10(cfg: Any) -> Dataset:
+    from runner.data import files
+
+    X, y = files.load_cifar10(cfg.root, "train")
+    return _classification(X, y)
+
+
+LOADERS: dict[str, Callable[[Any], Dataset]] = {
+    "digits": _sklearn,
+    "iris": _sklearn,
+    "wine": _sklearn,
+    "breast_cancer": _sklearn,
+    "diabetes": _sklearn,
+    "linreg": _linreg,
+    "moons": _moons,
+    "blobs": _blobs,
+    "spirals": _spirals,
+    "file": _file,
+    "mnist": _idx,
+    "fashion_mnist": _idx,
+    "kmnist": _idx,
+    "cifar10": _cifar10,
+}
+
+
+def load_dataset(cfg: Any) -> Dataset:
+    """Load the whole data set named by ``cfg.name`` (a ``conf/dataset`` option)."""
+    if cfg.name not in LOADERS:
+        raise ConfigError("dataset.name", cfg.name, f"one of {', '.join(LOADERS)}")
+    dataset = LOADERS[cfg.name](cfg)
+    if len(dataset) == 0:
+        raise DataError(cfg.name, "the data set is empty")
+    return dataset
+
+
+def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Hold out ``round(val_fraction * N)`` samples, drawn with ``seed``; the rest trains.
+
+    The training part keeps the data set's order (sorted by original index), so
+    ``shuffle=false`` trains in file order.
+    """
+    if val_fraction == 0:
+        return dataset, None
+    n_val = int(round(val_fraction * len(dataset)))
+    if n_val < 1 or n_val >= len(dataset):
+        raise ConfigError(
+            "val_fraction",
+            val_fraction,
+            f"a fraction leaving at least one sample on each side of {len(dataset)} samples (or 0 for no validation)",
+        )
+    perm = np.random.default_rng(seed).permutation(len(dataset))
+    return dataset.subset(np.sort(perm[n_val:])), dataset.subset(np.sort(perm[:n_val]))
+
+
+def _mean_std(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = a.mean(axis=0, dtype=np.float64), a.std(axis=0, dtype=np.float64)
+    # A constant column (e.g. a border pixel that is always 0) is centred but not scaled.
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def standardize(train: Dataset, val: Dataset | None, features: bool, target: bool) -> tuple[Dataset, Dataset | None]:
+    """Scale features (and, for regression, the target) to zero mean and unit variance.
+
+    The statistics come from the training part only, so nothing about the validation
+    part leaks into training. The target's mean and std are recorded in ``info``.
+    """
+    x_mean, x_std = _mean_std(train.X) if features else (0.0, 1.0)
+    scale_target = target and train.task == REGRESSION
+    y_mean, y_std = _mean_std(train.y) if scale_target else (0.0, 1.0)
+    info = {**train.info, "target_mean": np.ravel(y_mean).tolist(), "target_std": np.ravel(y_std).tolist()} if scale_target else train.info
+
+    def apply(part: Dataset) -> Dataset:
+        X = ((part.X - x_mean) / x_std).astype(np.float32)
+        y = ((part.y - y_mean) / y_std).astype(np.float32) if scale_target else part.y
+        return replace(part, X=X, y=y, info=info)
+
+    return apply(train), (apply(val) if val is not None else None)

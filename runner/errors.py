@@ -1,0 +1,36 @@
+"""Errors the user can fix: printed as one clear message, never as a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RunnerError(Exception):
+    """Base class for every error caused by the user's config or data, not by a bug."""
+
+
+class ConfigError(RunnerError):
+    """A config value that is out of range, of the wrong kind, or incompatible with another.
+
+    Args:
+        key: the dotted config key, as the user would type it on the command line.
+        value: the offending value.
+        allowed: what would have been accepted, in words.
+    """
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class DataError(RunnerError):
+    """A data file (or directory) that is missing, unreadable or malformed.
+
+    Args:
+        path: the file or directory, as the user gave it (or every path that was tried).
+        problem: what is wrong and, where possible, what was expected.
+    """
+
+    def __init__(self, path: Any, problem: str):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}")

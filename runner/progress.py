@@ -1,0 +1,60 @@
+"""Progress display: a tqdm bar on a terminal, nothing per iteration otherwise.
+
+Showing the current loss needs its value on the host, which on a GPU means waiting for
+the device. The bar therefore reads the loss only when it redraws (a few times a second),
+never once per iteration.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from torch import Tensor
+from tqdm import tqdm
+
+REFRESH_SECONDS = 0.25
+
+
+class NoProgress:
+    """Used when stderr is not a terminal: per-epoch log lines say everything instead."""
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def iteration(self, loss: Tensor) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ProgressBar:
+    """One bar over all iterations of the run, labelled with the epoch and the latest loss."""
+
+    def __init__(self, epochs: int, iterations_per_epoch: int):
+        self.epochs = epochs
+        self._bar = tqdm(total=epochs * iterations_per_epoch, unit="it", dynamic_ncols=True, leave=True)
+        self._pending = 0
+        self._last_refresh = 0.0
+
+    def start_epoch(self, epoch: int) -> None:
+        self._bar.set_description(f"epoch {epoch}/{self.epochs}", refresh=False)
+
+    def iteration(self, loss: Tensor) -> None:
+        self._pending += 1
+        now = time.monotonic()
+        if now - self._last_refresh >= REFRESH_SECONDS:
+            self._bar.set_postfix(loss=f"{float(loss):.4g}", refresh=False)
+            self._bar.update(self._pending)
+            self._pending, self._last_refresh = 0, now
+
+    def close(self) -> None:
+        self._bar.update(self._pending)
+        self._bar.close()
+
+
+def make_progress(mode: str, epochs: int, iterations_per_epoch: int) -> NoProgress | ProgressBar:
+    """``auto`` shows a bar only when stderr is a terminal; ``true``/``false`` force it."""
+    show = sys.stderr.isatty() if mode == "auto" else mode == "true"
+    return ProgressBar(epochs, iterations_per_epoch) if show else NoProgress()

@@ -1,0 +1,73 @@
+"""Build config nodes into objects — only from an allow-list of targets.
+
+A ``_target_`` is an import path, and Hydra will call whatever it names; from the command
+line ``optimizer._target_=os.system`` would run a shell. Every build therefore goes
+through :func:`build`, which refuses anything that is not listed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import ConfigError
+
+_TORCH_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam")
+
+ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
+    "model": ("runner.models.Linear", "runner.models.Logistic", "runner.models.MLP", "runner.models.CNN"),
+    "loss": tuple(
+        f"runner.losses.{name}"
+        for name in (
+            "MeanSquaredError",
+            "MeanAbsoluteError",
+            "MeanAbsolutePercentageError",
+            "MeanSquaredLogarithmicError",
+            "Hinge",
+            "SquaredHinge",
+            "CategoricalHinge",
+            "CategoricalCrossentropy",
+            "SparseCategoricalCrossentropy",
+            "BinaryCrossentropy",
+            "KLDivergence",
+            "Poisson",
+            "CosineSimilarity",
+        )
+    ),
+    "optimizer": (*(f"torch.optim.{name}" for name in _TORCH_OPTIMIZERS), "runner.optim.LARS"),
+    "scheduler": tuple(
+        f"runner.schedulers.{name}" for name in ("constant", "step", "exponential", "cosine", "warmup_cosine", "plateau")
+    ),
+}
+
+
+def target_of(group: str, node: DictConfig) -> Any:
+    """The class or function that ``node._target_`` names, after checking the allow-list."""
+    target = node._target_
+    if target not in ALLOWED_TARGETS[group]:
+        raise ConfigError(f"{group}._target_", target, f"one of {', '.join(ALLOWED_TARGETS[group])}")
+    return get_object(target)
+
+
+def build(group: str, node: DictConfig, *, exclude: tuple[str, ...] = (), **runtime: Any) -> Any:
+    """Instantiate ``node`` (minus the ``exclude`` keys) with ``runtime`` arguments added.
+
+    Constructor errors that reach us as ``ValueError``/``TypeError`` (torch's own argument
+    checks, e.g. ``Invalid momentum value``) are re-raised as :class:`ConfigError` for ``group``.
+    """
+    target_of(group, node)
+    kept = OmegaConf.masked_copy(node, [key for key in node if key not in exclude]) if exclude else node
+    try:
+        return instantiate(kept, _convert_="all", **runtime)
+    except ConfigError:
+        raise
+    except Exception as err:  # Hydra wraps constructor errors in InstantiationException
+        cause = err.__cause__ or err
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            values = {k: v for k, v in OmegaConf.to_container(kept).items() if not k.startswith("_")}
+            raise ConfigError(group, values, f"valid arguments for {node._target_} ({cause})") from None
+        raise

@@ -1,0 +1,353 @@
+"""The typed config schema: every default lives here, and nowhere else.
+
+Each swappable part (dataset, model, loss, optimizer, scheduler) has one dataclass per
+kind of option. The YAML files under ``conf/<group>/`` extend one of these schemas
+(``defaults: [/schema_<group>_<kind>@_here_]``) and set only what makes that option
+different, so a typo'd key or a wrong type is rejected by Hydra before anything runs.
+
+Range checks that a type cannot express (``batch_size >= 1``, a finite learning rate,
+a CNN needing image data...) live in :mod:`runner.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class DatasetConfig:
+    """Fields every dataset has."""
+
+    name: str = MISSING
+    # Fit mean/std on the training part only and apply them to both parts.
+    standardize: bool = True
+    # Regression only: also scale the target (losses are then in units of its std).
+    standardize_target: bool = False
+
+
+@dataclass
+class SklearnDatasetConfig(DatasetConfig):
+    """A data set bundled with scikit-learn (no download): digits, iris, wine, breast_cancer, diabetes."""
+
+
+@dataclass
+class LinregDatasetConfig(DatasetConfig):
+    """y = X @ w + b + noise with w, b drawn from ``seed``; the true w and b are recorded."""
+
+    name: str = "linreg"
+    n: int = 1000
+    d: int = 5
+    noise: float = 0.1
+    seed: int = 0
+    # Off so that the learned weights are comparable with the recorded true ones.
+    standardize: bool = False
+
+
+@dataclass
+class MoonsDatasetConfig(DatasetConfig):
+    name: str = "moons"
+    n: int = 1000
+    noise: float = 0.2
+    seed: int = 0
+
+
+@dataclass
+class BlobsDatasetConfig(DatasetConfig):
+    name: str = "blobs"
+    n: int = 1000
+    centers: int = 3
+    n_features: int = 2
+    cluster_std: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class SpiralsDatasetConfig(DatasetConfig):
+    name: str = "spirals"
+    n: int = 1000
+    classes: int = 2
+    turns: float = 1.5
+    noise: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class FileDatasetConfig(DatasetConfig):
+    """A user's ``.npz`` (arrays ``X`` and ``y``) or ``.csv`` (``target`` names the target column)."""
+
+    name: str = "file"
+    path: str = MISSING
+    target: Optional[str] = None
+    # auto: integer-valued targets are classes, anything else is a regression target.
+    task: str = "auto"
+
+
+@dataclass
+class IdxDatasetConfig(DatasetConfig):
+    """MNIST-format IDX files in ``root`` (plain or .gz, also ``<root>/<Name>/raw/``)."""
+
+    root: str = "data"
+    # Pixels are scaled to [0, 1]; per-pixel standardisation is opt-in.
+    standardize: bool = False
+
+
+@dataclass
+class Cifar10DatasetConfig(DatasetConfig):
+    """CIFAR-10 python pickle batches in ``root`` or ``root/cifar-10-batches-py``."""
+
+    name: str = "cifar10"
+    root: str = "data"
+    standardize: bool = False
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class ModelConfig:
+    """A model is built as ``_target_(in_shape=..., out_features=..., **fields)``."""
+
+    _target_: str = MISSING
+
+
+@dataclass
+class LinearModelConfig(ModelConfig):
+    _target_: str = "runner.models.Linear"
+    init: str = "default"
+
+
+@dataclass
+class LogisticModelConfig(ModelConfig):
+    _target_: str = "runner.models.Logistic"
+    init: str = "default"
+
+
+@dataclass
+class MLPModelConfig(ModelConfig):
+    _target_: str = "runner.models.MLP"
+    hidden: List[int] = field(default_factory=lambda: [128])
+    activation: str = "relu"
+    init: str = "default"
+
+
+@dataclass
+class CNNModelConfig(ModelConfig):
+    _target_: str = "runner.models.CNN"
+    channels: List[int] = field(default_factory=lambda: [16, 32])
+    hidden: int = 64
+    activation: str = "relu"
+    init: str = "default"
+
+
+# ----------------------------------------------------------------------------- losses
+@dataclass
+class LossConfig:
+    """A loss is built as ``_target_(**fields)``; see :mod:`runner.losses`."""
+
+    _target_: str = MISSING
+
+
+@dataclass
+class LogitsLossConfig(LossConfig):
+    """Losses defined on probabilities; the model emits logits unless ``from_logits`` is false."""
+
+    from_logits: bool = True
+
+
+@dataclass
+class SmoothedLogitsLossConfig(LogitsLossConfig):
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class PoissonLossConfig(LossConfig):
+    _target_: str = "runner.losses.Poisson"
+    # The model emits log-rates; the Keras formula is applied to exp(output).
+    log_input: bool = True
+
+
+# ------------------------------------------------------------------------- optimizers
+@dataclass
+class OptimizerConfig:
+    """An optimizer is built as ``_target_(params, **fields)``."""
+
+    _target_: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.1
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class RMSpropConfig(OptimizerConfig):
+    _target_: str = "torch.optim.RMSprop"
+    lr: float = 0.01
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+    centered: bool = False
+
+
+@dataclass
+class AdagradConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adagrad"
+    lr: float = 0.01
+    lr_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
+    eps: float = 1e-10
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adam"
+    lr: float = 0.001
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    amsgrad: bool = False
+
+
+@dataclass
+class LARSConfig(OptimizerConfig):
+    _target_: str = "runner.optim.LARS"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    trust_coefficient: float = 0.001
+    eps: float = 1e-8
+
+
+# ------------------------------------------------------------------------- schedulers
+@dataclass
+class SchedulerConfig:
+    """A scheduler factory ``_target_(optimizer, total_steps=..., **fields)``; see :mod:`runner.schedulers`.
+
+    ``interval`` says what one scheduler step is: an ``epoch`` or an ``iteration`` (one update).
+    """
+
+    _target_: str = MISSING
+    interval: str = "epoch"
+
+
+@dataclass
+class ConstantSchedulerConfig(SchedulerConfig):
+    _target_: str = "runner.schedulers.constant"
+
+
+@dataclass
+class StepSchedulerConfig(SchedulerConfig):
+    _target_: str = "runner.schedulers.step"
+    step_size: int = 10
+    gamma: float = 0.1
+
+
+@dataclass
+class ExponentialSchedulerConfig(SchedulerConfig):
+    _target_: str = "runner.schedulers.exponential"
+    gamma: float = 0.95
+
+
+@dataclass
+class CosineSchedulerConfig(SchedulerConfig):
+    _target_: str = "runner.schedulers.cosine"
+    eta_min: float = 0.0
+
+
+@dataclass
+class WarmupCosineSchedulerConfig(SchedulerConfig):
+    _target_: str = "runner.schedulers.warmup_cosine"
+    warmup_steps: int = 2
+    eta_min: float = 0.0
+
+
+@dataclass
+class PlateauSchedulerConfig(SchedulerConfig):
+    """Multiplies the lr by ``factor`` when the monitored loss stops improving (epoch interval only)."""
+
+    _target_: str = "runner.schedulers.plateau"
+    factor: float = 0.1
+    patience: int = 5
+    threshold: float = 1e-4
+    min_lr: float = 0.0
+
+
+# ------------------------------------------------------------------------------- run
+@dataclass
+class RunConfig:
+    """The whole run. Group options fill the first five fields."""
+
+    dataset: Any = MISSING
+    model: Any = MISSING
+    loss: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = MISSING
+
+    seed: int = 0
+    epochs: int = 20
+    # An integer >= 1, or "full" for the whole training set (batch gradient descent).
+    batch_size: Any = 32
+    # auto picks cuda, then mps, then cpu.
+    device: str = "auto"
+    shuffle: bool = True
+    drop_last: bool = False
+    # Fraction of the data held out for validation; 0 turns validation off.
+    val_fraction: float = 0.2
+    # Write the per-iteration scalars every this many iterations (1 = every iteration).
+    log_every: int = 1
+    # Batch size for the loss/accuracy evaluations at epoch end (memory only: results are exact).
+    eval_batch_size: int = 8192
+    # auto: a progress bar when stderr is a terminal, plain log lines otherwise.
+    progress: str = "auto"
+    # Where the run writes tb/, summary.json and model.pt.
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+_SCHEMAS = {
+    "run": RunConfig,
+    "dataset_sklearn": SklearnDatasetConfig,
+    "dataset_linreg": LinregDatasetConfig,
+    "dataset_moons": MoonsDatasetConfig,
+    "dataset_blobs": BlobsDatasetConfig,
+    "dataset_spirals": SpiralsDatasetConfig,
+    "dataset_file": FileDatasetConfig,
+    "dataset_idx": IdxDatasetConfig,
+    "dataset_cifar10": Cifar10DatasetConfig,
+    "model_linear": LinearModelConfig,
+    "model_logistic": LogisticModelConfig,
+    "model_mlp": MLPModelConfig,
+    "model_cnn": CNNModelConfig,
+    "loss_plain": LossConfig,
+    "loss_logits": LogitsLossConfig,
+    "loss_smoothed_logits": SmoothedLogitsLossConfig,
+    "loss_poisson": PoissonLossConfig,
+    "optimizer_sgd": SGDConfig,
+    "optimizer_rmsprop": RMSpropConfig,
+    "optimizer_adagrad": AdagradConfig,
+    "optimizer_adam": AdamConfig,
+    "optimizer_lars": LARSConfig,
+    "scheduler_constant": ConstantSchedulerConfig,
+    "scheduler_step": StepSchedulerConfig,
+    "scheduler_exponential": ExponentialSchedulerConfig,
+    "scheduler_cosine": CosineSchedulerConfig,
+    "scheduler_warmup_cosine": WarmupCosineSchedulerConfig,
+    "scheduler_plateau": PlateauSchedulerConfig,
+}
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore as ``schema_<name>`` (idempotent)."""
+    cs = ConfigStore.instance()
+    for name, node in _SCHEMAS.items():
+        cs.store(name=f"schema_{name}", node=node)
+
+
+register_configs()

@@ -1,0 +1,128 @@
+"""Checks that a type cannot express, run before anything is written.
+
+Hydra and the schema already reject unknown keys, unknown options and wrong types. What
+is left: ranges (``batch_size >= 1``, a finite learning rate), and combinations that
+cannot work (cross-entropy on a regression target, a CNN on tabular data). Every failure
+is a :class:`ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.data import CLASSIFICATION, Dataset
+from runner.errors import ConfigError
+from runner.registry import target_of
+from runner.schedulers import EPOCH_ONLY, INTERVALS
+
+PROGRESS_MODES = ("auto", "true", "false")
+TARGET_DIVIDING_LOSSES = {"MeanAbsolutePercentageError"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(key: str, value: Any, low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False) -> None:
+    lo_ok = value > low if low_open else value >= low
+    hi_ok = value < high if high_open else value <= high
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and lo_ok and hi_ok):
+        left, right = ("(" if low_open else "["), (")" if high_open or high == math.inf else "]")
+        raise ConfigError(key, value, f"a finite number in {left}{low}, {high}{right}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Range and choice checks on the composed config (no data needed)."""
+    if not _is_int(cfg.epochs) or cfg.epochs < 1:
+        raise ConfigError("epochs", cfg.epochs, "an integer >= 1")
+    batch_size = cfg.batch_size
+    if not (batch_size == "full" or (_is_int(batch_size) and batch_size >= 1)):
+        raise ConfigError("batch_size", batch_size, "an integer >= 1, or 'full' for the whole training set")
+    _number("val_fraction", cfg.val_fraction, 0, 1, high_open=True)
+    if cfg.log_every < 1:
+        raise ConfigError("log_every", cfg.log_every, "an integer >= 1 (1 = every iteration)")
+    if cfg.eval_batch_size < 1:
+        raise ConfigError("eval_batch_size", cfg.eval_batch_size, "an integer >= 1")
+    if str(cfg.progress).lower() not in PROGRESS_MODES:
+        raise ConfigError("progress", cfg.progress, f"one of {', '.join(PROGRESS_MODES)}")
+    for group in ("model", "loss", "optimizer", "scheduler"):
+        target_of(group, cfg[group])
+    _check_optimizer(cfg.optimizer)
+    _check_scheduler(cfg.scheduler)
+    _check_dataset(cfg.dataset)
+
+
+def _check_optimizer(opt: DictConfig) -> None:
+    _number("optimizer.lr", opt.lr, 0)
+    _number("optimizer.weight_decay", opt.weight_decay, 0)
+    for key in ("momentum", "alpha", "dampening"):
+        if key in opt:
+            _number(f"optimizer.{key}", opt[key], 0, 1)
+    for key in ("eps", "trust_coefficient"):
+        if key in opt:
+            _number(f"optimizer.{key}", opt[key], 0, low_open=True)
+    if "betas" in opt:
+        betas = list(opt.betas)
+        if len(betas) != 2:
+            raise ConfigError("optimizer.betas", betas, "two numbers in [0, 1), e.g. [0.9,0.999]")
+        for beta in betas:
+            _number("optimizer.betas", beta, 0, 1, high_open=True)
+    if opt.get("nesterov") and not (opt.momentum > 0 and opt.dampening == 0):
+        raise ConfigError("optimizer.nesterov", True, "only with optimizer.momentum > 0 and optimizer.dampening = 0")
+
+
+def _check_scheduler(sched: DictConfig) -> None:
+    if sched.interval not in INTERVALS:
+        raise ConfigError("scheduler.interval", sched.interval, f"one of {', '.join(INTERVALS)}")
+    name = sched._target_.rsplit(".", 1)[-1]
+    if name in EPOCH_ONLY and sched.interval != "epoch":
+        raise ConfigError("scheduler.interval", sched.interval, f"'epoch' for scheduler={name} (it watches an epoch-level loss)")
+
+
+def _check_dataset(ds: DictConfig) -> None:
+    if "n" in ds and ds.n < 2:
+        raise ConfigError("dataset.n", ds.n, "an integer >= 2")
+    for key in ("noise", "cluster_std"):
+        if key in ds:
+            _number(f"dataset.{key}", ds[key], 0)
+    for key in ("d", "n_features"):
+        if key in ds and ds[key] < 1:
+            raise ConfigError(f"dataset.{key}", ds[key], "an integer >= 1")
+    for key in ("centers", "classes"):
+        if key in ds and ds[key] < 2:
+            raise ConfigError(f"dataset.{key}", ds[key], "an integer >= 2")
+
+
+def resolve_batch_size(batch_size: Any, n_train: int) -> int:
+    """``full`` → the training-set size; an integer must not exceed it."""
+    if batch_size == "full":
+        return n_train
+    if batch_size > n_train:
+        raise ConfigError(
+            "batch_size", batch_size, f"at most the training-set size {n_train}, or 'full' (batch gradient descent)"
+        )
+    return batch_size
+
+
+def check_combination(cfg: DictConfig, train: Dataset) -> None:
+    """Refuse model/loss choices the data cannot support."""
+    task = train.task
+    loss_cls = target_of("loss", cfg.loss)
+    model_cls = target_of("model", cfg.model)
+    loss_name = OmegaConf.select(cfg, "loss._target_").rsplit(".", 1)[-1]
+    model_name = OmegaConf.select(cfg, "model._target_").rsplit(".", 1)[-1].lower()  # the option name: cnn, mlp...
+    if loss_cls.needs_classes and task != CLASSIFICATION:
+        raise ConfigError(
+            "loss", loss_name, f"a regression loss (mse, mae, mape, msle, poisson, cosine_similarity): dataset '{cfg.dataset.name}' has a regression target"
+        )
+    if loss_name in TARGET_DIVIDING_LOSSES and task == CLASSIFICATION:
+        raise ConfigError("loss", loss_name, "a loss for class labels: MAPE divides by the target, and one-hot targets are mostly 0")
+    if model_cls.needs_classes and task != CLASSIFICATION:
+        raise ConfigError("model", model_name, f"linear, mlp or cnn: logistic regression needs class labels and dataset '{cfg.dataset.name}' has a regression target")
+    if model_cls.needs_images and len(train.feature_shape) != 3:
+        raise ConfigError(
+            "model", model_name, f"linear, logistic or mlp: a CNN needs images (C, H, W), and dataset '{cfg.dataset.name}' has features of shape {train.feature_shape}"
+        )

@@ -1,0 +1,64 @@
+"""The command line, as a user types it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF_DIR, read_scalars
+
+
+def run_cli(*args: str, cwd: Path, command=(sys.executable, "-m", "runner")) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_help_lists_every_group_and_option(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for group in ("dataset", "model", "loss", "optimizer", "scheduler", "regime"):
+        assert f"{group}:" in result.stdout
+        for option in (CONF_DIR / group).glob("*.yaml"):
+            assert option.stem in result.stdout, (group, option.stem)
+    assert "schema_" not in result.stdout  # schemas are not user-facing options
+    assert "tensorboard --logdir outputs --host 127.0.0.1" in result.stdout
+
+
+def test_console_script_is_installed(tmp_path):
+    script = shutil.which("hpr", path=str(Path(sys.executable).parent))
+    assert script is not None
+    result = run_cli("--help", cwd=tmp_path, command=(script,))
+    assert result.returncode == 0 and "optimizer:" in result.stdout
+
+
+def test_cli_run_writes_the_run_directory_and_says_where(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("dataset=iris", "epochs=2", "optimizer=adam", "optimizer.lr=0.01", "batch_size=1",
+                     f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["iterations"] == 240 and summary["batch_size"] == 1
+    assert len(read_scalars(out / "tb")["loss/train_iter"]) == 240
+    assert (out / "model.pt").is_file()
+    assert f"tensorboard --logdir {tmp_path} --host 127.0.0.1" in result.stdout
+    assert (out / "cli.log").read_text().count("epoch ") >= 2  # Hydra keeps a log file per job
+
+
+def test_progress_bar_when_forced(tmp_path):
+    result = run_cli("dataset=iris", "epochs=1", "progress=true", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" in result.stderr and "4/4" in result.stderr and "loss=" in result.stderr
+
+
+@pytest.mark.slow
+def test_default_experiment_runs_from_the_command_line(tmp_path):
+    result = run_cli(f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["val_acc"] > 0.9
