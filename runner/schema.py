@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 # --------------------------------------------------------------------------- datasets
@@ -343,11 +343,23 @@ _SCHEMAS = {
 }
 
 
+def sweep_subdir(override_dirname: str, seed: int) -> str:
+    """A sweep job's directory: ``<overrides>/seed=<seed>``, one path segment per level.
+
+    Seeds nest under their configuration so that a seed group sits in one folder, and a
+    ``/`` inside an override value (a file path) is replaced so the name cannot escape
+    the sweep directory or nest unexpectedly.
+    """
+    name = override_dirname.replace("/", "_").replace("\\", "_")
+    return f"{name}/seed={seed}" if name else f"seed={seed}"
+
+
 def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore as ``schema_<name>`` (idempotent)."""
+    """Store every schema in Hydra's ConfigStore as ``schema_<name>``, and the resolvers (idempotent)."""
     cs = ConfigStore.instance()
     for name, node in _SCHEMAS.items():
         cs.store(name=f"schema_{name}", node=node)
+    OmegaConf.register_new_resolver("runner.sweep_subdir", sweep_subdir, replace=True)
 
 
 register_configs()
