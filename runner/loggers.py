@@ -8,14 +8,25 @@ fans one process's many fused runs out to many directories, only has to implemen
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import summary as tb_summary
 
 from runner.tbwriter import EventWriter
+
+SESSION_STATUS = {
+    "done": api_pb2.STATUS_SUCCESS,
+    "diverged": api_pb2.STATUS_FAILURE,
+    "failed": api_pb2.STATUS_FAILURE,
+    "oom": api_pb2.STATUS_FAILURE,
+    "interrupted": api_pb2.STATUS_UNKNOWN,
+}
 
 
 class MetricLogger(ABC):
@@ -39,8 +50,12 @@ class MetricLogger(ABC):
         """A text note, e.g. the resolved config."""
 
     @abstractmethod
-    def log_hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str]) -> None:
-        """The run's hyperparameters, and the scalar tags that hold its final metrics."""
+    def log_hparams(self, hparams: Mapping[str, Any]) -> None:
+        """The run's hyperparameters, once, when it starts."""
+
+    @abstractmethod
+    def log_status(self, status: str) -> None:
+        """How the run ended: ``done``, ``diverged``, ``failed`` or ``interrupted``."""
 
     @abstractmethod
     def flush(self) -> None:
@@ -67,20 +82,40 @@ class TensorBoardLogger(MetricLogger):
     def log_text(self, name: str, text: str) -> None:
         self._writer.add_summary(tb_summary.text(name, text), step=0)
 
-    def log_hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str]) -> None:
-        # The HParams plugin reads each metric's last value from the run's own scalar
-        # series with that tag, so the metrics named here are real logged series.
-        experiment, session_start, session_end = tb_summary.hparams(
-            dict(hparams), {tag: 0.0 for tag in metric_tags}
-        )
-        for proto in (experiment, session_start, session_end):
-            self._writer.add_summary(proto, step=0)
+    def log_hparams(self, hparams: Mapping[str, Any]) -> None:
+        # Only the session's start: the experiment (which hparams and metrics to list) is
+        # written once per sweep at its root, because TensorBoard uses the first one it
+        # finds. A metric's value is the last point of the run's own series with that tag.
+        start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+        for name, value in hparams.items():
+            if isinstance(value, bool) or isinstance(value, str):
+                start.hparams[name].string_value = str(value)
+            elif isinstance(value, (int, float)):
+                start.hparams[name].number_value = float(value)
+            else:
+                start.hparams[name].string_value = repr(value)
+        self._write_hparams_plugin_data(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))
+
+    def log_status(self, status: str) -> None:
+        end = plugin_data_pb2.SessionEndInfo(status=SESSION_STATUS[status], end_time_secs=time.time())
+        self._write_hparams_plugin_data(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))
+
+    def _write_hparams_plugin_data(self, tag: str, data: plugin_data_pb2.HParamsPluginData) -> None:
+        data.version = metadata.PLUGIN_DATA_VERSION
+        self._writer.add_summary(hparams_pb(tag, data), step=0)
 
     def flush(self) -> None:
         self._writer.flush()
 
     def close(self) -> None:
         self._writer.close()
+
+
+def hparams_pb(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
+    """A summary carrying HParams plugin data (what TensorBoard's TF-only helpers would build)."""
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)
+    return summary
 
 
 class MemoryLogger(MetricLogger):
@@ -90,6 +125,7 @@ class MemoryLogger(MetricLogger):
         self.scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.texts: dict[str, str] = {}
         self.hparams: dict[str, Any] = {}
+        self.status: str | None = None
         self.closed = False
 
     def log(self, name: str, value: float, step: int, wall_time: float | None = None) -> None:
@@ -101,8 +137,11 @@ class MemoryLogger(MetricLogger):
     def log_text(self, name: str, text: str) -> None:
         self.texts[name] = text
 
-    def log_hparams(self, hparams: Mapping[str, Any], metric_tags: Sequence[str]) -> None:
+    def log_hparams(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
+
+    def log_status(self, status: str) -> None:
+        self.status = status
 
     def flush(self) -> None:
         pass

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import get_total_norm
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from runner.losses import Loss
 
@@ -50,6 +51,20 @@ class NoSchedulerStep:
 
     def step(self, *args: object) -> None:
         pass
+
+
+class EpochScheduler:
+    """Steps a scheduler once per epoch; ``ReduceLROnPlateau`` is given the loss it watches
+    (validation loss, else the full training loss)."""
+
+    def __init__(self, scheduler: object):
+        self.scheduler = scheduler
+
+    def step(self, metrics: dict[str, float]) -> None:
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(metrics.get("loss/val", metrics["loss/train_full"]))
+        else:
+            self.scheduler.step()
 
 
 @dataclass
@@ -86,8 +101,13 @@ def train_one_epoch(
     order: Tensor,
     slices: list[slice],
     progress: object,
+    deadline: float = math.inf,
 ) -> EpochTrace:
-    """One pass over the training data in ``order``, one update per slice."""
+    """One pass over the training data in ``order``, one update per slice.
+
+    Stops early, after the update during which ``deadline`` (a ``time.time()`` value)
+    passed: that is how a time budget ends a run in the middle of an epoch.
+    """
     model.train()
     X_epoch, Y_epoch = X.index_select(0, order), Y.index_select(0, order)
     losses, grad_norms, lrs, wall_times = [], [], [], []
@@ -99,11 +119,13 @@ def train_one_epoch(
         losses.append(loss)
         grad_norms.append(grad_norm)
         progress.iteration(loss)
+        if time.time() >= deadline:
+            break
     return EpochTrace(
         losses=torch.stack(losses),
         grad_norms=torch.stack(grad_norms),
         lrs=lrs,
-        batch_sizes=[b.stop - b.start for b in slices],
+        batch_sizes=[b.stop - b.start for b in slices[: len(losses)]],
         wall_times=wall_times,
     )
 

@@ -19,7 +19,7 @@ REFRESH_SECONDS = 0.25
 class NoProgress:
     """Used when stderr is not a terminal: per-epoch log lines say everything instead."""
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int | None) -> None:
         pass
 
     def iteration(self, loss: Tensor) -> None:
@@ -32,14 +32,13 @@ class NoProgress:
 class ProgressBar:
     """One bar over all iterations of the run, labelled with the epoch and the latest loss."""
 
-    def __init__(self, epochs: int, iterations_per_epoch: int):
-        self.epochs = epochs
-        self._bar = tqdm(total=epochs * iterations_per_epoch, unit="it", dynamic_ncols=True, leave=True)
+    def __init__(self, total_iterations: int | None):
+        self._bar = tqdm(total=total_iterations, unit="it", dynamic_ncols=True, leave=True)
         self._pending = 0
         self._last_refresh = 0.0
 
-    def start_epoch(self, epoch: int) -> None:
-        self._bar.set_description(f"epoch {epoch}/{self.epochs}", refresh=False)
+    def start_epoch(self, epoch: int, epochs: int | None) -> None:
+        self._bar.set_description(f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}", refresh=False)
 
     def iteration(self, loss: Tensor) -> None:
         self._pending += 1
@@ -54,7 +53,7 @@ class ProgressBar:
         self._bar.close()
 
 
-def make_progress(mode: str, epochs: int, iterations_per_epoch: int) -> NoProgress | ProgressBar:
+def make_progress(mode: str, total_iterations: int | None) -> NoProgress | ProgressBar:
     """``auto`` shows a bar only when stderr is a terminal; ``true``/``false`` force it."""
     show = sys.stderr.isatty() if mode == "auto" else mode == "true"
-    return ProgressBar(epochs, iterations_per_epoch) if show else NoProgress()
+    return ProgressBar(total_iterations) if show else NoProgress()

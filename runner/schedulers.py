@@ -92,3 +92,5 @@ def plateau(
 FACTORIES = {f.__name__: f for f in (constant, step, exponential, cosine, warmup_cosine, plateau)}
 # Plateau decides from an epoch-level loss; per iteration it would need a host sync each step.
 EPOCH_ONLY = {"plateau"}
+# These shape the lr over the run's length, so the length must be known in advance.
+NEEDS_RUN_LENGTH = {"cosine", "warmup_cosine"}

@@ -293,8 +293,16 @@ class RunConfig:
 
     seed: int = 0
     epochs: int = 20
+    # What a run's length is measured in: epochs (train `epochs` epochs), or samples,
+    # updates or seconds (train until `budget_amount` of them are spent; `epochs` is then
+    # ignored), so that a sweep can give every batch size the same budget.
+    budget: str = "epochs"
+    budget_amount: Optional[float] = None
     # An integer >= 1, or "full" for the whole training set (batch gradient descent).
     batch_size: Any = 32
+    # Scale optimizer.lr with the batch size: lr * (B / base) (linear) or lr * sqrt(B / base).
+    lr_scaling: str = "none"
+    lr_scaling_base_batch: int = 32
     # auto picks cuda, then mps, then cpu.
     device: str = "auto"
     shuffle: bool = True

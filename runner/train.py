@@ -27,22 +27,27 @@ from torch.optim import Optimizer
 from runner import data as datasets
 from runner.device import resolve_device
 from runner.loggers import MetricLogger, TensorBoardLogger
+from runner.budget import Plan, make_plan
+from runner.errors import ConfigError
 from runner.loop import (
+    EpochScheduler,
+    EpochTrace,
     NoSchedulerStep,
     batch_slices,
     epoch_order,
     evaluate,
-    iterations_per_epoch,
     train_one_epoch,
 )
 from runner.losses import Loss
 from runner.progress import make_progress
 from runner.registry import build
+from runner.schedulers import NEEDS_RUN_LENGTH
 from runner.validate import check_combination, check_config, resolve_batch_size
 
 log = logging.getLogger(__name__)
 
 TB_DIR, SUMMARY_FILE, WEIGHTS_FILE = "tb", "summary.json", "model.pt"
+LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
 
 
 @dataclass
@@ -67,13 +72,19 @@ class Run:
     train: Split
     val: Split | None
     batch_size: int
-    iterations_per_epoch: int
+    slices: list[slice]  # one epoch's batches
+    plan: Plan
+    lr: float  # after lr_scaling
     model: nn.Module
     loss_fn: Loss
     optimizer: Optimizer
     iteration_scheduler: Any
     epoch_scheduler: Any
     order_generator: torch.Generator
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        return len(self.slices)
 
     @property
     def regime(self) -> str:
@@ -110,7 +121,11 @@ def build_run(cfg: DictConfig) -> Run:
     )
     check_combination(cfg, train_part)
     batch_size = resolve_batch_size(cfg.batch_size, len(train_part))
-    ipe = iterations_per_epoch(len(train_part), batch_size, cfg.drop_last)
+    slices = batch_slices(len(train_part), batch_size, cfg.drop_last)
+    plan = make_plan(cfg.budget, cfg.budget_amount, cfg.epochs, [b.stop - b.start for b in slices])
+    per_iteration = cfg.scheduler.interval == "iteration"
+    scheduler_steps = _scheduler_steps(cfg, plan, per_iteration)
+    lr = scaled_lr(cfg.optimizer.lr, cfg.lr_scaling, batch_size, cfg.lr_scaling_base_batch)
 
     seed_everything(cfg.seed)
     loss_fn: Loss = build("loss", cfg.loss)
@@ -120,10 +135,8 @@ def build_run(cfg: DictConfig) -> Run:
         in_shape=train_part.feature_shape,
         out_features=loss_fn.output_dim(train_part.n_classes, train_part.target_dim),
     ).to(device)
-    optimizer: Optimizer = build("optimizer", cfg.optimizer, params=model.parameters())
-    per_iteration = cfg.scheduler.interval == "iteration"
-    total_steps = cfg.epochs * ipe if per_iteration else cfg.epochs
-    scheduler = build("scheduler", cfg.scheduler, exclude=("interval",), optimizer=optimizer, total_steps=total_steps)
+    optimizer: Optimizer = build("optimizer", cfg.optimizer, params=model.parameters(), lr=lr)
+    scheduler = build("scheduler", cfg.scheduler, exclude=("interval",), optimizer=optimizer, total_steps=scheduler_steps)
 
     return Run(
         cfg=cfg,
@@ -132,16 +145,37 @@ def build_run(cfg: DictConfig) -> Run:
         train=_to_device(train_part, loss_fn, device),
         val=_to_device(val_part, loss_fn, device) if val_part is not None else None,
         batch_size=batch_size,
-        iterations_per_epoch=ipe,
+        slices=slices,
+        plan=plan,
+        lr=lr,
         model=model,
         loss_fn=loss_fn,
         optimizer=optimizer,
         iteration_scheduler=scheduler if per_iteration else NoSchedulerStep(),
-        epoch_scheduler=NoSchedulerStep() if per_iteration else scheduler,
+        epoch_scheduler=NoSchedulerStep() if per_iteration else EpochScheduler(scheduler),
         # Its own generator: the data order for a seed does not depend on how many
         # random numbers model construction drew.
         order_generator=torch.Generator().manual_seed(cfg.seed),
     )
+
+
+def scaled_lr(lr: float, rule: str, batch_size: int, base_batch: int) -> float:
+    """The learning rate after batch-size scaling: ``linear`` (Goyal et al. 2017) or ``sqrt`` (Krizhevsky 2014)."""
+    if rule not in LR_SCALING:
+        raise ConfigError("lr_scaling", rule, f"one of {', '.join(LR_SCALING)}")
+    if base_batch < 1:
+        raise ConfigError("lr_scaling_base_batch", base_batch, "an integer >= 1")
+    return lr * LR_SCALING[rule](batch_size / base_batch)
+
+
+def _scheduler_steps(cfg: DictConfig, plan: Plan, per_iteration: bool) -> int:
+    """How many times the scheduler will be stepped, for schedules shaped over the whole run."""
+    if plan.iterations is None:
+        name = cfg.scheduler._target_.rsplit(".", 1)[-1]
+        if name in NEEDS_RUN_LENGTH:
+            raise ConfigError("scheduler", name, "a schedule that does not need the run length in advance (budget=seconds gives none)")
+        return 1
+    return plan.total_iterations if per_iteration else len(plan.iterations)
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -174,23 +208,31 @@ def _log_epoch(logger: MetricLogger, metrics: dict[str, float], epoch: int, iter
         logger.log(f"by_time_ms/{name}", value, round(train_seconds * 1000))
 
 
+def _epoch_lengths(run: Run):
+    """Iterations in each epoch: the plan's, or full epochs until a time budget runs out."""
+    if run.plan.iterations is not None:
+        yield from run.plan.iterations
+    else:
+        while True:
+            yield run.iterations_per_epoch
+
+
 def fit(run: Run, logger: MetricLogger) -> dict[str, Any]:
-    """Train for ``cfg.epochs`` epochs, logging every iteration and every epoch. Returns the summary."""
+    """Train as long as the budget says, logging every iteration and every epoch. Returns the summary."""
     cfg = run.cfg
-    slices = batch_slices(len(run.train), run.batch_size, cfg.drop_last)
-    progress = make_progress(str(cfg.progress).lower(), cfg.epochs, run.iterations_per_epoch)
-    iteration = samples = 0
+    progress = make_progress(str(cfg.progress).lower(), run.plan.total_iterations)
+    iteration = samples = epoch = 0
     train_seconds = 0.0
     status, divergence, metrics = "done", None, {}
-    epoch = 0
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            progress.start_epoch(epoch)
+        for epoch, n_iterations in enumerate(_epoch_lengths(run), start=1):
+            progress.start_epoch(epoch, len(run.plan.iterations) if run.plan.iterations else None)
             started = time.perf_counter()
+            deadline = time.time() + (run.plan.seconds - train_seconds)
             order = epoch_order(run.order_generator, len(run.train), cfg.shuffle, run.device)
             trace = train_one_epoch(
                 run.model, run.loss_fn, run.optimizer, run.iteration_scheduler,
-                run.train.X, run.train.Y, order, slices, progress,
+                run.train.X, run.train.Y, order, run.slices[:n_iterations], progress, deadline,
             )
             # The one device→host transfer of the epoch; it also makes the timing honest on GPUs.
             losses = trace.losses.double().cpu().numpy()
@@ -198,10 +240,7 @@ def fit(run: Run, logger: MetricLogger) -> dict[str, Any]:
             train_seconds += time.perf_counter() - started
 
             steps = np.arange(iteration, iteration + len(losses))
-            keep = steps % cfg.log_every == 0
-            logger.log_series("loss/train_iter", steps[keep], losses[keep], np.asarray(trace.wall_times)[keep])
-            logger.log_series("grad_norm", steps[keep], grad_norms[keep], np.asarray(trace.wall_times)[keep])
-            logger.log_series("lr", steps[keep], np.asarray(trace.lrs)[keep], np.asarray(trace.wall_times)[keep])
+            _log_iterations(logger, steps, losses, grad_norms, trace, cfg.log_every)
             iteration += len(losses)
             samples += sum(trace.batch_sizes)
 
@@ -212,23 +251,27 @@ def fit(run: Run, logger: MetricLogger) -> dict[str, Any]:
                 log.warning("Diverged: non-finite loss at iteration %d (epoch %d, lr %g); stopping.", steps[first], epoch, trace.lrs[first])
                 break
 
-            epoch_loss = float(np.average(losses, weights=trace.batch_sizes))
-            metrics = _epoch_metrics(run, epoch_loss)
+            metrics = _epoch_metrics(run, float(np.average(losses, weights=trace.batch_sizes)))
             _log_epoch(logger, metrics, epoch, iteration, samples, train_seconds)
-            run.epoch_scheduler.step(*([metrics.get("loss/val", metrics["loss/train_full"])] if _is_plateau(run) else []))
-            log.info("epoch %d/%d  %s  (%.2fs)", epoch, cfg.epochs, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), time.perf_counter() - started)
+            run.epoch_scheduler.step(metrics)
+            log.info("epoch %d  %s  (%.2fs)", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), time.perf_counter() - started)
+            if train_seconds >= run.plan.seconds:
+                break
     finally:
         progress.close()
 
-    epochs_done = epoch if status == "done" else epoch - 1
+    n_per_epoch = sum(b.stop - b.start for b in run.slices)
     return {
         "status": status,
-        "epochs": epochs_done,
+        "epochs": epoch,
         "iterations": iteration,
         "iterations_per_epoch": run.iterations_per_epoch,
         "samples_seen": samples,
+        "budget": {"unit": cfg.budget, "amount": cfg.budget if cfg.budget == "epochs" else cfg.budget_amount},
+        "spent": {"epochs": samples / n_per_epoch, "samples": samples, "updates": iteration, "seconds": train_seconds},
         "batch_size": run.batch_size,
         "regime": run.regime,
+        "lr": run.lr,
         "n_train": len(run.train),
         "n_val": len(run.val) if run.val is not None else 0,
         "train_loss": _finite_or_none(metrics.get("loss/train_full")),
@@ -246,8 +289,13 @@ def fit(run: Run, logger: MetricLogger) -> dict[str, Any]:
     }
 
 
-def _is_plateau(run: Run) -> bool:
-    return isinstance(run.epoch_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+def _log_iterations(logger: MetricLogger, steps: np.ndarray, losses: np.ndarray, grad_norms: np.ndarray, trace: EpochTrace, log_every: int) -> None:
+    """The epoch's per-iteration series, every ``log_every``-th global iteration."""
+    keep = steps % log_every == 0
+    wall_times = np.asarray(trace.wall_times)[keep]
+    logger.log_series("loss/train_iter", steps[keep], losses[keep], wall_times)
+    logger.log_series("grad_norm", steps[keep], grad_norms[keep], wall_times)
+    logger.log_series("lr", steps[keep], np.asarray(trace.lrs)[keep], wall_times)
 
 
 def hparams_of(run: Run) -> dict[str, Any]:
@@ -258,11 +306,12 @@ def hparams_of(run: Run) -> dict[str, Any]:
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "loss": cfg.loss._target_.rsplit(".", 1)[-1],
         "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
-        "lr": cfg.optimizer.lr,
+        "lr": run.lr,
         "scheduler": cfg.scheduler._target_.rsplit(".", 1)[-1],
         "regime": run.regime,
         "batch_size": run.batch_size,
-        "epochs": cfg.epochs,
+        "budget": cfg.budget,
+        "budget_amount": cfg.epochs if cfg.budget == "epochs" else cfg.budget_amount,
         "seed": cfg.seed,
     }
 
@@ -273,22 +322,36 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def record_failure(output_dir: str | Path, error: str, trace: str | None = None) -> None:
+    """Leave ``summary.json`` with ``status: failed`` and the error, so a sweep's report shows the job."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out / SUMMARY_FILE, {"status": "failed", "error": error, "traceback": trace})
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment and write ``tb/``, ``summary.json`` and ``model.pt`` to ``cfg.output_dir``."""
     run = build_run(cfg)
     out = Path(cfg.output_dir)
+    length = f"{cfg.epochs} epochs" if cfg.budget == "epochs" else f"a budget of {cfg.budget_amount:g} {cfg.budget}"
     log.info(
-        "Training %s on %s (%s): %d train / %d val samples, batch size %d, %d iterations per epoch, %d epochs",
+        "Training %s on %s (%s): %d train / %d val samples, batch size %d, %d iterations per epoch, %s",
         cfg.dataset.name, run.device, run.regime, len(run.train), len(run.val) if run.val else 0,
-        run.batch_size, run.iterations_per_epoch, cfg.epochs,
+        run.batch_size, run.iterations_per_epoch, length,
     )
+    if (out / SUMMARY_FILE).exists():
+        raise ConfigError("output_dir", str(out), "a directory without a finished run (summary.json exists there)")
     logger = TensorBoardLogger(out / TB_DIR)
+    status = "failed"
     try:
         logger.log_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
+        logger.log_hparams(hparams_of(run))
         summary = fit(run, logger)
-        logger.log_hparams(hparams_of(run), ["loss/train_full", "loss/val", "acc/val"])
+        status = summary["status"]
     finally:
+        logger.log_status(status)
         logger.close()
+    summary["hparams"] = hparams_of(run)
 
     weights_finite = all(torch.isfinite(p).all() for p in run.model.parameters())
     if weights_finite:

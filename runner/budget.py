@@ -1,0 +1,61 @@
+"""How long a run trains: a plan of iterations per epoch, from ``budget`` and ``budget_amount``.
+
+A fair comparison of batch sizes needs a common currency. ``budget=epochs`` gives every
+run the same passes over the data; ``samples`` the same number of examples processed;
+``updates`` the same number of parameter updates; ``seconds`` the same training time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from runner.errors import ConfigError
+
+UNITS = ("epochs", "samples", "updates", "seconds")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """``iterations[e]`` updates in epoch ``e+1`` (the last may be partial); ``seconds`` caps training time.
+
+    A time budget cannot be planned in updates: it has ``iterations=None`` (full epochs
+    until the clock runs out) and a finite ``seconds``.
+    """
+
+    iterations: tuple[int, ...] | None
+    seconds: float = math.inf
+
+    @property
+    def total_iterations(self) -> int | None:
+        return sum(self.iterations) if self.iterations is not None else None
+
+
+def make_plan(budget: str, amount: float | None, epochs: int, batch_sizes: list[int]) -> Plan:
+    """Plan a run whose epochs consist of batches of ``batch_sizes`` (one epoch's worth).
+
+    ``samples``: stop at the first update by which at least ``amount`` samples were
+    processed. ``updates``: exactly ``amount`` updates.
+    """
+    if budget not in UNITS:
+        raise ConfigError("budget", budget, f"one of {', '.join(UNITS)}")
+    if budget == "epochs":
+        if amount is not None:
+            raise ConfigError("budget_amount", amount, "null with budget=epochs (the length is `epochs`)")
+        return Plan(iterations=(len(batch_sizes),) * epochs)
+    if amount is None or not (math.isfinite(amount) and amount > 0):
+        raise ConfigError("budget_amount", amount, f"a number > 0: how many {budget} to train for")
+    if budget == "seconds":
+        return Plan(iterations=None, seconds=float(amount))
+    if budget == "updates":
+        if amount != int(amount):
+            raise ConfigError("budget_amount", amount, "a whole number of updates")
+        full, rest = divmod(int(amount), len(batch_sizes))
+        return Plan(iterations=(len(batch_sizes),) * full + ((rest,) if rest else ()))
+    per_epoch = sum(batch_sizes)
+    full, rest = divmod(math.ceil(amount), per_epoch)
+    partial, seen = 0, 0
+    while seen < rest:
+        seen += batch_sizes[partial]
+        partial += 1
+    return Plan(iterations=(len(batch_sizes),) * full + ((partial,) if partial else ()))
