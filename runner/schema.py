@@ -300,6 +300,9 @@ class RunConfig:
     budget_amount: Optional[float] = None
     # An integer >= 1, or "full" for the whole training set (batch gradient descent).
     batch_size: Any = 32
+    # Process each update's batch in chunks of this many samples, accumulating gradients:
+    # the same update in bounded memory (null = the whole batch at once).
+    micro_batch_size: Optional[int] = None
     # Scale optimizer.lr with the batch size: lr * (B / base) (linear) or lr * sqrt(B / base).
     lr_scaling: str = "none"
     lr_scaling_base_batch: int = 32

@@ -15,6 +15,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,18 @@ from runner.device import resolve_device
 from runner.loggers import MetricLogger, TensorBoardLogger
 from runner.budget import Plan, make_plan
 from runner.errors import ConfigError
+from runner.batches import InMemorySplit, Split
 from runner.loop import (
     EpochScheduler,
     EpochTrace,
+    FlatGradients,
     NoSchedulerStep,
+    accumulating_train_step,
     batch_slices,
     epoch_order,
     evaluate,
     train_one_epoch,
+    train_step,
 )
 from runner.losses import Loss
 from runner.progress import make_progress
@@ -48,18 +53,6 @@ log = logging.getLogger(__name__)
 
 TB_DIR, SUMMARY_FILE, WEIGHTS_FILE = "tb", "summary.json", "model.pt"
 LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
-
-
-@dataclass
-class Split:
-    """One split on the training device: inputs, loss-ready targets, and class labels for accuracy."""
-
-    X: Tensor
-    Y: Tensor
-    labels: Tensor | None
-
-    def __len__(self) -> int:
-        return len(self.X)
 
 
 @dataclass
@@ -81,6 +74,8 @@ class Run:
     iteration_scheduler: Any
     epoch_scheduler: Any
     order_generator: torch.Generator
+    step: Any  # (source, positions) -> (loss, grad_norm): one update
+    bounded_memory: bool  # fetch batches without copying the whole epoch
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -100,10 +95,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _to_device(part: datasets.Dataset, loss_fn: Loss, device: torch.device) -> Split:
+def _to_device(part: datasets.Dataset, loss_fn: Loss, device: torch.device) -> InMemorySplit:
     y = torch.from_numpy(part.y)
     labels = y.to(device) if part.task == datasets.CLASSIFICATION else None
-    return Split(
+    return InMemorySplit(
         X=torch.from_numpy(part.X).to(device),
         Y=loss_fn.encode_targets(y.to(device), part.n_classes),
         labels=labels,
@@ -135,6 +130,7 @@ def build_run(cfg: DictConfig) -> Run:
         in_shape=train_part.feature_shape,
         out_features=loss_fn.output_dim(train_part.n_classes, train_part.target_dim),
     ).to(device)
+    grads = FlatGradients(list(model.parameters()))
     optimizer: Optimizer = build("optimizer", cfg.optimizer, params=model.parameters(), lr=lr)
     scheduler = build("scheduler", cfg.scheduler, exclude=("interval",), optimizer=optimizer, total_steps=scheduler_steps)
 
@@ -156,7 +152,17 @@ def build_run(cfg: DictConfig) -> Run:
         # Its own generator: the data order for a seed does not depend on how many
         # random numbers model construction drew.
         order_generator=torch.Generator().manual_seed(cfg.seed),
+        step=_step_function(cfg, model, loss_fn, optimizer, grads, batch_size),
+        # Micro-batches exist to bound memory, so they also avoid a second copy of the data.
+        bounded_memory=cfg.micro_batch_size is not None,
     )
+
+
+def _step_function(cfg: DictConfig, model: nn.Module, loss_fn: Loss, optimizer: Optimizer, grads: FlatGradients, batch_size: int):
+    """The update rule, chosen once: whole batches, or batches accumulated in micro-batches."""
+    if cfg.micro_batch_size is None or cfg.micro_batch_size >= batch_size:
+        return partial(train_step, model, loss_fn, optimizer, grads)
+    return partial(accumulating_train_step, model, loss_fn, optimizer, grads, micro_batch_size=cfg.micro_batch_size)
 
 
 def scaled_lr(lr: float, rule: str, batch_size: int, base_batch: int) -> float:
@@ -185,9 +191,9 @@ def _finite_or_none(value: float | None) -> float | None:
 def _epoch_metrics(run: Run, train_epoch_loss: float) -> dict[str, float]:
     """Epoch-end losses and accuracies, fetched from the device in one transfer."""
     ev = run.cfg.eval_batch_size
-    parts = {"train": evaluate(run.model, run.loss_fn, run.train.X, run.train.Y, run.train.labels, ev)}
+    parts = {"train": evaluate(run.model, run.loss_fn, run.train, ev)}
     if run.val is not None:
-        parts["val"] = evaluate(run.model, run.loss_fn, run.val.X, run.val.Y, run.val.labels, ev)
+        parts["val"] = evaluate(run.model, run.loss_fn, run.val, ev)
     names, tensors = [], []
     for split, (loss, acc) in parts.items():
         names.append("loss/train_full" if split == "train" else "loss/val")
@@ -230,10 +236,12 @@ def fit(run: Run, logger: MetricLogger) -> dict[str, Any]:
             started = time.perf_counter()
             deadline = time.time() + (run.plan.seconds - train_seconds)
             order = epoch_order(run.order_generator, len(run.train), cfg.shuffle, run.device)
+            source = run.train.source(order, run.bounded_memory)
+            run.model.train()
             trace = train_one_epoch(
-                run.model, run.loss_fn, run.optimizer, run.iteration_scheduler,
-                run.train.X, run.train.Y, order, run.slices[:n_iterations], progress, deadline,
+                run.step, run.optimizer, run.iteration_scheduler, source, run.slices[:n_iterations], progress, deadline
             )
+            del source  # the epoch's copy of the data is not needed during evaluation
             # The one device→host transfer of the epoch; it also makes the timing honest on GPUs.
             losses = trace.losses.double().cpu().numpy()
             grad_norms = trace.grad_norms.double().cpu().numpy()

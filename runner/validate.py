@@ -44,6 +44,8 @@ def check_config(cfg: DictConfig) -> None:
     _number("val_fraction", cfg.val_fraction, 0, 1, high_open=True)
     if cfg.log_every < 1:
         raise ConfigError("log_every", cfg.log_every, "an integer >= 1 (1 = every iteration)")
+    if cfg.micro_batch_size is not None and cfg.micro_batch_size < 1:
+        raise ConfigError("micro_batch_size", cfg.micro_batch_size, "an integer >= 1, or null for whole batches")
     if cfg.eval_batch_size < 1:
         raise ConfigError("eval_batch_size", cfg.eval_batch_size, "an integer >= 1")
     if str(cfg.progress).lower() not in PROGRESS_MODES:

@@ -26,11 +26,11 @@ def test_an_epoch_on_cuda_never_waits_for_the_device(optimizer, batch_size, make
     run = build_run(make_cfg("device=cuda", f"optimizer={optimizer}", f"batch_size={batch_size}", "dataset=digits"))
     slices = batch_slices(len(run.train), run.batch_size, drop_last=False)[:300]
     order = epoch_order(run.order_generator, len(run.train), True, run.device)
+    source = run.train.source(order, run.bounded_memory)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any .item()/.cpu()/sync inside raises
     try:
-        trace = train_one_epoch(run.model, run.loss_fn, run.optimizer, run.iteration_scheduler,
-                                run.train.X, run.train.Y, order, slices, NoProgress())
+        trace = train_one_epoch(run.step, run.optimizer, run.iteration_scheduler, source, slices, NoProgress())
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert trace.losses.device.type == "cuda" and len(trace.losses) == len(slices)

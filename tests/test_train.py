@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -127,12 +128,22 @@ def test_lr_is_logged_per_iteration_as_the_schedule_sets_it(make_cfg):
 def test_grad_norm_is_the_norm_of_the_gradient_each_update_used(make_cfg):
     cfg = make_cfg(*LINREG_103, "regime=bgd", "shuffle=false")
     run = build_run(cfg)
-    run.model.zero_grad()
-    run.loss_fn(run.model(run.train.X), run.train.Y).backward()
-    expected = math.sqrt(sum(float((p.grad**2).sum()) for p in run.model.parameters()))
+    reference = copy.deepcopy(run.model)  # its own .grad tensors: the run's buffer stays untouched
+    reference.zero_grad()
+    run.loss_fn(reference(run.train.X), run.train.Y).backward()
+    expected = math.sqrt(sum(float((p.grad**2).sum()) for p in reference.parameters()))
     logger = MemoryLogger()
     fit(run, logger)
     assert logger.scalars["grad_norm"][0][1] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop", "adagrad", "lars"])
+def test_gradients_stay_in_the_flat_buffer_through_training(optimizer, make_cfg):
+    run = build_run(make_cfg("dataset=iris", "batch_size=16", f"optimizer={optimizer}"))
+    grads = run.step.args[3]
+    fit(run, MemoryLogger())
+    assert grads.attached() and float(grads.norm()) > 0
+    assert torch.equal(grads.flat, torch.cat([p.grad.reshape(-1) for p in run.model.parameters()]))
 
 
 def test_linreg_recovers_the_true_weights(make_cfg):

@@ -1,0 +1,151 @@
+"""Multirun sweeps through the real CLI: directories, exact counts, report, HParams, launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from runner.loop import epoch_order
+from runner.train import build_run
+
+from conftest import CONF_DIR, read_scalars
+
+
+def multirun(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "-m", "progress=false", f"hydra.sweep.dir={sweep_dir}", *overrides],
+        cwd=sweep_dir.parent, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def summaries(sweep_dir: Path) -> dict[str, dict]:
+    return {
+        str(p.parent.relative_to(sweep_dir)): json.loads(p.read_text())
+        for p in sorted(sweep_dir.rglob("summary.json"))
+        if "seed_aggregate" not in p.parts
+    }
+
+
+@pytest.fixture(scope="module")
+def gd_compare(tmp_path_factory) -> Path:
+    sweep = tmp_path_factory.mktemp("gd") / "sweep"
+    multirun(sweep, "experiment=gd_compare", "epochs=1")
+    return sweep
+
+
+EXPECTED_IPE = {"full": 1, "1": 1438, "8": 180, "32": 45, "128": 12}  # 1438 training digits
+
+
+def test_gd_compare_writes_one_directory_per_cell_named_by_its_overrides(gd_compare):
+    runs = summaries(gd_compare)
+    assert sorted(runs) == sorted(f"batch_size={b},epochs=1,experiment=gd_compare/seed=0" for b in EXPECTED_IPE)
+    for name, summary in runs.items():
+        b = name.split(",")[0].split("=")[1]
+        assert summary["status"] == "done"
+        assert summary["iterations_per_epoch"] == EXPECTED_IPE[b] == summary["iterations"]
+        assert summary["samples_seen"] == 1438
+        tb = read_scalars(gd_compare / name / "tb")
+        assert [s for s, _ in tb["loss/train_iter"]] == list(range(EXPECTED_IPE[b]))
+
+
+def test_gd_compare_cells_share_initial_weights_and_data_order(make_cfg):
+    runs = [build_run(make_cfg("experiment=gd_compare", f"batch_size={b}")) for b in (1, 8, "full")]
+    for run in runs[1:]:
+        for a, b in zip(runs[0].model.parameters(), run.model.parameters()):
+            assert torch.equal(a, b)
+    orders = [epoch_order(r.order_generator, len(r.train), True, r.device) for r in runs]
+    assert all(torch.equal(orders[0], o) for o in orders[1:])
+    assert {r.lr for r in runs} == {0.05}
+
+
+def test_gd_compare_report_has_one_row_per_run_and_plots(gd_compare):
+    report = (gd_compare / "report.md").read_text()
+    for name, summary in summaries(gd_compare).items():
+        row = next(line for line in report.splitlines() if line.startswith("|") and name.split(",")[0] in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert str(summary["iterations_per_epoch"]) in cells and str(summary["iterations"]) in cells
+    pngs = sorted(p.name for p in (gd_compare / "report").glob("*.png"))
+    assert {"loss_vs_epoch.png", "loss_vs_iteration.png", "loss_vs_samples.png", "loss_vs_time.png"} <= set(pngs)
+    assert all((gd_compare / "report" / p).stat().st_size > 10_000 for p in pngs)
+
+
+def test_gd_compare_hparams_are_in_the_event_files(gd_compare):
+    acc = EventAccumulator(str(gd_compare / "_hparams"))
+    acc.Reload()
+    assert "_hparams_/experiment" in acc.summary_metadata
+    for name, summary in summaries(gd_compare).items():
+        acc = EventAccumulator(str(gd_compare / name / "tb"))
+        acc.Reload()
+        assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(acc.summary_metadata)
+        assert summary["hparams"]["batch_size"] == summary["batch_size"]
+        assert summary["hparams"]["regime"] in ("bgd", "sgd", "minibatch")
+
+
+def test_a_diverging_and_a_failing_cell_do_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "dataset=iris", "epochs=2", "batch_size=1,500", "optimizer.lr=0.05,1e6")
+    runs = summaries(sweep)
+    by_cell = {(s.get("batch_size"), s.get("lr")): s["status"] for s in runs.values()}
+    assert by_cell[(1, 0.05)] == "done" and by_cell[(1, 1e6)] == "diverged"
+    failed = [s for s in runs.values() if s["status"] == "failed"]
+    assert len(failed) == 2 and all("batch_size=500" in s["error"] for s in failed)
+    report = (sweep / "report.md").read_text()
+    assert report.count("diverged") >= 1 and report.count("failed") >= 2
+
+
+def test_seed_axis_is_aggregated(tmp_path):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "dataset=iris", "epochs=2", "batch_size=8,full", "seed=0,1,2")
+    for b in ("8", "full"):
+        group = sweep / f"batch_size={b},dataset=iris,epochs=2"
+        assert sorted(p.name for p in group.glob("seed=*")) == ["seed=0", "seed=1", "seed=2"]
+        mean = read_scalars(group / "seed_aggregate" / "tb")["loss/train_full"]
+        members = [read_scalars(group / f"seed={k}" / "tb")["loss/train_full"] for k in range(3)]
+        assert [s for s, _ in mean] == [1, 2]
+        for i, (_, value) in enumerate(mean):
+            assert value == pytest.approx(sum(m[i][1] for m in members) / 3, rel=1e-5)
+
+
+def test_joblib_launcher_gives_the_same_results_as_the_basic_launcher(tmp_path):
+    overrides = ("dataset=iris", "epochs=2", "batch_size=4,16,full")
+    multirun(tmp_path / "basic", *overrides)
+    multirun(tmp_path / "joblib", *overrides, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    basic, joblib = summaries(tmp_path / "basic"), summaries(tmp_path / "joblib")
+    assert sorted(basic) == sorted(joblib) and len(basic) == 3
+    for name in basic:
+        assert basic[name]["train_loss"] == joblib[name]["train_loss"]
+        assert read_scalars(tmp_path / "basic" / name / "tb")["loss/train_iter"] == \
+            read_scalars(tmp_path / "joblib" / name / "tb")["loss/train_iter"]
+
+
+def test_optuna_preset_searches_the_learning_rate(tmp_path):
+    sweep = tmp_path / "sweep"
+    multirun(sweep, "experiment=lr_search", "dataset=iris", "epochs=1", "hydra.sweeper.n_trials=3")
+    runs = summaries(sweep)
+    assert len(runs) == 3 and len({s["lr"] for s in runs.values()}) == 3
+    assert all(1e-4 <= s["lr"] <= 1.0 for s in runs.values())
+    assert (sweep / "optimization_results.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_with_a_sweep(name):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=[f"experiment={name}", "output_dir=x"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params or name == "lr_search"
+    header = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_"
+    assert any(f"python -m runner -m experiment={name}" in line for line in header[:8])
+    GlobalHydra.instance().clear()
