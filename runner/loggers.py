@@ -69,9 +69,14 @@ class MetricLogger(ABC):
 class TensorBoardLogger(MetricLogger):
     """Writes one TensorBoard event file in ``log_dir`` through the fast :class:`EventWriter`."""
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path, resume_from: tuple[str, int] | None = None):
         self.log_dir = Path(log_dir)
-        self._writer = EventWriter(self.log_dir)
+        self._writer = EventWriter(self.log_dir, resume_from=resume_from)
+
+    def position(self) -> tuple[str, int]:
+        """Flush and say where the log ends, for a checkpoint to resume from."""
+        path, size = self._writer.flush_position()
+        return str(path), size
 
     def log(self, name: str, value: float, step: int, wall_time: float | None = None) -> None:
         self._writer.add_scalar(name, float(value), int(step), wall_time)

@@ -47,6 +47,13 @@ def epoch_order(generator: torch.Generator, n: int, shuffle: bool, device: torch
     return order.to(device, non_blocking=True)
 
 
+class _NoStop:
+    requested = False
+
+
+NO_STOP = _NoStop()
+
+
 class NoSchedulerStep:
     """Stands in for the scheduler at the interval it is not stepped at (keeps the loop branch-free)."""
 
@@ -164,12 +171,15 @@ def train_one_epoch(
     slices: list[slice],
     progress: object,
     deadline: float = math.inf,
+    stop: object | None = None,
 ) -> EpochTrace:
     """One pass over ``source``, one update per slice of positions.
 
     Stops early, after the update during which ``deadline`` (a ``time.time()`` value)
-    passed: that is how a time budget ends a run in the middle of an epoch.
+    passed or ``stop.requested`` became true: that is how a time budget or a signal ends a
+    run in the middle of an epoch, at an iteration boundary.
     """
+    stop = stop or NO_STOP
     losses, grad_norms, lrs, wall_times = [], [], [], []
     for positions in slices:
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -179,7 +189,7 @@ def train_one_epoch(
         losses.append(loss)
         grad_norms.append(grad_norm)
         progress.iteration(loss)
-        if time.time() >= deadline:
+        if stop.requested or time.time() >= deadline:
             break
     return EpochTrace(
         losses=torch.stack(losses),

@@ -316,6 +316,11 @@ class RunConfig:
     log_every: int = 1
     # Batch size for the loss/accuracy evaluations at epoch end (memory only: results are exact).
     eval_batch_size: int = 8192
+    # Save a checkpoint every this many updates (0 = at each epoch end only).
+    checkpoint_every: int = 0
+    # auto: continue an interrupted run found in output_dir (and keep a finished one);
+    # must: fail if there is nothing to continue; never: refuse a directory with a result.
+    resume: str = "auto"
     # auto: a progress bar when stderr is a terminal, plain log lines otherwise.
     progress: str = "auto"
     # Where the run writes tb/, summary.json and model.pt.

@@ -592,7 +592,23 @@ class EventWriter:
         OSError: the directory or the file cannot be created (the error names the path).
     """
 
-    def __init__(self, logdir: PathLike, filename_suffix: str = "") -> None:
+    def __init__(self, logdir: PathLike, filename_suffix: str = "", resume_from: tuple[PathLike, int] | None = None) -> None:
+        """
+        Args:
+            logdir: the run's TensorBoard directory (created if needed).
+            filename_suffix: appended to the new event file's name.
+            resume_from: ``(event file, byte size)`` recorded by :meth:`flush_position` at a
+                checkpoint. The file is cut back to that size and appended to, so the
+                records written after the checkpoint (which a resumed run writes again) are
+                not there twice, and no reader sees a second file out of order.
+        """
+        if resume_from is not None:
+            path, size = Path(resume_from[0]), int(resume_from[1])
+            with open(path, "r+b") as existing:
+                existing.truncate(size)
+            self._sink = _Sink(open(path, "ab"), path)
+            self._finalizer = weakref.finalize(self, self._sink.close)
+            return
         logdir = Path(logdir)
         logdir.mkdir(parents=True, exist_ok=True)
         file, path = _open_event_file(logdir, filename_suffix)
@@ -614,6 +630,11 @@ class EventWriter:
     def path(self) -> Path:
         """The event file."""
         return self._sink.path
+
+    def flush_position(self) -> tuple[Path, int]:
+        """Flush, and return ``(event file, its size)``: the point a resumed run restarts from."""
+        self.flush()
+        return self.path, self.path.stat().st_size
 
     def add_scalars(
         self, tag: str, steps: ArrayLike, values: ArrayLike, wall_times: ArrayLike | float | None = None

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import random
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 
 from runner import data as datasets
@@ -33,25 +32,24 @@ from runner.errors import ConfigError
 from runner.batches import InMemorySplit, Split
 from runner.loop import (
     EpochScheduler,
-    EpochTrace,
     FlatGradients,
     NoSchedulerStep,
     accumulating_train_step,
     batch_slices,
-    epoch_order,
-    evaluate,
-    train_one_epoch,
     train_step,
 )
 from runner.losses import Loss
-from runner.progress import make_progress
+from runner.checkpoint import load_checkpoint, restore_rng_state, rng_state
+from runner.checkpoint import save_checkpoint as save_checkpoint_file
+from runner.epochs import TrainState, run_epochs, summary_of
 from runner.registry import build
 from runner.schedulers import NEEDS_RUN_LENGTH
 from runner.validate import check_combination, check_config, resolve_batch_size
 
 log = logging.getLogger(__name__)
 
-TB_DIR, SUMMARY_FILE, WEIGHTS_FILE = "tb", "summary.json", "model.pt"
+TB_DIR, SUMMARY_FILE, WEIGHTS_FILE, CHECKPOINT_DIR = "tb", "summary.json", "model.pt", "checkpoints"
+RESUME_MODES = ("auto", "must", "never")
 LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
 
 
@@ -71,6 +69,7 @@ class Run:
     model: nn.Module
     loss_fn: Loss
     optimizer: Optimizer
+    scheduler: Any  # the one scheduler object (stepped per iteration or per epoch)
     iteration_scheduler: Any
     epoch_scheduler: Any
     order_generator: torch.Generator
@@ -147,6 +146,7 @@ def build_run(cfg: DictConfig) -> Run:
         model=model,
         loss_fn=loss_fn,
         optimizer=optimizer,
+        scheduler=scheduler,
         iteration_scheduler=scheduler if per_iteration else NoSchedulerStep(),
         epoch_scheduler=NoSchedulerStep() if per_iteration else EpochScheduler(scheduler),
         # Its own generator: the data order for a seed does not depend on how many
@@ -184,128 +184,6 @@ def _scheduler_steps(cfg: DictConfig, plan: Plan, per_iteration: bool) -> int:
     return plan.total_iterations if per_iteration else len(plan.iterations)
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _epoch_metrics(run: Run, train_epoch_loss: float) -> dict[str, float]:
-    """Epoch-end losses and accuracies, fetched from the device in one transfer."""
-    ev = run.cfg.eval_batch_size
-    parts = {"train": evaluate(run.model, run.loss_fn, run.train, ev)}
-    if run.val is not None:
-        parts["val"] = evaluate(run.model, run.loss_fn, run.val, ev)
-    names, tensors = [], []
-    for split, (loss, acc) in parts.items():
-        names.append("loss/train_full" if split == "train" else "loss/val")
-        tensors.append(loss)
-        if acc is not None:
-            names.append(f"acc/{split}")
-            tensors.append(acc)
-    values = torch.stack(tensors).tolist()
-    return {"loss/train_epoch": train_epoch_loss, **dict(zip(names, values))}
-
-
-def _log_epoch(logger: MetricLogger, metrics: dict[str, float], epoch: int, iteration: int, samples: int, train_seconds: float) -> None:
-    """Epoch-level scalars against epoch (their main tags) and against the other three x-axes."""
-    logger.log_dict(metrics, step=epoch)
-    for name, value in metrics.items():
-        logger.log(f"by_iteration/{name}", value, iteration)
-        logger.log(f"by_samples/{name}", value, samples)
-        logger.log(f"by_time_ms/{name}", value, round(train_seconds * 1000))
-
-
-def _epoch_lengths(run: Run):
-    """Iterations in each epoch: the plan's, or full epochs until a time budget runs out."""
-    if run.plan.iterations is not None:
-        yield from run.plan.iterations
-    else:
-        while True:
-            yield run.iterations_per_epoch
-
-
-def fit(run: Run, logger: MetricLogger) -> dict[str, Any]:
-    """Train as long as the budget says, logging every iteration and every epoch. Returns the summary."""
-    cfg = run.cfg
-    progress = make_progress(str(cfg.progress).lower(), run.plan.total_iterations)
-    iteration = samples = epoch = 0
-    train_seconds = 0.0
-    status, divergence, metrics = "done", None, {}
-    try:
-        for epoch, n_iterations in enumerate(_epoch_lengths(run), start=1):
-            progress.start_epoch(epoch, len(run.plan.iterations) if run.plan.iterations else None)
-            started = time.perf_counter()
-            deadline = time.time() + (run.plan.seconds - train_seconds)
-            order = epoch_order(run.order_generator, len(run.train), cfg.shuffle, run.device)
-            source = run.train.source(order, run.bounded_memory)
-            run.model.train()
-            trace = train_one_epoch(
-                run.step, run.optimizer, run.iteration_scheduler, source, run.slices[:n_iterations], progress, deadline
-            )
-            del source  # the epoch's copy of the data is not needed during evaluation
-            # The one device→host transfer of the epoch; it also makes the timing honest on GPUs.
-            losses = trace.losses.double().cpu().numpy()
-            grad_norms = trace.grad_norms.double().cpu().numpy()
-            train_seconds += time.perf_counter() - started
-
-            steps = np.arange(iteration, iteration + len(losses))
-            _log_iterations(logger, steps, losses, grad_norms, trace, cfg.log_every)
-            iteration += len(losses)
-            samples += sum(trace.batch_sizes)
-
-            if not np.isfinite(losses).all():
-                first = int(np.flatnonzero(~np.isfinite(losses))[0])
-                status = "diverged"
-                divergence = {"iteration": int(steps[first]), "epoch": epoch, "lr": trace.lrs[first], "batch_size": run.batch_size}
-                log.warning("Diverged: non-finite loss at iteration %d (epoch %d, lr %g); stopping.", steps[first], epoch, trace.lrs[first])
-                break
-
-            metrics = _epoch_metrics(run, float(np.average(losses, weights=trace.batch_sizes)))
-            _log_epoch(logger, metrics, epoch, iteration, samples, train_seconds)
-            run.epoch_scheduler.step(metrics)
-            log.info("epoch %d  %s  (%.2fs)", epoch, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()), time.perf_counter() - started)
-            if train_seconds >= run.plan.seconds:
-                break
-    finally:
-        progress.close()
-
-    n_per_epoch = sum(b.stop - b.start for b in run.slices)
-    return {
-        "status": status,
-        "epochs": epoch,
-        "iterations": iteration,
-        "iterations_per_epoch": run.iterations_per_epoch,
-        "samples_seen": samples,
-        "budget": {"unit": cfg.budget, "amount": cfg.budget if cfg.budget == "epochs" else cfg.budget_amount},
-        "spent": {"epochs": samples / n_per_epoch, "samples": samples, "updates": iteration, "seconds": train_seconds},
-        "batch_size": run.batch_size,
-        "regime": run.regime,
-        "lr": run.lr,
-        "n_train": len(run.train),
-        "n_val": len(run.val) if run.val is not None else 0,
-        "train_loss": _finite_or_none(metrics.get("loss/train_full")),
-        "train_epoch_loss": _finite_or_none(metrics.get("loss/train_epoch")),
-        "val_loss": _finite_or_none(metrics.get("loss/val")),
-        "train_acc": metrics.get("acc/train"),
-        "val_acc": metrics.get("acc/val"),
-        "seconds_per_epoch": train_seconds / epoch if epoch else None,
-        "train_seconds": train_seconds,
-        "divergence": divergence,
-        "device": str(run.device),
-        "torch_version": torch.__version__,
-        "seed": cfg.seed,
-        "dataset": {"name": cfg.dataset.name, "task": run.dataset.task, "n_classes": run.dataset.n_classes, **run.dataset.info},
-    }
-
-
-def _log_iterations(logger: MetricLogger, steps: np.ndarray, losses: np.ndarray, grad_norms: np.ndarray, trace: EpochTrace, log_every: int) -> None:
-    """The epoch's per-iteration series, every ``log_every``-th global iteration."""
-    keep = steps % log_every == 0
-    wall_times = np.asarray(trace.wall_times)[keep]
-    logger.log_series("loss/train_iter", steps[keep], losses[keep], wall_times)
-    logger.log_series("grad_norm", steps[keep], grad_norms[keep], wall_times)
-    logger.log_series("lr", steps[keep], np.asarray(trace.lrs)[keep], wall_times)
-
-
 def hparams_of(run: Run) -> dict[str, Any]:
     """The hyperparameters a sweep varies, flattened for TensorBoard's HParams tab."""
     cfg = run.cfg
@@ -330,6 +208,14 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+RESUMABLE_KEYS = {"epochs", "budget_amount", "progress", "resume", "checkpoint_every", "device", "output_dir", "eval_batch_size"}
+
+
+def fit(run: Run, logger: MetricLogger, state: TrainState | None = None, save_checkpoint: Any = None) -> dict[str, Any]:
+    """Train ``run`` (from ``state`` when resuming) and return its summary."""
+    return summary_of(run, run_epochs(run, logger, state, save_checkpoint))
+
+
 def record_failure(output_dir: str | Path, error: str, trace: str | None = None) -> None:
     """Leave ``summary.json`` with ``status: failed`` and the error, so a sweep's report shows the job."""
     out = Path(output_dir)
@@ -337,35 +223,130 @@ def record_failure(output_dir: str | Path, error: str, trace: str | None = None)
     _write_json_atomic(out / SUMMARY_FILE, {"status": "failed", "error": error, "traceback": trace})
 
 
+def _comparable_config(cfg: DictConfig) -> dict[str, Any]:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in resolved.items() if k not in RESUMABLE_KEYS}
+
+
+def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def _checkpoint_payload(run: Run, state: TrainState, log_position: tuple[str, int]) -> dict[str, Any]:
+    return {
+        "format": 1,
+        "config": _comparable_config(run.cfg),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "state": state.to_dict(),
+        "rng": rng_state(run.order_generator),
+        "tensorboard": list(log_position),
+    }
+
+
+def _restore(run: Run, payload: dict[str, Any]) -> TrainState:
+    """Put a checkpoint back into ``run``; refuse one made with a different config."""
+    diffs = _config_differences(payload["config"], _comparable_config(run.cfg))
+    if diffs:
+        raise ConfigError(
+            "resume", run.cfg.resume,
+            f"the config the checkpoint was made with (differences: {'; '.join(diffs)}); "
+            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change. Use resume=never in a new output directory to start over",
+        )
+    run.model.load_state_dict(payload["model"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    run.scheduler.load_state_dict(payload["scheduler"])
+    restore_rng_state(payload["rng"], run.order_generator)
+    return TrainState(**payload["state"])
+
+
+def _set_aside(out: Path, reason: str) -> None:
+    """Move a previous attempt's files into ``out/.attempts/<n>-<reason>/``: nothing is deleted."""
+    leftovers = [p for p in (out / TB_DIR, out / CHECKPOINT_DIR, out / SUMMARY_FILE, out / WEIGHTS_FILE) if p.exists()]
+    if not leftovers:
+        return
+    attempts = out / ".attempts"
+    target = attempts / f"{len(list(attempts.glob('*'))) + 1 if attempts.exists() else 1}-{reason}"
+    target.mkdir(parents=True)
+    for path in leftovers:
+        os.replace(path, target / path.name)
+    log.warning("Moved the previous attempt's files (%s) to %s", reason, target)
+
+
+def _prior_attempt(cfg: DictConfig, out: Path) -> tuple[str, dict[str, Any] | None]:
+    """What the output directory already holds: ``finished`` (with its summary), ``resumable``
+    (with the checkpoint), or ``fresh``. Applies ``resume`` (auto|must|never)."""
+    if cfg.resume not in RESUME_MODES:
+        raise ConfigError("resume", cfg.resume, f"one of {', '.join(RESUME_MODES)}")
+    summary = json.loads((out / SUMMARY_FILE).read_text()) if (out / SUMMARY_FILE).exists() else None
+    status = summary["status"] if summary else None
+    if status in ("done", "diverged"):
+        if cfg.resume == "never":
+            raise ConfigError("output_dir", str(out), "a directory without a finished run (or resume=auto to keep its result)")
+        return "finished", summary
+    checkpoint = load_checkpoint(out / CHECKPOINT_DIR) if cfg.resume != "never" and status != "failed" else None
+    if checkpoint is not None:
+        payload, path = checkpoint
+        log.info("Resuming from %s (iteration %d).", path, payload["state"]["iteration"])
+        return "resumable", payload
+    if cfg.resume == "must":
+        raise ConfigError("resume", "must", f"a run to resume, and {out} has no loadable checkpoint (use resume=auto)")
+    _set_aside(out, status or "incomplete")
+    return "fresh", None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment and write ``tb/``, ``summary.json`` and ``model.pt`` to ``cfg.output_dir``."""
+    """Run one experiment and write ``tb/``, ``summary.json`` and ``model.pt`` to ``cfg.output_dir``.
+
+    Re-running into the same directory (``resume=auto``) returns a finished run's summary
+    untouched, resumes an interrupted or killed one from its checkpoint, and starts a failed
+    one over (the failed attempt's files are kept under ``.attempts/``).
+    """
     run = build_run(cfg)
     out = Path(cfg.output_dir)
+    kind, prior = _prior_attempt(cfg, out)
+    if kind == "finished":
+        log.info("%s already holds a finished run (status %s); nothing to do.", out, prior["status"])
+        return prior
+    state = _restore(run, prior) if kind == "resumable" else None
     length = f"{cfg.epochs} epochs" if cfg.budget == "epochs" else f"a budget of {cfg.budget_amount:g} {cfg.budget}"
     log.info(
         "Training %s on %s (%s): %d train / %d val samples, batch size %d, %d iterations per epoch, %s",
         cfg.dataset.name, run.device, run.regime, len(run.train), len(run.val) if run.val else 0,
         run.batch_size, run.iterations_per_epoch, length,
     )
-    if (out / SUMMARY_FILE).exists():
-        raise ConfigError("output_dir", str(out), "a directory without a finished run (summary.json exists there)")
-    logger = TensorBoardLogger(out / TB_DIR)
+    logger = TensorBoardLogger(out / TB_DIR, resume_from=tuple(prior["tensorboard"]) if prior else None)
+
+    def save_checkpoint(current: TrainState) -> None:
+        save_checkpoint_file(out / CHECKPOINT_DIR, _checkpoint_payload(run, current, logger.position()))
+
     status = "failed"
     try:
-        logger.log_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
-        logger.log_hparams(hparams_of(run))
-        summary = fit(run, logger)
+        if state is None:
+            logger.log_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
+            logger.log_hparams(hparams_of(run))
+            save_checkpoint(TrainState())  # so a kill before the first boundary still resumes cleanly
+        summary = fit(run, logger, state, save_checkpoint)
         status = summary["status"]
     finally:
-        logger.log_status(status)
+        if status != "interrupted":
+            logger.log_status(status)
         logger.close()
     summary["hparams"] = hparams_of(run)
 
     weights_finite = all(torch.isfinite(p).all() for p in run.model.parameters())
-    if weights_finite:
+    if weights_finite and status != "interrupted":
         torch.save({k: v.detach().cpu() for k, v in run.model.state_dict().items()}, out / WEIGHTS_FILE)
-    summary["weights_saved"] = bool(weights_finite)
+    summary["weights_saved"] = bool(weights_finite and status != "interrupted")
     _write_json_atomic(out / SUMMARY_FILE, summary)
     log.info("Status: %s. Results in %s", summary["status"], out)
-    log.info("TensorBoard logs: %s  —  open with: tensorboard --logdir %s --host 127.0.0.1", out / TB_DIR, out.parent)
+    log.info("TensorBoard logs: %s  —  open with: tensorboard --logdir %s --host 127.0.0.1 --samples_per_plugin scalars=0", out / TB_DIR, out.parent)
     return summary

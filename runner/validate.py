@@ -46,6 +46,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("log_every", cfg.log_every, "an integer >= 1 (1 = every iteration)")
     if cfg.micro_batch_size is not None and cfg.micro_batch_size < 1:
         raise ConfigError("micro_batch_size", cfg.micro_batch_size, "an integer >= 1, or null for whole batches")
+    if cfg.checkpoint_every < 0:
+        raise ConfigError("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0 = at each epoch end only)")
     if cfg.eval_batch_size < 1:
         raise ConfigError("eval_batch_size", cfg.eval_batch_size, "an integer >= 1")
     if str(cfg.progress).lower() not in PROGRESS_MODES:

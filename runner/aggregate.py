@@ -1,0 +1,618 @@
+"""Seed-group aggregates and the TensorBoard custom-scalars layout of a sweep.
+
+A sweep writes one run directory per job, ``<sweep>/<override_dirname>/seed=<k>/``.
+Runs that share a parent directory and differ only in ``seed=<k>`` form a *seed
+group*; :func:`write_seed_aggregates` adds a run ``<group>/seed_aggregate/`` holding
+the mean across seeds of every scalar, with ``/min``, ``/max`` and ``/std`` companions,
+so TensorBoard can draw one line (and, through :func:`write_layout`'s margin charts, a
+band) per configuration instead of one line per seed.
+
+Reading the members' event files is the slow part for per-iteration logs (a million
+points per tag is ordinary for SGD), so :func:`read_scalar_series` decodes the scalar
+records our own writer produces with numpy, and only the few other events (file header,
+text, hparams) one at a time with protobuf.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2
+from tensorboard.util import tensor_util
+from torch.utils.tensorboard.summary import custom_scalars
+
+from runner.tbwriter import EventWriter, encode_scalar
+
+__all__ = [
+    "AGGREGATE_DIR",
+    "DEFAULT_LAYOUT",
+    "EXCLUDED_DIRS",
+    "LAYOUT_DIR",
+    "SeedStats",
+    "Series",
+    "align_series",
+    "find_runs",
+    "natural_key",
+    "read_scalar_series",
+    "read_summary",
+    "seed_groups",
+    "seed_of",
+    "seed_stats",
+    "write_layout",
+    "write_seed_aggregates",
+]
+
+SUMMARY_FILE = "summary.json"
+TB_DIR = "tb"
+AGGREGATE_DIR = "seed_aggregate"
+AGGREGATE_FILE = "aggregate.json"
+LAYOUT_DIR = "_layout"
+# Directories this module and runner.report write; none of them is a training run.
+EXCLUDED_DIRS = frozenset({"_report", LAYOUT_DIR, "report", AGGREGATE_DIR})
+
+_SEED_DIR = re.compile(r"seed=(-?\d+)")
+# Tags whose step is a measured time: no two seeds share those steps, so their points are
+# paired by position (the k-th epoch end of every seed) instead of by step.
+_POSITIONAL_PREFIXES = ("by_time_ms/",)
+_STAT_SUFFIXES = ("min", "max", "std")
+_EVENT_GLOB = "events.out.tfevents.*"
+
+
+# --------------------------------------------------------------------------- discovery
+def natural_key(text: str) -> tuple:
+    """Sort key that orders embedded integers by value (``seed=2`` before ``seed=10``).
+
+    Args:
+        text: any string, typically a relative path.
+
+    Returns:
+        A tuple comparing numbers numerically and the rest as text.
+    """
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
+
+
+def _path_key(path: Path) -> tuple:
+    return tuple(natural_key(part) for part in path.parts)
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every run directory (one holding ``summary.json``) under ``root``.
+
+    ``root`` itself counts when it is a run. Hidden directories (``.hydra``), ``tb/``
+    and the directories this package generates (:data:`EXCLUDED_DIRS`) are skipped.
+
+    Args:
+        root: a run, a sweep, or any directory above them.
+
+    Returns:
+        The run directories, ordered by path with numbers compared by value.
+    """
+    root = Path(root)
+    runs = []
+    for current, dirs, files in os.walk(root):
+        if SUMMARY_FILE in files:
+            runs.append(Path(current))
+        # Pruned in place so os.walk never descends into them.
+        dirs[:] = [d for d in dirs if d not in EXCLUDED_DIRS and d != TB_DIR and not d.startswith(".")]
+    return sorted(runs, key=_path_key)
+
+
+def seed_of(run: Path) -> int | None:
+    """The seed a run directory is named after (``seed=3`` → 3), else ``None``."""
+    match = _SEED_DIR.fullmatch(Path(run).name)
+    return int(match.group(1)) if match else None
+
+
+def seed_groups(runs: Iterable[Path], root: Path) -> dict[str, list[Path]]:
+    """Groups ``seed=<k>`` runs by the directory they share.
+
+    Args:
+        runs: run directories, e.g. from :func:`find_runs`.
+        root: the directory labels are relative to.
+
+    Returns:
+        Group label (the group directory relative to ``root``, ``"."`` for ``root``
+        itself) → its runs ordered by seed. Runs not named ``seed=<int>``, and runs
+        whose parent lies outside ``root`` (``root`` being a single seed run), belong
+        to no group.
+    """
+    root = Path(root).resolve()
+    groups: dict[str, list[Path]] = {}
+    for run in runs:
+        if seed_of(run) is None:
+            continue
+        parent = Path(run).resolve().parent
+        if parent != root and root not in parent.parents:
+            continue
+        label = parent.relative_to(root).as_posix()
+        groups.setdefault(label, []).append(Path(run))
+    return {label: sorted(members, key=seed_of) for label, members in sorted(groups.items(), key=lambda kv: natural_key(kv[0]))}
+
+
+def read_summary(run: Path) -> dict:
+    """A run's ``summary.json``; an unreadable one reads as a failed run saying why.
+
+    Args:
+        run: the run directory.
+
+    Returns:
+        The summary dict (always with a ``status`` key).
+    """
+    path = Path(run) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return {"status": "unreadable", "error": f"{path.name}: {err}"}
+    if not isinstance(summary, dict):
+        return {"status": "unreadable", "error": f"{path.name} does not hold a JSON object"}
+    summary.setdefault("status", "unknown")
+    return summary
+
+
+# --------------------------------------------------------------------------- reading events
+@dataclass(frozen=True)
+class Series:
+    """One scalar tag's points in file order."""
+
+    steps: np.ndarray  # int64
+    values: np.ndarray  # float32, as TensorBoard stores them
+    wall_times: np.ndarray  # float64 seconds since the epoch
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+_U64 = struct.Struct("<Q")
+# Smallest and largest number of following headers probed at once for a run of equal lengths.
+_PROBE_MIN, _PROBE_MAX = 8, 1 << 16
+
+
+def _equal_length_run(arr: np.ndarray, start: int, length: int) -> int:
+    """How many records from ``start`` on all have data length ``length`` (at least 1).
+
+    Checking the header where the next record must begin is exact: once record ``k`` is
+    known to start at its predicted offset with this length, so does record ``k + 1``.
+    """
+    stride = 16 + length
+    total = len(arr)
+    count, probe = 1, _PROBE_MIN
+    while True:
+        offsets = start + stride * np.arange(count, count + probe, dtype=np.int64)
+        offsets = offsets[offsets + stride <= total]
+        if len(offsets) == 0:
+            return count
+        headers = arr[offsets[:, None] + np.arange(8)].view("<u8").ravel()
+        mismatch = np.flatnonzero(headers != length)
+        if len(mismatch):
+            return count + int(mismatch[0])
+        count += len(offsets)
+        probe = min(probe * 2, _PROBE_MAX)
+
+
+def _record_bounds(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start of each record's data and its length; a truncated last record is left out."""
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    starts, lengths = [], []
+    offset, total = 0, len(buf)
+    while offset + 12 <= total:
+        (length,) = _U64.unpack_from(buf, offset)
+        if offset + 16 + length > total:
+            break  # a writer still appending; TensorBoard also waits for the rest
+        count = _equal_length_run(arr, offset, length)
+        starts.append(offset + 12 + (16 + length) * np.arange(count, dtype=np.int64))
+        lengths.append(np.full(count, length, dtype=np.int64))
+        offset += (16 + length) * count
+    if not starts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(starts), np.concatenate(lengths)
+
+
+def _gather(arr: np.ndarray, positions: np.ndarray, width: int) -> np.ndarray:
+    """``width`` bytes from each position, as a (positions, width) array.
+
+    Positions too close to the end read the buffer's last ``width`` bytes instead; only
+    malformed records get there, and those fail the later checks anyway.
+    """
+    if len(arr) < width:
+        arr = np.concatenate([arr, np.zeros(width - len(arr), dtype=arr.dtype)])
+    windows = np.lib.stride_tricks.sliding_window_view(arr, width)
+    return windows[np.clip(positions, 0, len(windows) - 1)]
+
+
+def _scalar_layout(arr: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+    """Locates step and tag bytes in records shaped like a plain scalar event.
+
+    Such a record is ``0x09 wall(8) [0x10 varint step] <tag bytes> float(4)``, which
+    is what both ``runner.tbwriter`` and protobuf write for a ``simple_value``.
+
+    Returns:
+        (candidate mask, steps, tag-part start, tag-part length), all per record.
+    """
+    n = len(starts)
+    steps = np.zeros(n, dtype=np.uint64)
+    long_enough = lengths >= 14
+    has_step = long_enough & (_gather(arr, starts + 9, 1)[:, 0] == 0x10)
+    varint = _gather(arr, starts + 10, 10)
+    ends = varint < 0x80
+    varint_len = np.argmax(ends, axis=1) + 1
+    valid = long_enough & (arr[np.minimum(starts, len(arr) - 1)] == 0x09) & (~has_step | ends.any(axis=1))
+    longest = int(varint_len[has_step].max()) if has_step.any() else 0
+    for j in range(longest):
+        # One column at a time: a (records, 10) uint64 matrix would cost 80 bytes a point.
+        part = (varint[:, j] & 0x7F).astype(np.uint64) << np.uint64(7 * j)
+        steps |= np.where(has_step & (j < varint_len), part, np.uint64(0))
+    tail_start = starts + 9 + np.where(has_step, 1 + varint_len, 0)
+    tail_len = lengths - (tail_start - starts) - 4
+    valid &= tail_len > 0
+    return valid, steps.view(np.int64), tail_start, tail_len
+
+
+def _tail_tag(tail: bytes, record: bytes) -> str | None:
+    """The tag of a scalar-shaped record, if its tag bytes are exactly a plain scalar's."""
+    try:
+        event = event_pb2.Event.FromString(record)
+    except Exception:  # noqa: BLE001 - any undecodable record just takes the slow path
+        return None
+    values = event.summary.value
+    if len(values) != 1 or values[0].WhichOneof("value") != "simple_value" or values[0].HasField("metadata"):
+        return None
+    tag = values[0].tag
+    # The bytes encode_scalar puts between step and float for this tag.
+    expected = encode_scalar(tag, 0, 0.0, 0.0)[12 + 9 : -8]
+    return tag if expected == tail else None
+
+
+def _slow_scalars(record: bytes) -> list[tuple[str, int, float, float]]:
+    """(tag, step, value, wall time) of every scalar in a record protobuf must decode."""
+    event = event_pb2.Event.FromString(record)
+    points = []
+    for value in event.summary.value:
+        kind = value.WhichOneof("value")
+        if kind == "simple_value":
+            points.append((value.tag, event.step, value.simple_value, event.wall_time))
+        elif kind == "tensor" and value.metadata.plugin_data.plugin_name == "scalars":
+            array = tensor_util.make_ndarray(value.tensor)
+            if array.size == 1:
+                points.append((value.tag, event.step, float(array.reshape(())), event.wall_time))
+    return points
+
+
+def _read_event_file(path: Path) -> dict[str, list[tuple[np.ndarray, ...]]]:
+    """Scalar points of one event file as (record index, step, value, wall) array chunks per tag."""
+    buf = path.read_bytes()
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    starts, lengths = _record_bounds(buf)
+    chunks: dict[str, list[tuple[np.ndarray, ...]]] = {}
+    if len(starts) == 0:
+        return chunks
+    fast, steps, tail_start, tail_len = _scalar_layout(arr, starts, lengths)
+    handled = np.zeros(len(starts), dtype=bool)
+    for length in np.unique(tail_len[fast]).tolist():
+        rows = np.flatnonzero(fast & (tail_len == length))
+        tails = np.ascontiguousarray(_gather(arr, tail_start[rows], length)).view(f"V{length}").ravel()
+        unique, first, inverse = np.unique(tails, return_index=True, return_inverse=True)
+        for k in range(len(unique)):
+            row = rows[first[k]]
+            record = buf[starts[row] : starts[row] + lengths[row]]
+            tag = _tail_tag(unique[k].tobytes(), record)
+            if tag is None:
+                continue
+            members = rows[inverse.ravel() == k]
+            ends = starts[members] + lengths[members]
+            values = _gather(arr, ends - 4, 4).copy().view("<f4").ravel()
+            walls = _gather(arr, starts[members] + 1, 8).copy().view("<f8").ravel()
+            chunks.setdefault(tag, []).append((members, steps[members], values, walls))
+            handled[members] = True
+    for row in np.flatnonzero(~handled).tolist():
+        record = buf[starts[row] : starts[row] + lengths[row]]
+        for tag, step, value, wall in _slow_scalars(record):
+            chunks.setdefault(tag, []).append(
+                (np.array([row]), np.array([step], np.int64), np.array([value], np.float32), np.array([wall]))
+            )
+    return chunks
+
+
+def read_scalar_series(tb_dir: Path) -> dict[str, Series]:
+    """Every scalar series in a TensorBoard log directory, in file order.
+
+    Gives the same points as TensorBoard's ``EventAccumulator`` with no down-sampling,
+    about a hundred times faster on per-iteration logs. Event files are read in name
+    order (their names start with the creation time).
+
+    Args:
+        tb_dir: a directory holding ``events.out.tfevents.*`` files.
+
+    Returns:
+        Tag → :class:`Series`; empty when there are no event files.
+    """
+    merged: dict[str, list[tuple[np.ndarray, ...]]] = {}
+    offset = 0
+    for path in sorted(Path(tb_dir).glob(_EVENT_GLOB)):
+        file_chunks = _read_event_file(path)
+        for tag, parts in file_chunks.items():
+            merged.setdefault(tag, []).extend((order + offset, *rest) for order, *rest in parts)
+        offset += 1 << 40  # keeps records of a later file after those of an earlier one
+    series = {}
+    for tag, parts in sorted(merged.items()):
+        order = np.concatenate([p[0] for p in parts])
+        sort = np.argsort(order, kind="stable")
+        series[tag] = Series(
+            steps=np.concatenate([p[1] for p in parts])[sort].astype(np.int64),
+            values=np.concatenate([p[2] for p in parts])[sort].astype(np.float32),
+            wall_times=np.concatenate([p[3] for p in parts])[sort].astype(np.float64),
+        )
+    return series
+
+
+# --------------------------------------------------------------------------- statistics
+@dataclass(frozen=True)
+class SeedStats:
+    """Several seeds' values of one tag, paired point by point."""
+
+    steps: np.ndarray  # int64, one per aligned point
+    values: np.ndarray  # float32, (members, points)
+    wall_offsets: np.ndarray  # float64 seconds since each member's first point, (members, points)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.values.astype(np.float64).mean(axis=0)
+
+    @property
+    def min(self) -> np.ndarray:
+        return self.values.min(axis=0)
+
+    @property
+    def max(self) -> np.ndarray:
+        return self.values.max(axis=0)
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation (ddof=0): the seeds are all there is."""
+        return self.values.astype(np.float64).std(axis=0)
+
+
+def is_positional(tag: str) -> bool:
+    """Whether ``tag``'s points are paired across seeds by position rather than by step."""
+    return tag.startswith(_POSITIONAL_PREFIXES)
+
+
+def _last_per_step(series: Series) -> Series:
+    """One point per step, the last one logged (what a rerun of a step overwrites)."""
+    reversed_steps = series.steps[::-1]
+    _, first_in_reversed = np.unique(reversed_steps, return_index=True)
+    keep = np.sort(len(series) - 1 - first_in_reversed)
+    return Series(series.steps[keep], series.values[keep], series.wall_times[keep])
+
+
+def _sorted_by_step(series: Series) -> Series:
+    order = np.argsort(series.steps, kind="stable")
+    return Series(series.steps[order], series.values[order], series.wall_times[order])
+
+
+def align_series(members: Sequence[Series], positional: bool = False) -> SeedStats:
+    """Pairs the points of several seeds' series of one tag.
+
+    Args:
+        members: one series per seed, non-empty.
+        positional: pair the k-th points (the step becomes the rounded mean of the
+            members' k-th steps) instead of the points at equal steps.
+
+    Returns:
+        The aligned values; steps present in every member (or the shortest member's
+        length when ``positional``), in increasing order.
+    """
+    if not members:
+        raise ValueError("align_series needs at least one series")
+    starts = [float(s.wall_times.min()) if len(s) else 0.0 for s in members]
+    if positional:
+        count = min(len(s) for s in members)
+        steps_matrix = np.stack([s.steps[:count] for s in members])
+        steps = np.rint(steps_matrix.astype(np.float64).mean(axis=0)).astype(np.int64)
+        values = np.stack([s.values[:count] for s in members])
+        walls = np.stack([s.wall_times[:count] - start for s, start in zip(members, starts)])
+        return SeedStats(steps, values.astype(np.float32), walls)
+    by_step = [_sorted_by_step(_last_per_step(s)) for s in members]
+    common = by_step[0].steps
+    for s in by_step[1:]:
+        common = np.intersect1d(common, s.steps, assume_unique=True)
+    index = [np.searchsorted(s.steps, common) for s in by_step]
+    values = np.stack([s.values[i] for s, i in zip(by_step, index)])
+    walls = np.stack([s.wall_times[i] - start for s, i, start in zip(by_step, index, starts)])
+    return SeedStats(common.astype(np.int64), values.astype(np.float32), walls)
+
+
+def seed_stats(members: Sequence[Mapping[str, Series]]) -> dict[str, SeedStats]:
+    """Aligned values of every tag all members have, for tags with at least one common point.
+
+    Args:
+        members: each seed's ``read_scalar_series`` result.
+
+    Returns:
+        Tag → :class:`SeedStats`, in tag order.
+    """
+    if not members:
+        return {}
+    tags = set(members[0]).intersection(*members[1:])
+    stats = {}
+    for tag in sorted(tags):
+        aligned = align_series([m[tag] for m in members], positional=is_positional(tag))
+        if len(aligned.steps):
+            stats[tag] = aligned
+    return stats
+
+
+# --------------------------------------------------------------------------- writing aggregates
+def _clear_event_files(logdir: Path) -> None:
+    """Removes the event files a previous generation wrote, so a rewrite replaces them."""
+    for old in Path(logdir).glob(_EVENT_GLOB):
+        old.unlink()
+
+
+def _remove_aggregate(agg_dir: Path) -> None:
+    """Deletes a stale aggregate, touching nothing it did not write itself."""
+    if (agg_dir / AGGREGATE_FILE).exists() or (agg_dir / TB_DIR).is_dir():
+        shutil.rmtree(agg_dir, ignore_errors=True)
+
+
+def _write_aggregate_events(tb_dir: Path, stats: Mapping[str, SeedStats], base_time: float) -> None:
+    tb_dir.mkdir(parents=True, exist_ok=True)
+    _clear_event_files(tb_dir)
+    writer = EventWriter(tb_dir)
+    try:
+        for tag, s in stats.items():
+            # Mean elapsed time since each seed started, so TensorBoard's "relative" axis
+            # shows a typical seed's timing.
+            walls = base_time + s.wall_offsets.mean(axis=0)
+            writer.add_scalars(tag, s.steps, s.mean, walls)
+            for suffix in _STAT_SUFFIXES:
+                writer.add_scalars(f"{tag}/{suffix}", s.steps, getattr(s, suffix), walls)
+    finally:
+        writer.close()
+
+
+def _describe(label: str, members: Sequence[Path], skipped: Sequence[tuple[Path, str]], stats: Mapping[str, SeedStats]) -> dict:
+    return {
+        "group": label,
+        "seeds": [seed_of(m) for m in members],
+        "members": [m.name for m in members],
+        "excluded": [{"run": p.name, "status": status} for p, status in skipped],
+        "statistics": ["mean", *_STAT_SUFFIXES],
+        "std": "population (ddof=0)",
+        "tags": {
+            tag: {
+                "points": int(len(s.steps)),
+                "first_step": int(s.steps[0]),
+                "last_step": int(s.steps[-1]),
+                "aligned_by": "position (k-th point of every seed; step = mean)" if is_positional(tag) else "step",
+            }
+            for tag, s in stats.items()
+        },
+    }
+
+
+def write_seed_aggregates(root: Path) -> list[Path]:
+    """Writes ``<group>/seed_aggregate/`` for each seed group with at least two finished runs.
+
+    For every scalar tag all finished members have, the aggregate run holds ``<tag>``
+    (the mean across seeds), ``<tag>/min``, ``<tag>/max`` and ``<tag>/std`` (population)
+    at each step present in every member; ``by_time_ms/`` tags, whose steps are
+    measured times, pair the seeds' k-th points instead. Diverged and failed seeds are
+    left out (and listed in ``aggregate.json``). An existing aggregate is replaced, and
+    one whose group no longer qualifies is removed.
+
+    Args:
+        root: a sweep (or any directory above runs).
+
+    Returns:
+        The aggregate run directories written.
+    """
+    root = Path(root)
+    written = []
+    for label, members in seed_groups(find_runs(root), root).items():
+        group_dir = root / label
+        agg_dir = group_dir / AGGREGATE_DIR
+        done, skipped = [], []
+        for run in members:
+            status = read_summary(run)["status"]
+            if status == "done" and any((run / TB_DIR).glob(_EVENT_GLOB)):
+                done.append(run)
+            else:
+                skipped.append((run, status))
+        if len(done) < 2:
+            _remove_aggregate(agg_dir)
+            continue
+        series = [read_scalar_series(run / TB_DIR) for run in done]
+        stats = seed_stats(series)
+        base_time = min((float(s.wall_times.min()) for m in series for s in m.values() if len(s)), default=time.time())
+        _write_aggregate_events(agg_dir / TB_DIR, stats, base_time)
+        description = _describe(label, done, skipped, stats)
+        (agg_dir / AGGREGATE_FILE).write_text(json.dumps(description, indent=2) + "\n")
+        written.append(agg_dir)
+    return written
+
+
+# --------------------------------------------------------------------------- layout
+# Category → chart title → (kind, tags). Multiline tags are matched exactly (write_layout
+# anchors them); Margin takes (value, lower, upper) tag names, which TensorBoard reads
+# as exact names.
+LayoutSpec = Mapping[str, Mapping[str, tuple[str, Sequence[str]]]]
+
+DEFAULT_LAYOUT: LayoutSpec = {
+    "Loss by iteration": {
+        "loss/train_iter: batch loss at each update (step = iteration)": ("Multiline", ["loss/train_iter"]),
+    },
+    "Loss by epoch": {
+        "loss/train_full: whole training set at epoch end": ("Multiline", ["loss/train_full"]),
+        "loss/train_epoch: mean batch loss during the epoch": ("Multiline", ["loss/train_epoch"]),
+    },
+    "Loss by samples seen": {
+        "by_samples/loss/train_full (step = samples seen)": ("Multiline", ["by_samples/loss/train_full"]),
+    },
+    "Loss by wall time": {
+        "by_time_ms/loss/train_full (step = training ms)": ("Multiline", ["by_time_ms/loss/train_full"]),
+    },
+    "Validation": {
+        "loss/val": ("Multiline", ["loss/val"]),
+        "acc/val": ("Multiline", ["acc/val"]),
+    },
+    "Seed bands": {
+        "loss/train_full: seed mean, min–max": (
+            "Margin",
+            ["loss/train_full", "loss/train_full/min", "loss/train_full/max"],
+        ),
+        "loss/val: seed mean, min–max": ("Margin", ["loss/val", "loss/val/min", "loss/val/max"]),
+    },
+}
+
+_CHART_KINDS = ("Multiline", "Margin")
+
+
+def _layout_for_torch(tags: LayoutSpec) -> dict[str, dict[str, list]]:
+    layout: dict[str, dict[str, list]] = {}
+    for category, charts in tags.items():
+        layout[category] = {}
+        for title, (kind, chart_tags) in charts.items():
+            if kind not in _CHART_KINDS:
+                raise ValueError(f"chart {title!r}: kind must be one of {_CHART_KINDS}, got {kind!r}")
+            if kind == "Margin":
+                if len(chart_tags) != 3:
+                    raise ValueError(f"margin chart {title!r} needs (value, lower, upper), got {list(chart_tags)}")
+                layout[category][title] = ["Margin", list(chart_tags)]
+            else:
+                # Anchored, so "loss/train_full" does not also match "by_samples/loss/train_full".
+                layout[category][title] = ["Multiline", [f"^{re.escape(tag)}$" for tag in chart_tags]]
+    return layout
+
+
+def write_layout(root: Path, tags: LayoutSpec = DEFAULT_LAYOUT) -> Path:
+    """Writes the custom-scalars layout for TensorBoard's Custom Scalars tab to ``<root>/_layout/``.
+
+    Rewriting replaces the previous layout file.
+
+    Args:
+        root: the directory TensorBoard will be pointed at (``--logdir``).
+        tags: category → chart title → ``("Multiline", [tag, ...])`` or
+            ``("Margin", [value_tag, lower_tag, upper_tag])``.
+
+    Returns:
+        The event file written.
+    """
+    summary = custom_scalars(_layout_for_torch(tags))
+    layout_dir = Path(root) / LAYOUT_DIR
+    layout_dir.mkdir(parents=True, exist_ok=True)
+    _clear_event_files(layout_dir)
+    writer = EventWriter(layout_dir)
+    try:
+        writer.add_summary(summary, step=0)
+    finally:
+        writer.close()
+    return writer.path

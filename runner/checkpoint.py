@@ -1,0 +1,96 @@
+"""Checkpoints that survive a kill at any moment, and load without running anyone's code.
+
+A checkpoint is written to a temporary file in the same directory, fsynced, then renamed
+over ``last.ckpt`` (the previous one becomes ``prev.ckpt``): a kill during the write leaves
+the old files whole. Loading always passes ``weights_only=True`` explicitly, so a malicious
+pickle is refused even when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set, and a ``last``
+that will not load falls back to ``prev`` with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runner.errors import DataError
+
+log = logging.getLogger(__name__)
+
+LAST, PREV = "last.ckpt", "prev.ckpt"
+_TMP_PREFIX = ".writing-"
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the directory entry itself is on disk.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically as ``folder/last.ckpt``, keeping the previous one as ``prev.ckpt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{_TMP_PREFIX}{os.getpid()}.ckpt"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    last = folder / LAST
+    if last.exists():
+        os.replace(last, folder / PREV)
+    os.replace(tmp, last)
+    _fsync_dir(folder)
+    return last
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, Any], Path] | None:
+    """The newest loadable checkpoint in ``folder`` and its path; ``None`` if there is none at all.
+
+    Raises:
+        DataError: checkpoint files exist but none of them loads.
+    """
+    for stale in folder.glob(f"{_TMP_PREFIX}*"):
+        stale.unlink()  # a write that was killed half-way; last/prev are intact
+    found = [p for p in (folder / LAST, folder / PREV) if p.exists()]
+    problems = []
+    for path in found:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), path
+        except Exception as err:  # truncated, corrupt, or not weights-only: never executed
+            problems.append(f"{path.name}: {type(err).__name__}: {str(err).splitlines()[0]}")
+            log.warning("Checkpoint %s cannot be loaded (%s); trying the previous one.", path, problems[-1])
+    if found:
+        raise DataError(folder, "no checkpoint here can be loaded: " + "; ".join(problems))
+    return None
+
+
+def rng_state(order_generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a run draws from, in types that ``weights_only`` loading accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "order": order_generator.get_state(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any], order_generator: torch.Generator) -> None:
+    """Put every random state back as :func:`rng_state` recorded it."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    order_generator.set_state(state["order"])

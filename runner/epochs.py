@@ -1,0 +1,260 @@
+"""The epoch loop around :func:`runner.loop.train_one_epoch`: logging, budget, checkpoints, stops.
+
+An epoch runs in *segments*: from one checkpoint boundary (every ``checkpoint_every``
+updates, and each epoch end) to the next. At each boundary the segment's per-iteration
+values come back from the device (one transfer), go to the logger, and — when a
+checkpointer is given — the whole state is saved. So a run killed at any moment resumes
+from its last boundary and produces the same numbers, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from runner.loggers import MetricLogger
+from runner.loop import EpochTrace, epoch_order, evaluate, train_one_epoch
+from runner.progress import make_progress
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@dataclass
+class TrainState:
+    """Where a run is, beyond model, optimizer, scheduler and random states."""
+
+    epoch: int = 1  # the epoch in progress, or the next one to start
+    position: int = 0  # updates done within that epoch
+    iteration: int = 0  # updates done in total
+    samples: int = 0
+    train_seconds: float = 0.0
+    order: Tensor | None = None  # the epoch's sample order, once drawn (CPU)
+    epoch_losses: list[float] = field(default_factory=list)  # this epoch's batch losses so far
+    epoch_batch_sizes: list[int] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
+    status: str = "running"
+    divergence: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StopFlag:
+    """Set by SIGTERM, SIGINT or SIGUSR1; the loop stops at the next iteration boundary.
+
+    The handler only sets a flag: saving, flushing and exiting happen in the loop, never
+    inside the signal handler.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _epoch_lengths(run: Any) -> Iterator[int]:
+    """Iterations in each epoch: the plan's, or full epochs until a time budget runs out."""
+    if run.plan.iterations is not None:
+        yield from run.plan.iterations
+    else:
+        while True:
+            yield run.iterations_per_epoch
+
+
+def _segment_end(state: TrainState, n_iterations: int, checkpoint_every: int) -> int:
+    """The position in this epoch where the current segment ends (a checkpoint boundary)."""
+    if checkpoint_every <= 0:
+        return n_iterations
+    to_boundary = checkpoint_every - state.iteration % checkpoint_every
+    return min(n_iterations, state.position + to_boundary)
+
+
+def _epoch_metrics(run: Any, train_epoch_loss: float) -> dict[str, float]:
+    """Epoch-end losses and accuracies, fetched from the device in one transfer."""
+    parts = {"train": evaluate(run.model, run.loss_fn, run.train, run.cfg.eval_batch_size)}
+    if run.val is not None:
+        parts["val"] = evaluate(run.model, run.loss_fn, run.val, run.cfg.eval_batch_size)
+    names, tensors = [], []
+    for split, (loss, acc) in parts.items():
+        names.append("loss/train_full" if split == "train" else "loss/val")
+        tensors.append(loss)
+        if acc is not None:
+            names.append(f"acc/{split}")
+            tensors.append(acc)
+    values = torch.stack(tensors).tolist()
+    return {"loss/train_epoch": train_epoch_loss, **dict(zip(names, values))}
+
+
+def _log_epoch(logger: MetricLogger, metrics: dict[str, float], state: TrainState) -> None:
+    """Epoch-level scalars against epoch (their main tags) and against the other three x-axes."""
+    logger.log_dict(metrics, step=state.epoch)
+    for name, value in metrics.items():
+        logger.log(f"by_iteration/{name}", value, state.iteration)
+        logger.log(f"by_samples/{name}", value, state.samples)
+        logger.log(f"by_time_ms/{name}", value, round(state.train_seconds * 1000))
+
+
+def _log_iterations(logger: MetricLogger, steps: np.ndarray, losses: np.ndarray, grad_norms: np.ndarray, trace: EpochTrace, log_every: int) -> None:
+    """A segment's per-iteration series, every ``log_every``-th global iteration."""
+    keep = steps % log_every == 0
+    wall_times = np.asarray(trace.wall_times)[keep]
+    logger.log_series("loss/train_iter", steps[keep], losses[keep], wall_times)
+    logger.log_series("grad_norm", steps[keep], grad_norms[keep], wall_times)
+    logger.log_series("lr", steps[keep], np.asarray(trace.lrs)[keep], wall_times)
+
+
+def _run_segment(run: Any, logger: MetricLogger, state: TrainState, source: Any, end: int, progress: Any, stop: StopFlag) -> np.ndarray:
+    """Updates ``state.position`` .. ``end`` of this epoch; logs them; returns their losses."""
+    started = time.perf_counter()
+    deadline = time.time() + (run.plan.seconds - state.train_seconds)
+    trace = train_one_epoch(
+        run.step, run.optimizer, run.iteration_scheduler, source, run.slices[state.position : end], progress, deadline, stop
+    )
+    # The one device→host transfer of the segment; it also makes the timing honest on GPUs.
+    losses = trace.losses.double().cpu().numpy()
+    grad_norms = trace.grad_norms.double().cpu().numpy()
+    state.train_seconds += time.perf_counter() - started
+
+    steps = np.arange(state.iteration, state.iteration + len(losses))
+    _log_iterations(logger, steps, losses, grad_norms, trace, run.cfg.log_every)
+    state.position += len(losses)
+    state.iteration += len(losses)
+    state.samples += sum(trace.batch_sizes)
+    state.epoch_losses.extend(losses.tolist())
+    state.epoch_batch_sizes.extend(trace.batch_sizes)
+    if not np.isfinite(losses).all():
+        first = int(np.flatnonzero(~np.isfinite(losses))[0])
+        state.status = "diverged"
+        state.divergence = {"iteration": int(steps[first]), "epoch": state.epoch, "lr": trace.lrs[first], "batch_size": run.batch_size}
+        log.warning("Diverged: non-finite loss at iteration %d (epoch %d, lr %g); stopping.", steps[first], state.epoch, trace.lrs[first])
+    return losses
+
+
+def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState) -> None:
+    """Evaluate, log the epoch-level scalars, step the epoch scheduler, and move to the next epoch."""
+    started = time.perf_counter()
+    state.metrics = _epoch_metrics(run, float(np.average(state.epoch_losses, weights=state.epoch_batch_sizes)))
+    _log_epoch(logger, state.metrics, state)
+    run.epoch_scheduler.step(state.metrics)
+    log.info("epoch %d  %s  (eval %.2fs)", state.epoch, "  ".join(f"{k}={v:.4g}" for k, v in state.metrics.items()), time.perf_counter() - started)
+    state.epoch += 1
+    state.position = 0
+    state.order = None
+    state.epoch_losses, state.epoch_batch_sizes = [], []
+
+
+def run_epochs(
+    run: Any,
+    logger: MetricLogger,
+    state: TrainState | None = None,
+    save_checkpoint: Callable[[TrainState], None] | None = None,
+) -> TrainState:
+    """Train from ``state`` (a fresh run by default) until the budget is spent, the loss
+    diverges or a stop signal arrives. Returns the final state (``state.status``)."""
+    state = state or TrainState()
+    save = save_checkpoint or (lambda _state: None)
+    progress = make_progress(str(run.cfg.progress).lower(), run.plan.total_iterations)
+    n_epochs = len(run.plan.iterations) if run.plan.iterations is not None else None
+    with StopFlag() as stop:
+        try:
+            for epoch, n_iterations in enumerate(_epoch_lengths(run), start=1):
+                if epoch < state.epoch:
+                    continue  # finished before a resume
+                progress.start_epoch(epoch, n_epochs)
+                if state.order is None:
+                    state.order = epoch_order(run.order_generator, len(run.train), run.cfg.shuffle, torch.device("cpu"))
+                source = run.train.source(state.order.to(run.device), run.bounded_memory)
+                out_of_time = False
+                while state.position < n_iterations and state.status == "running":
+                    end = _segment_end(state, n_iterations, run.cfg.checkpoint_every)
+                    _run_segment(run, logger, state, source, end, progress, stop)
+                    out_of_time = state.train_seconds >= run.plan.seconds
+                    if stop.requested or out_of_time or state.status != "running":
+                        break
+                    if state.position < n_iterations:
+                        save(state)  # a boundary inside the epoch
+                del source  # the epoch's copy of the data is not needed during evaluation
+                if state.status != "running":
+                    break  # diverged: nothing non-finite is evaluated or saved
+                if stop.requested and state.position < n_iterations:
+                    state.status = "interrupted"
+                    save(state)
+                    break
+                _finish_epoch(run, logger, state)
+                if out_of_time:
+                    break
+                save(state)
+                if stop.requested:
+                    state.status = "interrupted"
+                    break
+        finally:
+            progress.close()
+    if state.status == "running":
+        state.status = "done"
+    if stop.requested:
+        log.warning("Stopped by signal %d at iteration %d; the checkpoint resumes it.", stop.signal, state.iteration)
+    return state
+
+
+def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
+    """The run's ``summary.json`` (without the keys :func:`runner.train.train` adds)."""
+    cfg, metrics = run.cfg, state.metrics
+    n_per_epoch = sum(b.stop - b.start for b in run.slices)
+    epochs_begun = state.epoch - (1 if state.position == 0 and not state.epoch_losses else 0)
+    return {
+        "status": state.status,
+        "epochs": epochs_begun,
+        "iterations": state.iteration,
+        "iterations_per_epoch": run.iterations_per_epoch,
+        "samples_seen": state.samples,
+        "budget": {"unit": cfg.budget, "amount": cfg.epochs if cfg.budget == "epochs" else cfg.budget_amount},
+        "spent": {"epochs": state.samples / n_per_epoch, "samples": state.samples, "updates": state.iteration, "seconds": state.train_seconds},
+        "batch_size": run.batch_size,
+        "regime": run.regime,
+        "lr": run.lr,
+        "n_train": len(run.train),
+        "n_val": len(run.val) if run.val is not None else 0,
+        "train_loss": _finite_or_none(metrics.get("loss/train_full")),
+        "train_epoch_loss": _finite_or_none(metrics.get("loss/train_epoch")),
+        "val_loss": _finite_or_none(metrics.get("loss/val")),
+        "train_acc": metrics.get("acc/train"),
+        "val_acc": metrics.get("acc/val"),
+        "seconds_per_epoch": state.train_seconds / epochs_begun if epochs_begun else None,
+        "train_seconds": state.train_seconds,
+        "divergence": state.divergence,
+        "device": str(run.device),
+        "torch_version": torch.__version__,
+        "seed": cfg.seed,
+        "dataset": {"name": cfg.dataset.name, "task": run.dataset.task, "n_classes": run.dataset.n_classes, **run.dataset.info},
+    }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
