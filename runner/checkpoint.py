@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 
 LAST, PREV = "last.ckpt", "prev.ckpt"
 _TMP_PREFIX = ".writing-"
+# Fault injection for the crash-safety tests: the process kills itself (SIGKILL) in the
+# middle of its N-th checkpoint write, after the new file is written and before it
+# replaces the old ones — the one moment no timing-based kill can be aimed at.
+FAULT_ENV = "RUNNER_FAULT_KILL_IN_CHECKPOINT"
+_saves = 0
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -43,12 +49,20 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    _maybe_inject_fault()
     last = folder / LAST
     if last.exists():
         os.replace(last, folder / PREV)
     os.replace(tmp, last)
     _fsync_dir(folder)
     return last
+
+
+def _maybe_inject_fault() -> None:
+    global _saves
+    _saves += 1
+    if os.environ.get(FAULT_ENV) == str(_saves):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, Any], Path] | None:

@@ -49,6 +49,10 @@ def main(cfg: DictConfig) -> float:
         log.exception("Job failed; the sweep goes on.")
         record_failure(cfg.output_dir, f"{type(err).__name__}: {err}", traceback.format_exc())
         return math.inf
+    if summary["status"] == "interrupted":
+        # Stopped by a signal after saving a checkpoint: exit like an interrupted program,
+        # which also stops a sweep; re-running the same command resumes.
+        raise SystemExit(130)
     # A sweeper minimising this must rank a diverged or failed run last, not crash on None.
     for key in ("val_loss", "train_loss"):
         if summary[key] is not None:

@@ -265,7 +265,8 @@ def _restore(run: Run, payload: dict[str, Any]) -> TrainState:
     run.optimizer.load_state_dict(payload["optimizer"])
     run.scheduler.load_state_dict(payload["scheduler"])
     restore_rng_state(payload["rng"], run.order_generator)
-    return TrainState(**payload["state"])
+    # A checkpoint saved on the way out of a stop says "interrupted"; resumed, it runs again.
+    return TrainState(**{**payload["state"], "status": "running"})
 
 
 def _set_aside(out: Path, reason: str) -> None:

@@ -1,0 +1,184 @@
+"""Nothing lost: a run killed at any moment resumes to exactly what an uninterrupted run gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from runner.checkpoint import FAULT_ENV, LAST, PREV, load_checkpoint, save_checkpoint
+from runner.errors import ConfigError, DataError
+from runner.train import train
+
+from conftest import read_scalars
+
+# SGD on 120 iris samples, 4 epochs = 480 updates, a checkpoint every 50 of them:
+# boundaries fall inside epochs and (at 240) on an epoch end.
+RUN = ("dataset=iris", "batch_size=1", "epochs=4", "optimizer=momentum", "optimizer.lr=0.01", "checkpoint_every=50")
+TOTAL = 480
+
+
+def cli(out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    environ = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *RUN, "progress=false", f"hydra.run.dir={out}", *extra],
+        cwd=out.parent, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def finished(out: Path, *extra: str) -> dict:
+    proc = cli(out, *extra)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert finished(out)["iterations"] == TOTAL
+    return out
+
+
+def assert_same_run(out: Path, reference: Path) -> None:
+    got, want = read_scalars(out / "tb"), read_scalars(reference / "tb")
+    steps = [s for s, _ in got["loss/train_iter"]]
+    assert steps == list(range(TOTAL))  # every step exactly once
+    assert got["loss/train_iter"] == want["loss/train_iter"]  # bit for bit
+    for tag in ("loss/train_full", "loss/val", "acc/val", "by_samples/loss/train_full", "grad_norm", "lr"):
+        assert got[tag] == want[tag], tag
+    weights, ref_weights = (torch.load(p / "model.pt", weights_only=True) for p in (out, reference))
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights)
+
+
+def wait_for_checkpoint(out: Path, min_iteration: int, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = out / "checkpoints" / LAST
+        if ckpt.exists():
+            try:
+                state = torch.load(ckpt, weights_only=True)["state"]
+                if state["iteration"] >= min_iteration:
+                    return
+            except Exception:
+                pass  # being replaced right now
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.mark.parametrize("after", [60, 240])  # mid-epoch, and around the epoch-2 boundary
+def test_kill_9_then_resume_equals_an_uninterrupted_run(after, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = cli(out)
+    wait_for_checkpoint(out, after, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "summary.json").exists()
+    summary = finished(out)
+    assert summary["status"] == "done" and summary["iterations"] == TOTAL
+    assert_same_run(out, reference)
+
+
+def test_kill_during_a_checkpoint_write_then_resume(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = cli(out, env={FAULT_ENV: "4"})  # dies inside its 4th checkpoint write
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert LAST in leftovers and any(n.startswith(".writing-") for n in leftovers)
+    summary = finished(out)
+    assert summary["status"] == "done"
+    assert_same_run(out, reference)
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path):
+    out = tmp_path / "run"
+    proc = cli(out)
+    wait_for_checkpoint(out, 100, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 100 <= summary["iterations"] < TOTAL
+    assert not (out / "model.pt").exists()
+    steps = [s for s, _ in read_scalars(out / "tb")["loss/train_iter"]]
+    assert steps == list(range(summary["iterations"]))  # flushed up to where it stopped
+    resumed = finished(out)
+    assert resumed["status"] == "done"
+    assert_same_run(out, reference)
+
+
+def test_finished_run_is_kept_and_resume_never_refuses_it(make_cfg, tmp_path):
+    out = tmp_path / "r"
+    first = train(make_cfg("dataset=iris", output_dir=out))
+    again = train(make_cfg("dataset=iris", output_dir=out))
+    assert again == json.loads((out / "summary.json").read_text()) and again["train_loss"] == first["train_loss"]
+    with pytest.raises(ConfigError, match="output_dir"):
+        train(make_cfg("dataset=iris", "resume=never", output_dir=out))
+
+
+def test_resume_refuses_a_different_config_but_allows_more_epochs(make_cfg, tmp_path):
+    out = tmp_path / "r"
+    cfg = make_cfg("dataset=iris", "epochs=2", output_dir=out)
+    train(cfg)
+    (out / "summary.json").unlink()  # as if killed after its last checkpoint
+    with pytest.raises(ConfigError) as info:
+        train(make_cfg("dataset=iris", "epochs=2", "optimizer.lr=0.5", output_dir=out))
+    assert "optimizer.lr: 0.1 -> 0.5" in str(info.value)
+    longer = train(make_cfg("dataset=iris", "epochs=3", output_dir=out))
+    assert longer["status"] == "done" and longer["epochs"] == 3 and longer["iterations"] == 12
+    assert [s for s, _ in read_scalars(out / "tb")["loss/train_full"]] == [1, 2, 3]
+
+
+def test_resume_must_without_a_checkpoint_is_an_error(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="resume='must'"):
+        train(make_cfg("dataset=iris", "resume=must", output_dir=tmp_path / "empty"))
+
+
+def test_failed_run_is_rerun_and_its_files_kept_aside(make_cfg, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    summary = train(make_cfg("dataset=iris", output_dir=out))
+    assert summary["status"] == "done"
+    kept = list((out / ".attempts").glob("*/summary.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["error"] == "boom"
+
+
+def test_corrupt_last_falls_back_to_prev(tmp_path, caplog):
+    save_checkpoint(tmp_path, {"n": 1})
+    save_checkpoint(tmp_path, {"n": 2})
+    (tmp_path / LAST).write_bytes(b"truncated garbage")
+    state, path = load_checkpoint(tmp_path)
+    assert state == {"n": 1} and path.name == PREV
+    assert "cannot be loaded" in caplog.text
+    (tmp_path / PREV).write_bytes(b"also garbage")
+    with pytest.raises(DataError, match="no checkpoint here can be loaded"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_malicious_checkpoint_is_refused_even_when_torch_is_told_to_trust_files(tmp_path):
+    marker = tmp_path / "pwned"
+    script = f"""
+import os, torch
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch {marker}",))
+torch.save({{"state": Evil()}}, "{tmp_path / 'checkpoints' / LAST}")
+"""
+    (tmp_path / "checkpoints").mkdir()
+    subprocess.run([sys.executable, "-c", script], check=True)
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    probe = subprocess.run(
+        [sys.executable, "-c", f"from pathlib import Path; from runner.checkpoint import load_checkpoint; load_checkpoint(Path('{tmp_path / 'checkpoints'}'))"],
+        env=env, capture_output=True, text=True,
+    )
+    assert probe.returncode != 0 and "no checkpoint here can be loaded" in probe.stderr
+    assert not marker.exists()
