@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard.summary import custom_scalars
@@ -272,8 +273,15 @@ def _tail_tag(tail: bytes, record: bytes) -> str | None:
 
 
 def _slow_scalars(record: bytes) -> list[tuple[str, int, float, float]]:
-    """(tag, step, value, wall time) of every scalar in a record protobuf must decode."""
-    event = event_pb2.Event.FromString(record)
+    """(tag, step, value, wall time) of every scalar in a record protobuf must decode.
+
+    A record that does not decode (a damaged file) holds no points, as TensorBoard
+    would show none for it, rather than costing the whole report.
+    """
+    try:
+        event = event_pb2.Event.FromString(record)
+    except DecodeError:
+        return []
     points = []
     for value in event.summary.value:
         kind = value.WhichOneof("value")
@@ -325,7 +333,7 @@ def read_scalar_series(tb_dir: Path) -> dict[str, Series]:
     """Every scalar series in a TensorBoard log directory, in file order.
 
     Gives the same points as TensorBoard's ``EventAccumulator`` with no down-sampling,
-    about a hundred times faster on per-iteration logs. Event files are read in name
+    tens of times faster on per-iteration logs (about 1 s for three million points). Event files are read in name
     order (their names start with the creation time).
 
     Args:

@@ -85,6 +85,9 @@ class PlotSpec:
     x_scale: float = 1.0
     integer_x: bool = False
     smooth: bool = False
+    # Seed bands: the spread of an epoch-level curve across seeds is informative; the
+    # min-max of per-sample batch losses is only noise (and touches 0, off a log axis).
+    bands: bool = True
 
 
 PLOTS: tuple[PlotSpec, ...] = (
@@ -95,6 +98,7 @@ PLOTS: tuple[PlotSpec, ...] = (
         "Batch loss at every update",
         "iteration + 1 (parameter updates, log scale)",
         log_x=True,
+        bands=False,
         x_offset=1,
         smooth=True,
     ),
@@ -126,7 +130,8 @@ loss *before* the epoch's single update and lags one update behind `loss/train_f
 `loss/train_iter` is the loss of the batch each update was computed from: noisy for SGD
 and small batches. A line with a shaded band is the mean over seeds, the band their
 minimum and maximum. Time is training time only (evaluation excluded). Dashed lines are
-runs that diverged; they stop at their last finite value. The same plots are in
+runs that did not finish (diverged, interrupted, failed), drawn on their own; a diverged
+run stops at its last finite value and may leave the top of the frame. The same plots are in
 TensorBoard's Images tab, and its Custom Scalars tab groups the curves the same way:
 `tensorboard --logdir {root}`."""
 
@@ -362,19 +367,18 @@ def _curve(line: Line, spec: PlotSpec) -> Curve | None:
     series = [s for s in (_finite_prefix(s) for s in series) if len(s)]
     if not series:
         return None
-    if len(series) == 1:
-        s = series[0]
-        curve = Curve(x=s.steps.astype(np.float64), y=s.values.astype(np.float64))
-    else:
-        stats = align_series(series, positional=is_positional(spec.tag))
-        if not len(stats.steps):
-            return None
-        curve = Curve(
-            x=stats.steps.astype(np.float64),
-            y=stats.mean,
-            low=stats.min.astype(np.float64),
-            high=stats.max.astype(np.float64),
-        )
+    # Also for a single run: one point per step, in step order, should a resumed run
+    # have logged a step twice.
+    stats = align_series(series, positional=is_positional(spec.tag))
+    if not len(stats.steps):
+        return None
+    band = len(series) > 1
+    curve = Curve(
+        x=stats.steps.astype(np.float64),
+        y=stats.mean,
+        low=stats.min.astype(np.float64) if band else None,
+        high=stats.max.astype(np.float64) if band else None,
+    )
     curve.x = (curve.x + spec.x_offset) * spec.x_scale
     if spec.smooth and len(curve.x) > SMOOTH_ABOVE:
         curve = _smoothed(curve)
@@ -389,14 +393,18 @@ def _curve_values(curve: Curve) -> np.ndarray:
 
 
 def _scale_y(ax: Any, spec: PlotSpec, drawn: list[tuple[Line, Curve]]) -> None:
-    """Log y for all-positive losses; limits from the healthy runs when some diverged."""
-    healthy = [c for line, c in drawn if line.problem is None]
+    """Log y for non-negative losses (zeros are masked); limits from the other runs when some diverged."""
+    healthy = [c for line, c in drawn if line.problem != "diverged"]
     reference = healthy or [c for _, c in drawn]
     values = np.concatenate([_curve_values(c) for c in reference])
     if not len(values):
         return
-    log = spec.is_loss and bool((values > 0).all())
+    # A per-sample loss can be exactly 0 in float32 (a confidently right SGD sample): that
+    # must not flip the whole plot to a linear axis, where SGD's spikes flatten everything.
+    positive = values[values > 0]
+    log = spec.is_loss and bool((values >= 0).all()) and len(positive) > 0
     if log:
+        values = positive
         ax.set_yscale("log", nonpositive="mask")
         # Plain numbers (0.6, 1e-05) rather than 6×10⁻¹; minor ticks are labelled only
         # when the curves span too few decades for the major ticks alone to be read.
@@ -460,7 +468,7 @@ def _draw(spec: PlotSpec, lines: Sequence[Line], subtitle: str, ylabel: str) -> 
             markersize=3.5,
             label=label,
         )
-        if curve.low is not None:
+        if curve.low is not None and spec.bands:
             ax.fill_between(curve.x, curve.low, curve.high, color=line.color, alpha=0.18, linewidth=0)
         _mark_divergence(ax, spec, line)
         drawn.append((line, curve))

@@ -88,6 +88,20 @@ class FileDatasetConfig(DatasetConfig):
 
 
 @dataclass
+class MemmapDatasetConfig(DatasetConfig):
+    """``X.npy`` and ``y.npy`` in the directory ``path``, read from disk one block at a time:
+    data bigger than memory, with the same results as loading it."""
+
+    name: str = "memmap"
+    path: str = MISSING
+    task: str = "auto"
+    # Rows of the epoch's permutation read from disk at once; memory is bounded by it.
+    block_size: int = 65536
+    # Off by default: standardising costs one extra pass over the whole file.
+    standardize: bool = False
+
+
+@dataclass
 class IdxDatasetConfig(DatasetConfig):
     """MNIST-format IDX files in ``root`` (plain or .gz, also ``<root>/<Name>/raw/``)."""
 
@@ -336,6 +350,7 @@ _SCHEMAS = {
     "dataset_spirals": SpiralsDatasetConfig,
     "dataset_file": FileDatasetConfig,
     "dataset_idx": IdxDatasetConfig,
+    "dataset_memmap": MemmapDatasetConfig,
     "dataset_cifar10": Cifar10DatasetConfig,
     "model_linear": LinearModelConfig,
     "model_logistic": LogisticModelConfig,

@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from runner import data as datasets
+from runner.data.memmap import MemmapSplit, load_memmap_parts
 from runner.device import resolve_device
 from runner.loggers import MetricLogger, TensorBoardLogger
 from runner.budget import Plan, make_plan
@@ -104,15 +105,27 @@ def _to_device(part: datasets.Dataset, loss_fn: Loss, device: torch.device) -> I
     )
 
 
+def _load_parts(cfg: DictConfig) -> tuple[Any, Any]:
+    """Training and validation parts, split and standardised (memmap: lazily, never loaded whole)."""
+    if cfg.dataset.name == "memmap":
+        return load_memmap_parts(cfg.dataset, cfg.val_fraction, cfg.seed)
+    full = datasets.load_dataset(cfg.dataset)
+    train_part, val_part = datasets.split(full, cfg.val_fraction, cfg.seed)
+    return datasets.standardize(train_part, val_part, features=cfg.dataset.standardize, target=cfg.dataset.standardize_target)
+
+
+def _ready_split(cfg: DictConfig, part: Any, loss_fn: Loss, device: torch.device) -> Split:
+    """A part as the loop reads it: on the device, or streamed from disk block by block."""
+    if cfg.dataset.name == "memmap":
+        return MemmapSplit(part, loss_fn, device, cfg.dataset.block_size)
+    return _to_device(part, loss_fn, device)
+
+
 def build_run(cfg: DictConfig) -> Run:
     """Validate ``cfg`` and build data, model, loss, optimizer and schedulers. Writes nothing."""
     check_config(cfg)
     device = resolve_device(cfg.device)
-    full = datasets.load_dataset(cfg.dataset)
-    train_part, val_part = datasets.split(full, cfg.val_fraction, cfg.seed)
-    train_part, val_part = datasets.standardize(
-        train_part, val_part, features=cfg.dataset.standardize, target=cfg.dataset.standardize_target
-    )
+    train_part, val_part = _load_parts(cfg)
     check_combination(cfg, train_part)
     batch_size = resolve_batch_size(cfg.batch_size, len(train_part))
     slices = batch_slices(len(train_part), batch_size, cfg.drop_last)
@@ -137,8 +150,8 @@ def build_run(cfg: DictConfig) -> Run:
         cfg=cfg,
         device=device,
         dataset=train_part,
-        train=_to_device(train_part, loss_fn, device),
-        val=_to_device(val_part, loss_fn, device) if val_part is not None else None,
+        train=_ready_split(cfg, train_part, loss_fn, device),
+        val=_ready_split(cfg, val_part, loss_fn, device) if val_part is not None else None,
         batch_size=batch_size,
         slices=slices,
         plan=plan,

@@ -22,7 +22,7 @@ def options(group: str) -> list[str]:
 def test_groups_have_the_documented_options():
     assert options("dataset") == sorted(
         ["digits", "iris", "wine", "breast_cancer", "diabetes", "linreg", "moons", "blobs", "spirals",
-         "file", "mnist", "fashion_mnist", "kmnist", "cifar10"]
+         "file", "memmap", "mnist", "fashion_mnist", "kmnist", "cifar10"]
     )
     assert options("model") == ["cnn", "linear", "logistic", "mlp"]
     assert options("optimizer") == sorted(["sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw", "lars"])
@@ -37,10 +37,14 @@ def data_files(tmp_path):
     rng = np.random.default_rng(0)
     npz = tmp_path / "data.npz"
     np.savez(npz, X=rng.normal(size=(60, 3)).astype(np.float32), y=np.arange(60) % 3)
+    (tmp_path / "mm").mkdir()
+    np.save(tmp_path / "mm" / "X.npy", rng.normal(size=(60, 3)).astype(np.float32))
+    np.save(tmp_path / "mm" / "y.npy", np.arange(60) % 3)
     write_mnist_like(tmp_path / "idx")
     write_cifar_like(tmp_path / "cifar")
     return {
         "file": [f"dataset.path={npz}"],
+        "memmap": [f"dataset.path={tmp_path / 'mm'}", "dataset.block_size=7"],
         "mnist": [f"dataset.root={tmp_path / 'idx'}"],
         "fashion_mnist": [f"dataset.root={tmp_path / 'idx'}"],
         "kmnist": [f"dataset.root={tmp_path / 'idx'}"],

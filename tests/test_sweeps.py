@@ -67,7 +67,7 @@ def test_gd_compare_cells_share_initial_weights_and_data_order(make_cfg):
             assert torch.equal(a, b)
     orders = [epoch_order(r.order_generator, len(r.train), True, r.device) for r in runs]
     assert all(torch.equal(orders[0], o) for o in orders[1:])
-    assert {r.lr for r in runs} == {0.05}
+    assert {r.lr for r in runs} == {0.01}
 
 
 def test_gd_compare_report_has_one_row_per_run_and_plots(gd_compare):

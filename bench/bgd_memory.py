@@ -1,0 +1,257 @@
+"""Peak memory of batch gradient descent (BGD) with and without micro-batches, by row count.
+
+Claim under test (from the issue): peak memory of BGD on synthetic data from 10^5 to 10^7
+rows with a fixed micro-batch stays flat.
+
+Data: ``d = 10`` standard-normal features, ``y = X w + 0.1 noise``, float32, generated
+as torch tensors in chunks (so that generating it leaves no temporary behind). Model: the
+runner's ``Linear`` (linear regression), loss ``MeanSquaredError``, ``torch.optim.SGD``.
+
+Every measurement runs in a fresh subprocess, so no peak carries over from another one:
+
+1. import torch and the runner, run one small warm-up update of the same kind (so that
+   code pages and allocator arenas touched by the first update are not counted);
+2. generate the data and note the RSS (``data RSS``);
+3. reset the kernel's high-water mark (``echo 5 > /proc/self/clear_refs``);
+4. run 2 full-batch updates the way ``runner.train.fit`` does: per update (= per epoch) an
+   ``epoch_order`` permutation (``N`` int64), an epoch source, and one step:
+
+   * ``micro``: ``FlatGradients`` + ``accumulating_train_step`` with ``micro_batch_size =
+     65536`` on a ``PermutedGather`` source (what ``micro_batch_size=65536`` selects);
+   * ``one-shot``: ``train_step`` on a ``PermutedCopy`` source (the default without micro-batches);
+
+5. report ``VmHWM - data RSS`` from ``/proc/self/status``: the working memory above the data.
+
+The ``N int64`` sample order alone is 8 bytes per row (80 MB at 10^7 rows); it is listed in
+its own column because it grows with ``N`` whatever the micro-batch.
+
+A third kind of child checks that the micro-batched update equals the one-shot update: same
+initial weights, one step each, max |difference| of the weights (float64 up to 10^6 rows,
+float32 above).
+
+Usage::
+
+    .venv/bin/python bench/bgd_memory.py [--max-rows 1000000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FEATURES = 10
+MICRO_BATCH = 65536
+UPDATES = 2
+LR = 0.1
+MB = 2**20
+
+
+# --------------------------------------------------------------------------- child side
+def proc_status_mb() -> dict[str, float]:
+    text = Path("/proc/self/status").read_text()
+    return {key: int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) / 1024 for key in ("VmRSS", "VmHWM")}
+
+
+def reset_peak() -> bool:
+    """Sets VmHWM to the current RSS (Linux >= 4.0); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    status = proc_status_mb()
+    return status["VmHWM"] <= status["VmRSS"] + 1
+
+
+def child(n: int, mode: str, dtype_name: str) -> dict:
+    try:
+        import runner  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, str(REPO))
+    import torch
+
+    from runner.batches import PermutedCopy, PermutedGather
+    from runner.losses import MeanSquaredError
+    from runner.loop import FlatGradients, accumulating_train_step, epoch_order, train_step
+    from runner.models import Linear
+
+    dtype = getattr(torch, dtype_name)
+    loss_fn = MeanSquaredError()
+
+    def make_data(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(FEATURES, 1, generator=g, dtype=dtype)
+        X = torch.empty(rows, FEATURES, dtype=dtype)
+        Y = torch.empty(rows, 1, dtype=dtype)
+        for start in range(0, rows, MICRO_BATCH):  # chunks: no N-sized temporaries
+            x = X[start : start + MICRO_BATCH]
+            x.copy_(torch.randn(x.shape, generator=g, dtype=dtype))
+            torch.addmm(0.1 * torch.randn(len(x), 1, generator=g, dtype=dtype), x, w, out=Y[start : start + MICRO_BATCH])
+        return X, Y
+
+    def make_model() -> tuple[torch.nn.Module, torch.optim.Optimizer, FlatGradients]:
+        torch.manual_seed(0)
+        model = Linear(in_shape=(FEATURES,), out_features=1).to(dtype)
+        grads = FlatGradients(list(model.parameters()))
+        return model, torch.optim.SGD(model.parameters(), lr=LR), grads
+
+    def update(step_kind: str, model, optimizer, grads, X, Y, order_gen: torch.Generator, micro: int) -> None:
+        """One BGD epoch as fit() runs it: the order, the source, one update over all rows."""
+        rows = len(X)
+        order = epoch_order(order_gen, rows, True, torch.device("cpu"))
+        if step_kind == "micro":
+            source = PermutedGather(X, Y, order)
+            accumulating_train_step(model, loss_fn, optimizer, grads, source, slice(0, rows), micro)
+        else:
+            source = PermutedCopy(X, Y, order)
+            train_step(model, loss_fn, optimizer, grads, source, slice(0, rows))
+
+    if mode == "equal":
+        X, Y = make_data(n, seed=1)
+        weights = {}
+        for kind in ("micro", "one-shot"):
+            model, optimizer, grads = make_model()
+            update(kind, model, optimizer, grads, X, Y, torch.Generator().manual_seed(0), MICRO_BATCH)
+            weights[kind] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        diff = (weights["micro"] - weights["one-shot"]).abs().max().item()
+        moved = (weights["one-shot"] - torch.cat([p.detach().reshape(-1) for p in make_model()[0].parameters()])).abs().max().item()
+        return {"n": n, "mode": mode, "dtype": dtype_name, "max_abs_diff": diff, "max_abs_step": moved}
+
+    # Warm-up: the same kind of update on a small set (several micro-batches of 1024 rows).
+    model, optimizer, grads = make_model()
+    Xw, Yw = make_data(4096, seed=2)
+    update(mode, model, optimizer, grads, Xw, Yw, torch.Generator().manual_seed(0), 1024)
+    del Xw, Yw
+
+    base = proc_status_mb()["VmRSS"]
+    X, Y = make_data(n, seed=1)
+    data_rss = proc_status_mb()["VmRSS"]
+    peak_reset = reset_peak()
+    model, optimizer, grads = make_model()
+    order_gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(UPDATES):
+        update(mode, model, optimizer, grads, X, Y, order_gen, MICRO_BATCH)
+    seconds = (time.perf_counter() - t0) / UPDATES
+    peak = proc_status_mb()["VmHWM"]
+    return {
+        "n": n,
+        "mode": mode,
+        "dtype": dtype_name,
+        "data_mb": (X.nbytes + Y.nbytes) / MB,
+        "data_rss_mb": data_rss - base,
+        "order_mb": n * 8 / MB,
+        "working_mb": peak - data_rss,
+        "peak_mb": peak,
+        "peak_reset": peak_reset,
+        "seconds_per_update": seconds,
+        "finite": all(bool(torch.isfinite(p).all()) for p in model.parameters()),
+    }
+
+
+# --------------------------------------------------------------------------- parent side
+def run_child(n: int, mode: str, dtype: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), mode, dtype]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def mem_total_gib() -> float:
+    try:
+        return int(re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1)) / 2**20
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-rows", type=float, default=1e7, help="largest row count (default 1e7)")
+    parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
+    parser.add_argument("--child", nargs=3, metavar=("N", "MODE", "DTYPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        n, mode, dtype = args.child
+        print(json.dumps(child(int(n), mode, dtype)))
+        return
+
+    import numpy as np
+    import torch
+
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bgd_memory.py", *sys.argv[1:]])
+    sizes = [n for n in (10**5, 10**6, 10**7) if n <= args.max_rows]
+    started = time.perf_counter()
+    rows = []
+    for n in sizes:
+        print(f"N = {n:.0e} ...", file=sys.stderr, flush=True)
+        micro = run_child(n, "micro", "float32")
+        oneshot = run_child(n, "one-shot", "float32")
+        equal = run_child(n, "equal", "float64" if n <= 10**6 else "float32")
+        rows.append((n, micro, oneshot, equal))
+    total = time.perf_counter() - started
+
+    resets = all(r[1]["peak_reset"] and r[2]["peak_reset"] for r in rows)
+    out = [
+        "## BGD peak memory by row count: micro-batches against one-shot full batches",
+        "",
+        f"- Machine: {platform.platform()}; CPU: {cpu_model()}; {os.cpu_count()} logical cores; "
+        f"{mem_total_gib():.1f} GiB RAM; torch threads {torch.get_num_threads()} (default)",
+        f"- Versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"tensorboard {version('tensorboard')}",
+        f"- Command: `{command}` (total {total:.0f} s)",
+        f"- Data: {FEATURES} float32 features + 1 float32 target per row (44 bytes), linear regression "
+        f"(runner `Linear`, `MeanSquaredError`, SGD lr {LR}), {UPDATES} full-batch updates per measurement, one "
+        f"fresh process per measurement. micro = `FlatGradients` + `accumulating_train_step`, micro_batch_size "
+        f"{MICRO_BATCH}, `PermutedGather`; one-shot = `train_step` on a `PermutedCopy`. Each update draws its "
+        "`epoch_order` (N int64) as `fit` does.",
+        "- working memory = peak RSS (VmHWM, reset after the data was created"
+        + ("" if resets else " — RESET NOT AVAILABLE, peak includes data generation")
+        + ") minus the RSS right after the data was created.",
+        "",
+        "| rows | data MB | sample order MB (N int64) | micro: working MB above data | micro: working − order MB "
+        "| one-shot: working MB above data | micro s/update | one-shot s/update | micro = one-shot? max abs weight diff after 1 step |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for n, micro, oneshot, equal in rows:
+        out.append(
+            f"| {n:.0e} | {micro['data_mb']:.1f} | {micro['order_mb']:.1f} | {micro['working_mb']:.1f} | "
+            f"{micro['working_mb'] - micro['order_mb']:.1f} | {oneshot['working_mb']:.1f} | "
+            f"{micro['seconds_per_update']:.3f} | {oneshot['seconds_per_update']:.3f} | "
+            f"{equal['max_abs_diff']:.2e} ({equal['dtype']}; step size {equal['max_abs_step']:.2e}) |"
+        )
+    markdown = "\n".join(out) + "\n"
+    print(markdown)
+    if args.out:
+        args.out.write_text(markdown)
+
+
+if __name__ == "__main__":
+    main()
