@@ -45,6 +45,9 @@ class TrainState:
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
     status: str = "running"
     divergence: dict[str, Any] | None = None
+    best_epoch: int | None = None  # lowest monitored loss so far (validation, else full training)
+    best_loss: float | None = None
+    stopped_early: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,11 +166,24 @@ def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState) -> None:
     state.metrics = _epoch_metrics(run, float(np.average(state.epoch_losses, weights=state.epoch_batch_sizes)))
     _log_epoch(logger, state.metrics, state)
     run.epoch_scheduler.step(state.metrics)
+    monitored = state.metrics.get("loss/val", state.metrics["loss/train_full"])
+    if state.best_loss is None or monitored < state.best_loss:
+        state.best_epoch, state.best_loss = state.epoch, monitored
     log.info("epoch %d  %s  (eval %.2fs)", state.epoch, "  ".join(f"{k}={v:.4g}" for k, v in state.metrics.items()), time.perf_counter() - started)
     state.epoch += 1
     state.position = 0
     state.order = None
     state.epoch_losses, state.epoch_batch_sizes = [], []
+
+
+def _no_longer_improving(run: Any, state: TrainState) -> bool:
+    patience = run.cfg.early_stopping_patience
+    # state.epoch is now the next epoch: epochs since the best = (state.epoch - 1) - best_epoch.
+    if patience is None or state.epoch - 1 - state.best_epoch < patience:
+        return False
+    state.stopped_early = True
+    log.info("Early stop: no improvement for %d epochs (best epoch %d, loss %.4g).", patience, state.best_epoch, state.best_loss)
+    return True
 
 
 def run_epochs(
@@ -208,7 +224,7 @@ def run_epochs(
                     save(state)
                     break
                 _finish_epoch(run, logger, state)
-                if out_of_time:
+                if out_of_time or _no_longer_improving(run, state):
                     break
                 save(state)
                 if stop.requested:
@@ -249,6 +265,9 @@ def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
         "seconds_per_epoch": state.train_seconds / epochs_begun if epochs_begun else None,
         "train_seconds": state.train_seconds,
         "divergence": state.divergence,
+        "best_epoch": state.best_epoch,
+        "best_loss": _finite_or_none(state.best_loss),
+        "stopped_early": state.stopped_early,
         "device": str(run.device),
         "torch_version": torch.__version__,
         "seed": cfg.seed,

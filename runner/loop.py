@@ -98,6 +98,11 @@ class FlatGradients:
     def norm(self) -> Tensor:
         return torch.linalg.vector_norm(self.flat)
 
+    def clip_(self, norm: Tensor, max_norm: float | None) -> None:
+        """Scale the gradient down to ``max_norm`` when its norm exceeds it (on the device, no sync)."""
+        if max_norm is not None:
+            self.flat.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
     def attached(self) -> bool:
         """True while every ``.grad`` still lives in the buffer (checked by tests)."""
         base = self.flat.untyped_storage().data_ptr()
@@ -116,17 +121,24 @@ class EpochTrace:
 
 
 def train_step(
-    model: nn.Module, loss_fn: Loss, optimizer: Optimizer, grads: FlatGradients, source: EpochSource, positions: slice
+    model: nn.Module,
+    loss_fn: Loss,
+    optimizer: Optimizer,
+    grads: FlatGradients,
+    source: EpochSource,
+    positions: slice,
+    grad_clip: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One update: zero grads → fetch batch → forward → loss → backward → measure gradient → step.
+    """One update: zero grads → fetch batch → forward → loss → backward → measure (and clip) gradient → step.
 
-    Returns the batch loss and the gradient's global norm, both as device tensors.
+    Returns the batch loss and the gradient's global norm before clipping, as device tensors.
     """
     grads.zero()
     x, y = source.take(positions)
     loss = loss_fn(model(x), y)
     loss.backward()
     grad_norm = grads.norm()
+    grads.clip_(grad_norm, grad_clip)
     optimizer.step()
     return loss.detach(), grad_norm
 
@@ -139,6 +151,7 @@ def accumulating_train_step(
     source: EpochSource,
     positions: slice,
     micro_batch_size: int,
+    grad_clip: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One update from a batch processed in chunks of ``micro_batch_size``.
 
@@ -156,6 +169,7 @@ def accumulating_train_step(
         weighted.backward()
         loss_sum += weighted.detach()
     grad_norm = grads.norm()
+    grads.clip_(grad_norm, grad_clip)
     optimizer.step()
     return loss_sum, grad_norm
 

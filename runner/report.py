@@ -444,6 +444,18 @@ def _mark_divergence(ax: Any, spec: PlotSpec, line: Line) -> None:
         ax.axvline(x, color=line.color, linestyle=":", linewidth=1.2, alpha=0.8)
 
 
+def _mark_best_epoch(ax: Any, spec: PlotSpec, line: Line, curve: Curve) -> None:
+    """A ring on a single run's validation curve where its monitored loss was lowest: when it
+    is not the last epoch, the epochs after it fitted the training set at validation's cost."""
+    if spec.tag != "loss/val" or len(line.runs) != 1:
+        return
+    best = line.runs[0].summary.get("best_epoch")
+    if not isinstance(best, int) or best not in list(curve.x):
+        return
+    y = curve.y[list(curve.x).index(best)]
+    ax.plot([best], [y], marker="o", markersize=10, markerfacecolor="none", markeredgecolor=line.color, linestyle="none")
+
+
 def _draw(spec: PlotSpec, lines: Sequence[Line], subtitle: str, ylabel: str) -> Figure | None:
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -471,6 +483,7 @@ def _draw(spec: PlotSpec, lines: Sequence[Line], subtitle: str, ylabel: str) -> 
         if curve.low is not None and spec.bands:
             ax.fill_between(curve.x, curve.low, curve.high, color=line.color, alpha=0.18, linewidth=0)
         _mark_divergence(ax, spec, line)
+        _mark_best_epoch(ax, spec, line, curve)
         drawn.append((line, curve))
     if not drawn:
         return None
@@ -579,7 +592,13 @@ def _notes(summary: dict[str, Any]) -> str:
         return "non-finite loss"
     if summary.get("error"):
         return _cell(_shorten(str(summary["error"]).strip(), 200))
-    return ""
+    notes = []
+    if summary.get("stopped_early"):
+        notes.append("stopped early")
+    best, epochs = summary.get("best_epoch"), summary.get("epochs")
+    if isinstance(best, int) and isinstance(epochs, int) and best < epochs:
+        notes.append(f"lowest {'val' if summary.get('val_loss') is not None else 'train'} loss at epoch {best} of {epochs}")
+    return "; ".join(notes)
 
 
 COLUMNS = (
@@ -594,6 +613,7 @@ COLUMNS = (
     ("final train loss", "train_loss"),
     ("val loss", "val_loss"),
     ("val acc", "val_acc"),
+    ("best epoch", "best_epoch"),
     ("notes", None),
 )
 

@@ -317,6 +317,11 @@ class RunConfig:
     # Process each update's batch in chunks of this many samples, accumulating gradients:
     # the same update in bounded memory (null = the whole batch at once).
     micro_batch_size: Optional[int] = None
+    # Clip the gradient's global L2 norm to this before each step (null = no clipping).
+    grad_clip: Optional[float] = None
+    # Stop when the validation loss (else the full training loss) has not improved for
+    # this many epochs; the summary and report keep the best epoch (null = never).
+    early_stopping_patience: Optional[int] = None
     # Scale optimizer.lr with the batch size: lr * (B / base) (linear) or lr * sqrt(B / base).
     lr_scaling: str = "none"
     lr_scaling_base_batch: int = 32

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
+from collections import Counter
+
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
+from runner.errors import RunnerError
 from runner.loggers import hparams_pb
+from runner.memory import OutOfMemory
 from runner.tbwriter import EventWriter
 
 log = logging.getLogger(__name__)
@@ -70,17 +80,79 @@ def finish(root: Path) -> Path:
     return write_report(root)
 
 
-class ReportCallback(Callback):
-    """Hydra callback: after every run and every multirun, write the report next to the results.
+class SweepConfigError(RunnerError):
+    """One or more points of a sweep cannot run; nothing was started."""
 
-    A failure here is logged, never raised: it must not turn a finished sweep into an error.
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of every job the basic sweeper will launch, in its order."""
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+    return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def validate_sweep(config: DictConfig) -> int:
+    """Compose and build every sweep point (data, model, optimizer, memory estimate) before the
+    first job starts; raise one error listing every point that cannot run. Returns the count."""
+    from runner.cli import GROUPS, check_choices
+    from runner.train import build_run
+
+    jobs = sweep_jobs(config)
+    problems = []
+    for number, overrides in enumerate(jobs):
+        try:
+            job_cfg = compose(config_name=config.hydra.job.config_name, overrides=[*overrides, "output_dir=unused"])
+            check_choices({k: v for k, v in (o.split("=", 1) for o in overrides if "=" in o) if k in GROUPS})
+            build_run(job_cfg)
+        except OutOfMemory as err:
+            # Free memory is the device's state when the job runs, not a property of the
+            # config: the job itself will record status "oom" if it still does not fit.
+            log.warning("Sweep point #%d (%s) may not fit: %s", number, " ".join(overrides), err)
+        except (RunnerError, HydraException, OmegaConfBaseException) as err:
+            problems.append(f"  #{number} {' '.join(overrides)}: {str(err).splitlines()[0]}")
+    if problems:
+        raise SweepConfigError(f"{len(problems)} of {len(jobs)} sweep points cannot run; nothing was started:\n" + "\n".join(problems))
+    return len(jobs)
+
+
+def status_line(root: Path) -> str:
+    """``10 jobs: 8 done, 1 diverged, 1 failed`` for the runs under ``root``."""
+    from runner.aggregate import find_runs
+
+    counts = Counter(json.loads((run / "summary.json").read_text()).get("status", "unknown") for run in find_runs(root))
+    return f"{sum(counts.values())} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.most_common())
+
+
+class SweepCallback(Callback):
+    """Hydra callback. Before a sweep: validate every point. After every run and sweep: the
+    report, aggregates and TensorBoard extras next to the results.
+
+    A failure while reporting is logged, never raised: it must not turn finished results
+    into an error.
     """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.sweeper._target_ != BASIC_SWEEPER:
+            return  # other sweepers (Optuna) choose their points as they go
+        try:
+            log.info("Validated all %d sweep points.", validate_sweep(config))
+        except SweepConfigError as err:
+            # Hydra turns a callback's exception into a warning and carries on; a sweep with
+            # an impossible point must not start at all, so leave the process instead.
+            print(f"Error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish(Path(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._finish(Path(config.hydra.sweep.dir))
+        root = Path(config.hydra.sweep.dir)
+        self._finish(root)
+        if root.is_dir():
+            log.info("Sweep finished: %s", status_line(root))
 
     @staticmethod
     def _finish(root: Path) -> None:
@@ -92,4 +164,4 @@ class ReportCallback(Callback):
             log.exception("Could not write the report for %s (the results themselves are complete).", root)
             return
         log.info("Report: %s", report)
-        log.info("TensorBoard: tensorboard --logdir %s --host 127.0.0.1", root)
+        log.info("TensorBoard: tensorboard --logdir %s --host 127.0.0.1 --samples_per_plugin scalars=0", root)

@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from runner import data as datasets
 from runner.data.memmap import MemmapSplit, load_memmap_parts
 from runner.device import resolve_device
+from runner.memory import check_fits
 from runner.loggers import MetricLogger, TensorBoardLogger
 from runner.budget import Plan, make_plan
 from runner.errors import ConfigError
@@ -76,6 +77,7 @@ class Run:
     order_generator: torch.Generator
     step: Any  # (source, positions) -> (loss, grad_norm): one update
     bounded_memory: bool  # fetch batches without copying the whole epoch
+    memory_estimate: int  # bytes one step is expected to need beyond the data
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -146,11 +148,16 @@ def build_run(cfg: DictConfig) -> Run:
     optimizer: Optimizer = build("optimizer", cfg.optimizer, params=model.parameters(), lr=lr)
     scheduler = build("scheduler", cfg.scheduler, exclude=("interval",), optimizer=optimizer, total_steps=scheduler_steps)
 
+    bounded_memory = cfg.micro_batch_size is not None
+    train_split = _ready_split(cfg, train_part, loss_fn, device)
+    data_copy = 0 if bounded_memory or cfg.dataset.name == "memmap" else train_split.X.nbytes + train_split.Y.nbytes
+    memory_estimate = check_fits(model, train_part.feature_shape, device, batch_size, cfg.micro_batch_size, data_copy)
+
     return Run(
         cfg=cfg,
         device=device,
         dataset=train_part,
-        train=_ready_split(cfg, train_part, loss_fn, device),
+        train=train_split,
         val=_ready_split(cfg, val_part, loss_fn, device) if val_part is not None else None,
         batch_size=batch_size,
         slices=slices,
@@ -167,15 +174,18 @@ def build_run(cfg: DictConfig) -> Run:
         order_generator=torch.Generator().manual_seed(cfg.seed),
         step=_step_function(cfg, model, loss_fn, optimizer, grads, batch_size),
         # Micro-batches exist to bound memory, so they also avoid a second copy of the data.
-        bounded_memory=cfg.micro_batch_size is not None,
+        bounded_memory=bounded_memory,
+        memory_estimate=memory_estimate,
     )
 
 
 def _step_function(cfg: DictConfig, model: nn.Module, loss_fn: Loss, optimizer: Optimizer, grads: FlatGradients, batch_size: int):
     """The update rule, chosen once: whole batches, or batches accumulated in micro-batches."""
     if cfg.micro_batch_size is None or cfg.micro_batch_size >= batch_size:
-        return partial(train_step, model, loss_fn, optimizer, grads)
-    return partial(accumulating_train_step, model, loss_fn, optimizer, grads, micro_batch_size=cfg.micro_batch_size)
+        return partial(train_step, model, loss_fn, optimizer, grads, grad_clip=cfg.grad_clip)
+    return partial(
+        accumulating_train_step, model, loss_fn, optimizer, grads, micro_batch_size=cfg.micro_batch_size, grad_clip=cfg.grad_clip
+    )
 
 
 def scaled_lr(lr: float, rule: str, batch_size: int, base_batch: int) -> float:
@@ -229,11 +239,12 @@ def fit(run: Run, logger: MetricLogger, state: TrainState | None = None, save_ch
     return summary_of(run, run_epochs(run, logger, state, save_checkpoint))
 
 
-def record_failure(output_dir: str | Path, error: str, trace: str | None = None) -> None:
-    """Leave ``summary.json`` with ``status: failed`` and the error, so a sweep's report shows the job."""
+def record_failure(output_dir: str | Path, error: str, trace: str | None = None, status: str = "failed") -> None:
+    """Leave ``summary.json`` with the status (``failed``, ``oom``) and the error, so a sweep's
+    report shows the job. No weights and no events: nothing that looks like a result."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / SUMMARY_FILE, {"status": "failed", "error": error, "traceback": trace})
+    _write_json_atomic(out / SUMMARY_FILE, {"status": status, "error": error, "traceback": trace})
 
 
 def _comparable_config(cfg: DictConfig) -> dict[str, Any]:
@@ -306,7 +317,8 @@ def _prior_attempt(cfg: DictConfig, out: Path) -> tuple[str, dict[str, Any] | No
         if cfg.resume == "never":
             raise ConfigError("output_dir", str(out), "a directory without a finished run (or resume=auto to keep its result)")
         return "finished", summary
-    checkpoint = load_checkpoint(out / CHECKPOINT_DIR) if cfg.resume != "never" and status != "failed" else None
+    restartable = cfg.resume != "never" and status not in ("failed", "oom")
+    checkpoint = load_checkpoint(out / CHECKPOINT_DIR) if restartable else None
     if checkpoint is not None:
         payload, path = checkpoint
         log.info("Resuming from %s (iteration %d).", path, payload["state"]["iteration"])

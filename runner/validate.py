@@ -46,6 +46,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("log_every", cfg.log_every, "an integer >= 1 (1 = every iteration)")
     if cfg.micro_batch_size is not None and cfg.micro_batch_size < 1:
         raise ConfigError("micro_batch_size", cfg.micro_batch_size, "an integer >= 1, or null for whole batches")
+    if cfg.grad_clip is not None:
+        _number("grad_clip", cfg.grad_clip, 0, low_open=True)
+    if cfg.early_stopping_patience is not None and cfg.early_stopping_patience < 1:
+        raise ConfigError("early_stopping_patience", cfg.early_stopping_patience, "an integer >= 1, or null")
     if cfg.checkpoint_every < 0:
         raise ConfigError("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0 = at each epoch end only)")
     if cfg.eval_batch_size < 1:

@@ -30,7 +30,13 @@ def _bad_files(tmp_path):
     no_target = tmp_path / "ok.csv"
     no_target.write_text("a,b,label\n1,2,0\n3,4,1\n")
     (tmp_path / "empty_root").mkdir()
-    return {"nan": nan, "mismatch": mismatch, "strings": text, "ok_csv": no_target, "empty_root": tmp_path / "empty_root"}
+    bad_idx = tmp_path / "bad_idx"
+    bad_idx.mkdir()
+    (bad_idx / "train-images-idx3-ubyte").write_bytes(b"<html>not an idx file</html>")
+    (bad_idx / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x02\x00\x01")
+    header_only = tmp_path / "header_only.csv"
+    header_only.write_text("a,b,label\n")
+    return {"bad_idx": bad_idx, "header_only": header_only,"nan": nan, "mismatch": mismatch, "strings": text, "ok_csv": no_target, "empty_root": tmp_path / "empty_root"}
 
 
 # (overrides, the key or file the message must name, a value it must show, error type)
@@ -74,6 +80,16 @@ BAD_CONFIGS = [
     (["dataset=file", "dataset.path={mismatch}"], "mismatch.npz", "4", DataError),
     (["dataset=file", "dataset.path={strings}", "dataset.target=label"], "strings.csv", "oops", DataError),
     (["dataset=file", "dataset.path={ok_csv}"], "dataset.target", "label", ConfigError),
+    (["dataset=mnist", "dataset.root={bad_idx}"], "train-images-idx3-ubyte", "magic", DataError),
+    (["dataset=file", "dataset.path={header_only}", "dataset.target=label"], "header_only.csv", "no data", DataError),
+    (["grad_clip=0"], "grad_clip", "0", ConfigError),
+    (["early_stopping_patience=0"], "early_stopping_patience", "0", ConfigError),
+    (["micro_batch_size=0"], "micro_batch_size", "0", ConfigError),
+    (["checkpoint_every=-1"], "checkpoint_every", "-1", ConfigError),
+    (["resume=maybe"], "resume", "maybe", ConfigError),
+    (["budget=flops"], "budget", "flops", ConfigError),
+    (["budget=samples"], "budget_amount", "None", ConfigError),
+    (["lr_scaling=cubic"], "lr_scaling", "cubic", ConfigError),
     (["dataset=file", "dataset.path={ok_csv}", "dataset.target=nope"], "dataset.target", "nope", ConfigError),
 ]
 if not torch.cuda.is_available():
@@ -120,6 +136,7 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
         (["batch_size=0"], "batch_size=0 is not allowed: an integer >= 1, or 'full'"),
         (["optimizer=adamm"], "Could not find 'optimizer/adamm'"),
         (["optimizer._target_=os.system"], "optimizer._target_='os.system' is not allowed"),
+        (["experiment=../regime/sgd"], "experiment='../regime/sgd' is not allowed"),
     ],
 )
 def test_cli_error_is_one_clear_message_with_nonzero_exit(args, expected, tmp_path):

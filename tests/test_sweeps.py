@@ -14,14 +14,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from runner.cli import FAULT_ENV
 from runner.loop import epoch_order
 from runner.train import build_run
 
 from conftest import CONF_DIR, read_scalars
 
 
-def multirun(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+def multirun(sweep_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", "runner", "-m", "progress=false", f"hydra.sweep.dir={sweep_dir}", *overrides],
         cwd=sweep_dir.parent, env=env, capture_output=True, text=True, timeout=600,
@@ -34,7 +35,7 @@ def summaries(sweep_dir: Path) -> dict[str, dict]:
     return {
         str(p.parent.relative_to(sweep_dir)): json.loads(p.read_text())
         for p in sorted(sweep_dir.rglob("summary.json"))
-        if "seed_aggregate" not in p.parts
+        if "seed_aggregate" not in p.parts and not any(part.startswith(".") for part in p.relative_to(sweep_dir).parts)
     }
 
 
@@ -93,16 +94,54 @@ def test_gd_compare_hparams_are_in_the_event_files(gd_compare):
         assert summary["hparams"]["regime"] in ("bgd", "sgd", "minibatch")
 
 
-def test_a_diverging_and_a_failing_cell_do_not_stop_the_sweep(tmp_path):
+def test_a_diverging_and_a_crashing_job_do_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    multirun(sweep, "dataset=iris", "epochs=2", "batch_size=1,500", "optimizer.lr=0.05,1e6")
+    # Job #2 (batch_size=8, lr=0.05) raises as if it crashed; job #1 diverges.
+    result = multirun(sweep, "dataset=iris", "epochs=2", "batch_size=1,8", "optimizer.lr=0.05,1e6", env={FAULT_ENV: "2"})
     runs = summaries(sweep)
-    by_cell = {(s.get("batch_size"), s.get("lr")): s["status"] for s in runs.values()}
-    assert by_cell[(1, 0.05)] == "done" and by_cell[(1, 1e6)] == "diverged"
-    failed = [s for s in runs.values() if s["status"] == "failed"]
-    assert len(failed) == 2 and all("batch_size=500" in s["error"] for s in failed)
+    by_cell = {name.split("/")[0]: s for name, s in runs.items()}
+    assert by_cell["batch_size=1,dataset=iris,epochs=2,optimizer.lr=0.05"]["status"] == "done"
+    assert by_cell["batch_size=1,dataset=iris,epochs=2,optimizer.lr=1000000.0"]["status"] == "diverged"
+    crashed = by_cell["batch_size=8,dataset=iris,epochs=2,optimizer.lr=0.05"]
+    assert crashed["status"] == "failed" and "RuntimeError" in crashed["error"] and "Traceback" in crashed["traceback"]
+    assert by_cell["batch_size=8,dataset=iris,epochs=2,optimizer.lr=1000000.0"]["status"] == "diverged"
     report = (sweep / "report.md").read_text()
-    assert report.count("diverged") >= 1 and report.count("failed") >= 2
+    assert report.count("| diverged |") == 2 and report.count("| failed |") == 1
+    assert "4 jobs: 2 diverged, 1 done, 1 failed" in result.stdout + result.stderr
+
+
+def test_every_sweep_point_is_validated_before_the_first_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "-m", "dataset=iris", "epochs=1", "batch_size=8,500", "optimizer.lr=0.1,-1",
+         f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "3 of 4 sweep points cannot run; nothing was started" in result.stderr
+    assert "batch_size=500" in result.stderr and "optimizer.lr=-1" in result.stderr
+    assert not sweep.exists()  # not a single job ran
+
+
+def test_rerunning_a_sweep_skips_finished_resumes_interrupted_and_reruns_failed(tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = ("dataset=iris", "epochs=3", "batch_size=8,16,32")
+    multirun(sweep, *overrides, env={FAULT_ENV: "2"})  # batch 32 crashes
+    first = summaries(sweep)
+    done_dir = sweep / "batch_size=8,dataset=iris,epochs=3" / "seed=0"
+    killed_dir = sweep / "batch_size=16,dataset=iris,epochs=3" / "seed=0"
+    (killed_dir / "summary.json").unlink()  # as if killed after its last checkpoint
+    (killed_dir / "model.pt").unlink()
+    done_mtime = (done_dir / "tb").stat().st_mtime_ns
+    multirun(sweep, *overrides)
+    second = summaries(sweep)
+    assert all(s["status"] == "done" for s in second.values())
+    assert second["batch_size=8,dataset=iris,epochs=3/seed=0"] == first["batch_size=8,dataset=iris,epochs=3/seed=0"]
+    assert (done_dir / "tb").stat().st_mtime_ns == done_mtime  # untouched
+    assert second["batch_size=16,dataset=iris,epochs=3/seed=0"]["train_loss"] == first["batch_size=16,dataset=iris,epochs=3/seed=0"]["train_loss"]
+    assert [s for s, _ in read_scalars(killed_dir / "tb")["loss/train_iter"]] == list(range(24))
+    assert first["batch_size=32,dataset=iris,epochs=3/seed=0"]["status"] == "failed"
+    assert list((sweep / "batch_size=32,dataset=iris,epochs=3" / "seed=0" / ".attempts").glob("*/summary.json"))
 
 
 def test_seed_axis_is_aggregated(tmp_path):

@@ -229,3 +229,24 @@ def test_divergence_stops_the_run_and_saves_no_weights(make_cfg, tmp_path):
     assert summary["weights_saved"] is False and not (out / "model.pt").exists()
     on_disk = json.loads((out / "summary.json").read_text())  # valid JSON: no NaN literals
     assert on_disk["status"] == "diverged" and on_disk["train_loss"] is None
+
+
+def test_grad_clip_caps_the_update_but_logs_the_raw_norm(make_cfg):
+    run = build_run(make_cfg(*LINREG_103, "regime=bgd", "shuffle=false", "grad_clip=0.01", "optimizer.lr=1.0"))
+    before = [p.detach().clone() for p in run.model.parameters()]
+    logger = MemoryLogger()
+    fit(run, logger)
+    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(run.model.parameters(), before)))
+    assert float(step) == pytest.approx(0.01, rel=1e-4)  # lr 1 x clipped norm 0.01
+    assert logger.scalars["grad_norm"][0][1] > 0.01  # the logged norm is the unclipped one
+
+
+def test_early_stopping_keeps_the_best_epoch(make_cfg, tmp_path):
+    # A wide MLP on 40 noisy moons samples with a large lr overfits quickly.
+    summary = train(make_cfg("dataset=moons", "dataset.n=50", "dataset.noise=0.5", "model.hidden=[256,256]",
+                             "optimizer=adam", "optimizer.lr=0.01", "batch_size=8", "epochs=200",
+                             "early_stopping_patience=5", output_dir=tmp_path / "r"))
+    assert summary["stopped_early"] is True and summary["status"] == "done"
+    assert summary["epochs"] == summary["best_epoch"] + 5
+    val = [v for _, v in read_scalars(tmp_path / "r" / "tb")["loss/val"]]
+    assert min(val) == pytest.approx(summary["best_loss"], rel=1e-6) and val.index(min(val)) + 1 == summary["best_epoch"]
