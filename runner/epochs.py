@@ -62,14 +62,13 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        # A plain attribute, not a property: the loop reads it at every update.
+        self.requested = False
         self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal = signum
+        self.requested = True
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():

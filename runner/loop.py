@@ -189,22 +189,25 @@ def train_one_epoch(
 ) -> EpochTrace:
     """One pass over ``source``, one update per slice of positions.
 
-    Stops early, after the update during which ``deadline`` (a ``time.time()`` value)
-    passed or ``stop.requested`` became true: that is how a time budget or a signal ends a
-    run in the middle of an epoch, at an iteration boundary.
+    Stops early, before the first update that would start after ``deadline`` (a
+    ``time.time()`` value) or after ``stop.requested`` became true: that is how a time
+    budget or a signal ends a run in the middle of an epoch, at an iteration boundary.
     """
     stop = stop or NO_STOP
     losses, grad_norms, lrs, wall_times = [], [], [], []
     for positions in slices:
+        now = time.time()
+        # No update starts once the time is up or a stop was asked for (the first always
+        # runs: a segment only starts when there is time left).
+        if losses and (stop.requested or now >= deadline):
+            break
         lrs.append(optimizer.param_groups[0]["lr"])
-        wall_times.append(time.time())
+        wall_times.append(now)
         loss, grad_norm = step(source, positions)
         iteration_scheduler.step()
         losses.append(loss)
         grad_norms.append(grad_norm)
         progress.iteration(loss)
-        if stop.requested or time.time() >= deadline:
-            break
     return EpochTrace(
         losses=torch.stack(losses),
         grad_norms=torch.stack(grad_norms),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 import torch.nn.functional as F
 from torch.testing import assert_close
 
@@ -579,3 +580,25 @@ def test_config_targets_are_registered_losses():
         module, _, name = target.rpartition(".")
         assert module == "runner.losses"
         assert name in L.LOSSES
+
+
+# ---------------------------------------------------------------- fused training paths
+@pytest.mark.parametrize("name", sorted(L.LOSSES))
+@pytest.mark.parametrize("kwargs", [{}, {"from_logits": False}, {"label_smoothing": 0.2}])
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_forward_equals_the_mean_of_the_keras_per_sample_loss(name, kwargs, n_classes):
+    """Some losses train through a fused torch kernel; it must be the same number."""
+    cls = L.LOSSES[name]
+    try:
+        loss = cls(**kwargs)
+    except TypeError:
+        pytest.skip(f"{name} takes no {list(kwargs)}")
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, n_classes, (9,), generator=gen)
+    targets = loss.encode_targets(labels, n_classes)
+    outputs = torch.randn(9, loss.output_dim(n_classes, 1), generator=gen, dtype=torch.float64)
+    if kwargs.get("from_logits") is False:
+        outputs = outputs.sigmoid() if outputs.shape[-1] == 1 or name == "BinaryCrossentropy" else outputs.softmax(-1)
+    if targets.is_floating_point():
+        targets = targets.double()
+    torch.testing.assert_close(loss(outputs, targets), loss.per_sample(outputs, targets).mean(), rtol=1e-12, atol=1e-12)
