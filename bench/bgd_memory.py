@@ -74,10 +74,6 @@ def reset_peak() -> bool:
 
 
 def child(n: int, mode: str, dtype_name: str) -> dict:
-    try:
-        import runner  # noqa: F401
-    except ImportError:
-        sys.path.insert(0, str(REPO))
     import torch
 
     from runner.batches import PermutedCopy, PermutedGather
@@ -118,14 +114,31 @@ def child(n: int, mode: str, dtype_name: str) -> dict:
 
     if mode == "equal":
         X, Y = make_data(n, seed=1)
-        weights = {}
-        for kind in ("micro", "one-shot"):
+
+        def one_step(kind: str, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
             model, optimizer, grads = make_model()
+            if X.dtype != dtype:
+                model.to(X.dtype)
+                grads = FlatGradients(list(model.parameters()))
+                optimizer = torch.optim.SGD(model.parameters(), lr=LR)
             update(kind, model, optimizer, grads, X, Y, torch.Generator().manual_seed(0), MICRO_BATCH)
-            weights[kind] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        diff = (weights["micro"] - weights["one-shot"]).abs().max().item()
-        moved = (weights["one-shot"] - torch.cat([p.detach().reshape(-1) for p in make_model()[0].parameters()])).abs().max().item()
-        return {"n": n, "mode": mode, "dtype": dtype_name, "max_abs_diff": diff, "max_abs_step": moved}
+            return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
+
+        micro, oneshot = one_step("micro", X, Y), one_step("one-shot", X, Y)
+        initial = torch.cat([p.detach().reshape(-1) for p in make_model()[0].parameters()]).double()
+        result = {
+            "n": n,
+            "mode": mode,
+            "dtype": dtype_name,
+            "max_abs_diff": (micro - oneshot).abs().max().item(),
+            "max_abs_step": (oneshot - initial).abs().max().item(),
+        }
+        if dtype != torch.float64:
+            # How far each float32 update is from the same update computed in float64.
+            reference = one_step("one-shot", X.double(), Y.double())
+            result["micro_vs_f64"] = (micro - reference).abs().max().item()
+            result["oneshot_vs_f64"] = (oneshot - reference).abs().max().item()
+        return result
 
     # Warm-up: the same kind of update on a small set (several micro-batches of 1024 rows).
     model, optimizer, grads = make_model()
@@ -168,6 +181,21 @@ def run_child(n: int, mode: str, dtype: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def code_version() -> str:
+    """The commit the runner was measured at, and whether runner/ or conf/ had uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "runner", "conf"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" + uncommitted changes in runner/ or conf/" if dirty else " (clean)")
+
+
 def version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
@@ -192,6 +220,12 @@ def mem_total_gib() -> float:
         return float("nan")
 
 
+def python_for_display() -> str:
+    """The interpreter as typed from the repository root (relative when it lives in this checkout)."""
+    exe = Path(sys.executable)
+    return str(exe.relative_to(REPO)) if exe.is_relative_to(REPO) else str(exe)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-rows", type=float, default=1e7, help="largest row count (default 1e7)")
@@ -206,7 +240,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bgd_memory.py", *sys.argv[1:]])
+    command = " ".join(shlex.quote(a) for a in [python_for_display(), "bench/bgd_memory.py", *sys.argv[1:]])
     sizes = [n for n in (10**5, 10**6, 10**7) if n <= args.max_rows]
     started = time.perf_counter()
     rows = []
@@ -226,7 +260,7 @@ def main() -> None:
         f"{mem_total_gib():.1f} GiB RAM; torch threads {torch.get_num_threads()} (default)",
         f"- Versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"tensorboard {version('tensorboard')}",
-        f"- Command: `{command}` (total {total:.0f} s)",
+        f"- Command: `{command}` (total {total:.0f} s); runner code: {code_version()}",
         f"- Data: {FEATURES} float32 features + 1 float32 target per row (44 bytes), linear regression "
         f"(runner `Linear`, `MeanSquaredError`, SGD lr {LR}), {UPDATES} full-batch updates per measurement, one "
         f"fresh process per measurement. micro = `FlatGradients` + `accumulating_train_step`, micro_batch_size "
@@ -237,16 +271,25 @@ def main() -> None:
         + ") minus the RSS right after the data was created.",
         "",
         "| rows | data MB | sample order MB (N int64) | micro: working MB above data | micro: working − order MB "
-        "| one-shot: working MB above data | micro s/update | one-shot s/update | micro = one-shot? max abs weight diff after 1 step |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| one-shot: working MB above data | micro s/update | one-shot s/update "
+        "| micro vs one-shot: max abs weight diff after 1 step | float32 update vs float64 update: micro / one-shot |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for n, micro, oneshot, equal in rows:
+        f64 = (
+            f"{equal['micro_vs_f64']:.1e} / {equal['oneshot_vs_f64']:.1e}" if "micro_vs_f64" in equal else "(compared in float64)"
+        )
         out.append(
             f"| {n:.0e} | {micro['data_mb']:.1f} | {micro['order_mb']:.1f} | {micro['working_mb']:.1f} | "
             f"{micro['working_mb'] - micro['order_mb']:.1f} | {oneshot['working_mb']:.1f} | "
             f"{micro['seconds_per_update']:.3f} | {oneshot['seconds_per_update']:.3f} | "
-            f"{equal['max_abs_diff']:.2e} ({equal['dtype']}; step size {equal['max_abs_step']:.2e}) |"
+            f"{equal['max_abs_diff']:.1e} ({equal['dtype']}) | {f64} |"
         )
+    out += [
+        "",
+        f"The weights move by about {rows[0][3]['max_abs_step']:.2f} in that step. s/update is wall time "
+        "(informative only; it is not the point of this benchmark).",
+    ]
     markdown = "\n".join(out) + "\n"
     print(markdown)
     if args.out:

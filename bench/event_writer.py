@@ -35,11 +35,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-try:
-    from runner import tbwriter
-except ImportError:  # run from a checkout without the editable install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from runner import tbwriter
+from runner import tbwriter  # the project installed in .venv (make setup)
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from torch.utils.tensorboard import SummaryWriter

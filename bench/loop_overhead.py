@@ -15,7 +15,7 @@ busy neighbour on the machine hits them all alike; one untimed warm-up round fir
   ``zero_grad(set_to_none=True)``, forward, ``F.cross_entropy``, backward, ``SGD.step``.
   No logging, no gradient norm. Same initial weights and the same sample order as the runner.
 * ``dataloader``: the same with ``DataLoader(TensorDataset, shuffle=True, num_workers=0)``.
-* ``runner_loop``: what ``runner.train.fit`` does per epoch for the per-iteration series,
+* ``runner_loop``: what ``fit`` (``runner.epochs.run_epochs``) does per epoch for the per-iteration series,
   with TensorBoard on: ``build_run(cfg)``, then per epoch ``epoch_order`` +
   ``run.train.source`` + ``train_one_epoch`` + the one device-to-host transfer +
   ``TensorBoardLogger.log_series`` of ``loss/train_iter``, ``grad_norm`` and ``lr``
@@ -27,7 +27,8 @@ busy neighbour on the machine hits them all alike; one untimed warm-up round fir
 * ``lightning``: only when ``import lightning`` works (it is not a dependency).
 
 ``--dissect`` adds a second table that walks from ``bare`` to ``runner_loop`` one change at
-a time, at batch sizes 1 and 32, to show where any overhead goes.
+a time, at batch sizes 1 and 32, to show where any overhead goes, plus "what-if" rows that
+run ``runner_loop`` with a change the runner does not make (to size a fix).
 
 Usage::
 
@@ -46,6 +47,7 @@ import platform
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,11 +60,6 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-try:
-    import runner  # noqa: F401
-except ImportError:  # run from a checkout without the editable install
-    sys.path.insert(0, str(REPO))
-
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -70,7 +67,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 import runner.schema  # noqa: F401  (registers the config schemas)
-from runner.batches import PermutedCopy
 from runner.loggers import TensorBoardLogger
 from runner.loop import FlatGradients, epoch_order, train_one_epoch
 from runner.progress import NoProgress
@@ -87,6 +83,8 @@ TARGET = 1.05
 # Epochs per measurement: about 0.4-0.6 s of the bare loop each on a 2-core EPYC VM.
 EPOCHS = {"1": 2, "32": 40, "full": 200}
 QUICK_EPOCHS = {"1": 1, "32": 10, "full": 50}
+# The "buffer_series" what-if hands the logger at least this many points per call.
+BUFFER_POINTS = 1024
 TAG = "loss/train_iter"
 
 # A measurement: set up untimed, return (timed body, untimed check/clean-up).
@@ -232,21 +230,51 @@ def dataloader(s: Setting, logdir: Path):
     return body, lambda: None
 
 
-def runner_epochs(s: Setting, logdir: Path | None, log_series: bool = True, train_only: bool = False):
-    """``fit``'s per-epoch work for the per-iteration series, without the epoch-end evaluation."""
+def runner_epochs(
+    s: Setting,
+    logdir: Path | None,
+    log_series: bool = True,
+    train_only: bool = False,
+    what_if: tuple[str, ...] = (),
+):
+    """``fit``'s per-epoch work for the per-iteration series, without the epoch-end evaluation.
+
+    Mirrors ``runner.epochs.run_epochs``/``_run_segment`` with ``checkpoint_every=0`` (one
+    segment per epoch). ``what_if`` swaps in changes the runner does not make, to size them:
+    ``"no_norm"`` (the gradient-norm kernel replaced by a constant), ``"buffer_series"`` (the
+    per-iteration series handed to the logger once at least BUFFER_POINTS points have piled
+    up, instead of once per epoch), ``"flat_input"`` (the data flattened once and the model's
+    leading ``nn.Flatten`` removed).
+    """
     run = build_run(s.cfg)
     cfg = run.cfg
+    step = run.step
+    if "no_norm" in what_if:
+        flat_grads = next(a for a in step.args if isinstance(a, FlatGradients))
+        zero = torch.zeros(())
+        flat_grads.norm = lambda: zero
+    if "flat_input" in what_if:
+        assert isinstance(run.model[0], nn.Flatten), run.model
+        del run.model[0]
+        run.train.X = run.train.X.reshape(len(run.train.X), -1)
     logger = TensorBoardLogger(logdir) if log_series else None
     progress = NoProgress()
     kept: list[np.ndarray] = []
+    buffered: list[tuple[np.ndarray, ...]] | None = [] if "buffer_series" in what_if else None
+
+    def log_series(steps, losses, grad_norms, lrs, wall_times) -> None:
+        logger.log_series(TAG, steps, losses, wall_times)
+        logger.log_series("grad_norm", steps, grad_norms, wall_times)
+        logger.log_series("lr", steps, lrs, wall_times)
 
     def body() -> None:
         iteration = 0
         for _ in range(s.epochs):
-            order = epoch_order(run.order_generator, len(run.train), cfg.shuffle, run.device)
-            source = run.train.source(order, run.bounded_memory)
+            order = epoch_order(run.order_generator, len(run.train), cfg.shuffle, torch.device("cpu"))
+            source = run.train.source(order.to(run.device), run.bounded_memory)
             run.model.train()
-            trace = train_one_epoch(run.step, run.optimizer, run.iteration_scheduler, source, run.slices, progress)
+            deadline = time.time() + run.plan.seconds
+            trace = train_one_epoch(step, run.optimizer, run.iteration_scheduler, source, run.slices, progress, deadline)
             del source
             losses = trace.losses.double().cpu().numpy()
             grad_norms = trace.grad_norms.double().cpu().numpy()
@@ -255,15 +283,23 @@ def runner_epochs(s: Setting, logdir: Path | None, log_series: bool = True, trai
             steps = np.arange(iteration, iteration + len(losses))
             if logger is not None:
                 keep = steps % cfg.log_every == 0
+                series = (steps[keep], losses[keep], grad_norms[keep], np.asarray(trace.lrs)[keep])
                 wall_times = np.asarray(trace.wall_times)[keep]
-                logger.log_series(TAG, steps[keep], losses[keep], wall_times)
-                logger.log_series("grad_norm", steps[keep], grad_norms[keep], wall_times)
-                logger.log_series("lr", steps[keep], np.asarray(trace.lrs)[keep], wall_times)
+                if buffered is None:
+                    log_series(*series, wall_times)
+                else:
+                    buffered.append((*series, wall_times))
+                    if sum(len(b[0]) for b in buffered) >= BUFFER_POINTS:
+                        log_series(*(np.concatenate(parts) for parts in zip(*buffered)))
+                        buffered.clear()
             iteration += len(losses)
+            losses.tolist()  # as fit does, to keep them for the epoch's mean loss
             kept.append(losses)
             if not np.isfinite(losses).all():
                 raise RuntimeError("diverged")
         if logger is not None:
+            if buffered:
+                log_series(*(np.concatenate(parts) for parts in zip(*buffered)))
             logger.close()
 
     def check() -> None:
@@ -331,7 +367,7 @@ def dissect_variants() -> dict[str, Variant]:
     return {
         "0 bare": lambda s, d: (manual_loop(s), lambda: None),
         "1 + runner model (Flatten, 4-D input)": lambda s, d: (manual_loop(s, runner_model=True), lambda: None),
-        "2 + runner loss (SparseCategoricalCrossentropy)": lambda s, d: (
+        "2 + runner loss module (SparseCategoricalCrossentropy)": lambda s, d: (
             manual_loop(s, runner_model=True, runner_loss=True),
             lambda: None,
         ),
@@ -351,8 +387,14 @@ def dissect_variants() -> dict[str, Variant]:
             s, None, log_series=False, train_only=True
         ),
         "7 + TensorBoard log_series (= runner_loop)": lambda s, d: runner_epochs(s, d),
-        "bare + runner loss only": lambda s, d: (manual_loop(s, runner_loss=True), lambda: None),
-        "bare + gradient norm only (torch get_total_norm)": lambda s, d: (manual_loop(s, grad_norm=True), lambda: None),
+        "what-if: runner_loop without the gradient norm": lambda s, d: runner_epochs(s, d, what_if=("no_norm",)),
+        "what-if: runner_loop on flattened data, no nn.Flatten": lambda s, d: runner_epochs(
+            s, d, what_if=("flat_input",)
+        ),
+        f"what-if: runner_loop, series logged per >= {BUFFER_POINTS} points, not per epoch": lambda s, d: runner_epochs(
+            s, d, what_if=("buffer_series",)
+        ),
+        "what-if: all three": lambda s, d: runner_epochs(s, d, what_if=("no_norm", "flat_input", "buffer_series")),
     }
 
 
@@ -376,12 +418,43 @@ def check_event_file(logdir: Path, iterations: int, losses: np.ndarray | None = 
     CHECKS["points"] += len(steps)
 
 
+def same_work(s: Setting, root: Path) -> float:
+    """Max |difference| between bare's and runner_loop's per-iteration losses over one epoch.
+
+    Same initial weights, same sample order, same updates: they agree to float32 rounding,
+    so the two loops time the same computation.
+    """
+    model, generator = s.plain_model(), torch.Generator().manual_seed(s.seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=s.lr)
+    order = torch.randperm(s.n, generator=generator)
+    X, y = s.X[order], s.labels[order]
+    bare_losses = []
+    for rows in s.slices():
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(X[rows]), y[rows])
+        loss.backward()
+        optimizer.step()
+        bare_losses.append(loss.item())
+    one_epoch = copy.copy(s)
+    one_epoch.epochs, one_epoch.iterations = 1, s.iterations_per_epoch
+    body, _ = runner_epochs(one_epoch, root / "same_work")
+    body()
+    acc = EventAccumulator(str(root / "same_work"), size_guidance={"scalars": 0})
+    acc.Reload()
+    runner_losses = [e.value for e in acc.Scalars(TAG)]
+    shutil.rmtree(root / "same_work", ignore_errors=True)
+    diff = float(np.max(np.abs(np.array(bare_losses) - np.array(runner_losses))))
+    assert len(runner_losses) == len(bare_losses) and diff < 1e-4, f"bare and runner differ by {diff}"
+    return diff
+
+
 # --------------------------------------------------------------------------- measuring
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # A measurement during which other processes kept more than this share of a core busy is
 # repeated (up to RETRIES times; the cleanest attempt is kept).
 FOREIGN_LIMIT = 0.15
 RETRIES = 3
+RETRY_BUDGET = 30  # repeats in all, so a machine that stays busy cannot stretch a run without end
 FOREIGN: list[float] = []
 RETRIED = {"count": 0}
 
@@ -432,7 +505,7 @@ def measure(
                 shutil.rmtree(logdir, ignore_errors=True)
                 if best is None or foreign < best[1]:
                     best = (elapsed, foreign)
-                if not foreign > FOREIGN_LIMIT:  # also stops on NaN (no /proc/stat)
+                if not foreign > FOREIGN_LIMIT or RETRIED["count"] >= RETRY_BUDGET:  # not > : NaN stops too
                     break
                 RETRIED["count"] += r > 0
             if r:
@@ -460,6 +533,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def code_version() -> str:
+    """The commit the runner was measured at, and whether runner/ or conf/ had uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "runner", "conf"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" + uncommitted changes in runner/ or conf/" if dirty else " (clean)")
+
+
 def header(command: str, load_start: tuple[float, ...]) -> list[str]:
     load_end = os.getloadavg()
     return [
@@ -467,7 +555,7 @@ def header(command: str, load_start: tuple[float, ...]) -> list[str]:
         f"torch intra-op threads {torch.get_num_threads()} (default, not set), inter-op threads {torch.get_num_interop_threads()}",
         f"- Versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"tensorboard {version('tensorboard')}, lightning {version('lightning')}",
-        f"- Command: `{command}`",
+        f"- Command: `{command}`; runner code: {code_version()}",
         f"- Load average (1/5/15 min) at start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, "
         f"at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}; CPU used by other processes during the "
         f"timed runs (from /proc/stat): median {statistics.median(FOREIGN) if FOREIGN else math.nan:.3f} cores, "
@@ -478,8 +566,8 @@ def header(command: str, load_start: tuple[float, ...]) -> list[str]:
 
 def table(results, settings, variants, bare_name: str) -> list[str]:
     lines = [
-        "| batch | iterations per run | variant | µs/iter median | µs/iter min | ratio to bare |",
-        "|---|---:|---|---:|---:|---:|",
+        "| batch | iterations per run | variant | µs/iter median | µs/iter min | ratio to bare | ratio of minima |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for batch, s in settings.items():
         base = results[(batch, bare_name)]
@@ -489,24 +577,33 @@ def table(results, settings, variants, bare_name: str) -> list[str]:
             ratio = statistics.median(v / b for v, b in zip(samples, base))
             lines.append(
                 f"| {s.batch_size}{' (full)' if batch == 'full' else ''} | {s.iterations} ({s.epochs} ep) | {name} | "
-                f"{statistics.median(samples) * 1e6:.1f} | {min(samples) * 1e6:.1f} | {ratio:.3f} |"
+                f"{statistics.median(samples) * 1e6:.1f} | {min(samples) * 1e6:.1f} | {ratio:.3f} | "
+                f"{min(samples) / min(base):.3f} |"
             )
     return lines
+
+
+def python_for_display() -> str:
+    """The interpreter as typed from the repository root (relative when it lives in this checkout)."""
+    exe = Path(sys.executable)
+    return str(exe.relative_to(REPO)) if exe.is_relative_to(REPO) else str(exe)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke version, about a minute")
-    parser.add_argument("--rounds", type=int, help="timed rounds (default 7, --quick 3)")
+    parser.add_argument("--rounds", type=int, help="timed rounds (default 9, --quick 3)")
     parser.add_argument(
         "--epochs",
         help="epochs per measurement by batch size, e.g. 1=2,32=40,full=200 (the default; --quick 1=1,32=10,full=50)",
     )
     parser.add_argument("--batches", default="1,32,full", help="comma-separated batch sizes (default 1,32,full)")
     parser.add_argument("--dissect", action="store_true", help="also walk from bare to runner_loop one piece at a time")
+    parser.add_argument("--dissect-rounds", type=int, help="timed rounds of the dissection (default 9, --quick 3)")
     parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
     args = parser.parse_args()
-    rounds = args.rounds or (3 if args.quick else 7)
+    rounds = args.rounds or (3 if args.quick else 9)
+    dissect_rounds = args.dissect_rounds or (3 if args.quick else 9)
     epochs = dict(QUICK_EPOCHS if args.quick else EPOCHS)
     for item in (args.epochs or "").split(","):
         if item.strip():
@@ -516,7 +613,7 @@ def main() -> None:
     missing = [b for b in batches if b not in epochs]
     if missing:
         parser.error(f"no epoch count for batch size(s) {', '.join(missing)}: give them with --epochs")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/loop_overhead.py", *sys.argv[1:]])
+    command = " ".join(shlex.quote(a) for a in [python_for_display(), "bench/loop_overhead.py", *sys.argv[1:]])
     load_start = os.getloadavg()
 
     variants: dict[str, Variant] = {
@@ -533,13 +630,14 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench_loop_overhead_"))
     try:
         settings = {b: Setting(b, epochs[b], root) for b in batches}
+        same = {b: same_work(settings[b], root) for b in batches}
         print("main table ...", file=sys.stderr, flush=True)
         results = measure(variants, settings, rounds, root)
         dissected = None
         if args.dissect:
             print("dissection ...", file=sys.stderr, flush=True)
             dissect_settings = {b: settings[b] for b in batches if b != "full"}
-            dissected = measure(dissect_variants(), dissect_settings, rounds, root)
+            dissected = measure(dissect_variants(), dissect_settings, dissect_rounds, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     total = time.perf_counter() - started
@@ -552,18 +650,19 @@ def main() -> None:
         f"- Setting: digits, {s0.n} training samples ({s0.val_n} held out for validation), MLP 64-128-10 (ReLU), "
         f"SGD lr {s0.lr:g}, cross-entropy, CPU. {rounds} timed rounds after one warm-up round; all variants "
         "interleaved in one process, order rotated every round. µs/iter = wall time of one whole run "
-        "(the epochs shown) / its iterations; ratio = median over rounds of variant / bare in the same round. "
+        "(the epochs shown) / its iterations; ratio = median over rounds of variant / bare in the same round; "
+        "ratio of minima = fastest run / fastest bare run (interference only ever slows a run down). "
         f"Total time {total:.0f} s.",
         "",
         *table(results, settings, variants, "bare"),
         "",
     ]
-    foreign = statistics.median(FOREIGN) if FOREIGN else 0.0
-    if foreign > 0.05 or RETRIED["count"] > 0.1 * len(FOREIGN):
+    busy = sum(f > FOREIGN_LIMIT for f in FOREIGN)
+    if busy:
         out += [
-            f"**Warning:** other processes used the CPU during this run (median {foreign:.2f} cores, "
-            f"{RETRIED['count']} runs repeated); on a 2-core machine that slows multi-threaded kernels "
-            "unevenly. Re-run on a quiet machine before quoting these numbers.",
+            f"**Warning:** in {busy} of the {len(FOREIGN)} timed runs kept, other processes used more than "
+            f"{FOREIGN_LIMIT} of a core even after retries; on a 2-core machine that slows "
+            "multi-threaded kernels unevenly. Re-run on a quiet machine before quoting these numbers.",
             "",
         ]
     verdicts = []
@@ -581,11 +680,16 @@ def main() -> None:
         f"`{TAG}` point per iteration with steps 0..T-1 ({CHECKS['points']} points in all); for runner_loop the "
         "values equal the per-iteration losses (as float32) and `grad_norm`/`lr` have the same steps.",
         "",
+        "Same work: over one epoch, bare and runner_loop compute the same per-iteration losses (max |difference| "
+        + ", ".join(f"{d:.1e} at batch {settings[b].batch_size}" for b, d in same.items())
+        + "; float32 rounding), so both loops time the same training.",
+        "",
         "Notes:",
         "- `bare` uses `F.cross_entropy` on a plain `Sequential(Linear, ReLU, Linear)` with the runner's initial "
-        "weights and the runner's sample order; the runner uses its own model (with `nn.Flatten` in front) and its "
-        "Keras-formula loss (`SparseCategoricalCrossentropy`: log_softmax, gather, mean), zeroes one flat gradient "
-        "buffer, and measures the global gradient norm every iteration. All of that counts as runner overhead here.",
+        "weights and the runner's sample order; the runner uses its own model (with `nn.Flatten` in front, on the "
+        "(N, 1, 8, 8) images) and its own loss module (`SparseCategoricalCrossentropy`), zeroes one flat gradient "
+        "buffer, measures the global gradient norm every iteration, and keeps the per-iteration loss, norm, lr and "
+        "time for the TensorBoard series. All of that counts as runner overhead here.",
         "- `runner_fit` does strictly more work than `bare`: after every epoch it evaluates the loss (and accuracy) "
         "over the whole training set (`loss/train_full`) and the validation set (`loss/val`) and logs epoch-level "
         "scalars on four x-axes. At batch 1 that is one extra forward pass over 1438 + 359 samples per 1438 "
@@ -601,8 +705,11 @@ def main() -> None:
             "### Where the time goes: from bare to runner_loop, one piece at a time",
             "",
             "Steps 1-5 are cumulative changes to the hand-written bare loop; 6 is the runner's own "
-            "`train_one_epoch` (no logging), 7 adds the TensorBoard series (= runner_loop). The last rows change "
-            "one piece only. Same rounds/interleaving protocol as above.",
+            "`train_one_epoch` (no logging), 7 adds the TensorBoard series (= runner_loop). The what-if rows run "
+            "runner_loop with a change the runner does not make, to size what changing each piece would give: the "
+            "gradient-norm kernel replaced by a constant; the data flattened once and the model's leading `nn.Flatten` "
+            f"removed; the per-iteration series handed to the logger once at least {BUFFER_POINTS} points have piled up "
+            f"instead of once per epoch. {dissect_rounds} rounds, otherwise the same protocol as above.",
             "",
             *table(dissected, dsettings, dissect_variants(), "0 bare"),
         ]

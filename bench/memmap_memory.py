@@ -38,8 +38,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without the editable install
-    sys.path.insert(0, str(REPO))
 
 MB = 2**20
 
