@@ -37,7 +37,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -47,6 +46,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import code_version, cpu_model, mem_total_gib, python_for_display, version  # bench/machine.py (the script's own folder)
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = 10
@@ -179,51 +180,6 @@ def run_child(n: int, mode: str, dtype: str) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def code_version() -> str:
-    """The commit the runner was measured at, and whether runner/ or conf/ had uncommitted changes."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "runner", "conf"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"commit {commit}" + (" + uncommitted changes in runner/ or conf/" if dirty else " (clean)")
-
-
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def mem_total_gib() -> float:
-    try:
-        return int(re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1)) / 2**20
-    except (OSError, AttributeError):
-        return float("nan")
-
-
-def python_for_display() -> str:
-    """The interpreter as typed from the repository root (relative when it lives in this checkout)."""
-    exe = Path(sys.executable)
-    return str(exe.relative_to(REPO)) if exe.is_relative_to(REPO) else str(exe)
 
 
 def main() -> None:

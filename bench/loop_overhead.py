@@ -40,14 +40,12 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import importlib.metadata
 import math
 import os
 import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +69,8 @@ from runner.loggers import TensorBoardLogger
 from runner.loop import FlatGradients, epoch_order, train_one_epoch
 from runner.progress import NoProgress
 from runner.train import build_run, fit
+
+from machine import code_version, cpu_model, python_for_display, version  # bench/machine.py (the script's own folder)
 
 try:
     import lightning  # noqa: F401
@@ -516,38 +516,6 @@ def measure(
 
 
 # --------------------------------------------------------------------------- reporting
-def version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def code_version() -> str:
-    """The commit the runner was measured at, and whether runner/ or conf/ had uncommitted changes."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "runner", "conf"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"commit {commit}" + (" + uncommitted changes in runner/ or conf/" if dirty else " (clean)")
-
-
 def header(command: str, load_start: tuple[float, ...]) -> list[str]:
     load_end = os.getloadavg()
     return [
@@ -581,12 +549,6 @@ def table(results, settings, variants, bare_name: str) -> list[str]:
                 f"{min(samples) / min(base):.3f} |"
             )
     return lines
-
-
-def python_for_display() -> str:
-    """The interpreter as typed from the repository root (relative when it lives in this checkout)."""
-    exe = Path(sys.executable)
-    return str(exe.relative_to(REPO)) if exe.is_relative_to(REPO) else str(exe)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ Python branching on tensor values, only on shapes and constructor arguments.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from typing import ClassVar
 
@@ -87,7 +89,7 @@ def _check_bool(key: str, value: object) -> bool:
     return value
 
 
-class Loss(torch.nn.Module):
+class Loss(torch.nn.Module, ABC):
     """Base class: a per-sample Keras loss, averaged over the batch by :meth:`forward`.
 
     The default encoding suits losses that compare outputs with targets elementwise:
@@ -134,6 +136,7 @@ class Loss(torch.nn.Module):
             return y
         return _one_hot(y, n_classes)
 
+    @abstractmethod
     def per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The loss of each sample, shape ``(batch,)``.
 
@@ -141,7 +144,6 @@ class Loss(torch.nn.Module):
             outputs: raw model outputs, ``(batch, output_dim)``.
             targets: a batch of :meth:`encode_targets`' result.
         """
-        raise NotImplementedError
 
     def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The batch mean of :meth:`per_sample`."""
