@@ -57,7 +57,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -65,6 +64,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 import runner.schema  # noqa: F401  (registers the config schemas)
+from runner.cli import CONF_DIR
 from runner.loggers import TensorBoardLogger
 from runner.loop import FlatGradients, epoch_order, train_one_epoch
 from runner.progress import NoProgress
@@ -96,7 +96,7 @@ Variant = Callable[[int, int, Path], "tuple[Body, Callable[[], None]]"]
 def compose_cfg(overrides: list[str], output_dir: Path) -> object:
     """The config ``python -m runner <overrides>`` would run (as tests/conftest.py builds it)."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", overrides=["progress=false", "device=cpu", *overrides, f"output_dir={output_dir}"])
     GlobalHydra.instance().clear()
     return cfg

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import traceback
+from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -22,8 +23,10 @@ from runner.train import record_failure, train
 
 log = logging.getLogger(__name__)
 
-# An absolute path: with `python -m runner` Hydra would read a relative one as a module path.
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# conf/ is installed as this package (pyproject.toml maps it), so Hydra finds it by import from
+# any directory, editable install or plain; CONF_DIR is the same folder for code that reads files.
+CONF_PACKAGE = "runner.conf"
+CONF_DIR = Path(str(resources.files(CONF_PACKAGE)))
 GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "regime", "experiment")
 # Fault injection for the sweep tests: the job with this number raises, as a crash would.
 FAULT_ENV = "RUNNER_FAULT_FAIL_JOB"
@@ -38,7 +41,7 @@ def check_choices(choices: dict[str, str | None]) -> None:
             raise ConfigError(group, choice, f"the name of a file in conf/{group}/ (no '/' or '..')")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONF_PACKAGE}", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train one configuration; return its final validation (else training) loss for sweepers.
 

@@ -16,9 +16,9 @@ from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import runner.schema  # noqa: F401  (registers the schemas)
+from runner.cli import CONF_DIR  # noqa: F401  (the configs the runner reads; tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
 
 # Small and quiet: one epoch, no progress bar. Tests override what they exercise.
 FAST = ("epochs=1", "progress=false", "device=cpu")

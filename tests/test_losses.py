@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from conftest import CONF_DIR
 from runner import losses as L
 from runner.errors import ConfigError
 
@@ -569,10 +569,9 @@ def test_losses_registry_names_every_class():
 
 
 def test_config_targets_are_registered_losses():
-    conf = Path(__file__).resolve().parents[1] / "conf" / "loss"
     targets = [
         line.split(":", 1)[1].strip()
-        for path in sorted(conf.glob("*.yaml"))
+        for path in sorted((CONF_DIR / "loss").glob("*.yaml"))
         for line in path.read_text().splitlines()
         if line.startswith("_target_:")
     ]
