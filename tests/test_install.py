@@ -1,0 +1,155 @@
+"""The package as a user installs it: ``pip install .`` (and ``-e .``) into a fresh venv, used from
+another directory, so that nothing can come from the source tree by accident.
+
+To stay quick and offline, the fresh venv borrows the dependencies from this project's venv through
+a ``.pth`` file and pip builds with ``--no-deps --no-build-isolation --no-index``; the project
+itself is installed the ordinary way, from a copy of the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from runner.cli import GROUPS
+
+pytestmark = pytest.mark.install
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+TINY_RUN = ("epochs=1", "dataset=iris", "progress=false")
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def copy_of_checkout(dest: Path) -> Path:
+    """The working tree as git sees it (tracked files and new ones not ignored), in a repository of
+    its own: building there leaves the real checkout alone, and git can tell what the build left."""
+    for name in git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=REPO).split("\0"):
+        source = REPO / name
+        if name and source.is_file():  # a tracked file deleted in the working tree is skipped
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    git("init", "--quiet", cwd=dest)
+    git("add", "--all", cwd=dest)
+    return dest
+
+
+def fresh_venv(path: Path) -> Path:
+    """A new venv that sees this venv's packages (the dependencies) after its own; returns its bin/."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=TIMEOUT)
+    python = path / "bin" / "python"
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    borrowed = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (Path(own) / "_borrowed_dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(borrowed)))
+    return path / "bin"
+
+
+def pip_install(bin_dir: Path, *args: str) -> None:
+    # --ignore-installed: the borrowed site-packages holds this project's own editable install,
+    # which pip must neither reuse nor try to uninstall.
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "--quiet",
+         "--disable-pip-version-check", "--no-deps", "--no-build-isolation", "--no-index", "--ignore-installed",
+         *args],
+        capture_output=True, text=True, timeout=TIMEOUT, env=user_env(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def user_env() -> dict[str, str]:
+    """A user's shell: nothing pointing Python at this checkout, no full Hydra tracebacks."""
+    drop = {"PYTHONPATH", "PYTHONHOME", "HYDRA_FULL_ERROR", "VIRTUAL_ENV"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def run(command: list, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=user_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def help_groups(help_text: str) -> dict[str, list[str]]:
+    """``{group: [options]}`` from the "Config groups" part of ``--help``."""
+    section = help_text.split("== Config groups", 1)[1].split("\n", 1)[1].split("==", 1)[0]
+    return {
+        group.strip(): [option.strip() for option in options.split(",")]
+        for group, _, options in (line.partition(":") for line in section.splitlines() if line.strip())
+    }
+
+
+def expected_groups(conf: Path) -> dict[str, list[str]]:
+    return {group: sorted(p.stem for p in (conf / group).glob("*.yaml")) for group in GROUPS}
+
+
+def installed_location(bin_dir: Path, cwd: Path) -> tuple[Path, Path]:
+    """Where the fresh venv's Python finds ``runner`` and the configs, asked from ``cwd``."""
+    code = "import runner, runner.cli as c; print(runner.__file__); print(c.CONF_DIR)"
+    package, conf = run([bin_dir / "python", "-c", code], cwd).stdout.split()
+    return Path(package).parent, Path(conf)
+
+
+def untracked_leftovers(checkout: Path) -> list[str]:
+    """Files a build added that git would offer to commit (build/, *.egg-info/, dist/ unless ignored)."""
+    return git("ls-files", "--others", "--exclude-standard", cwd=checkout).split()
+
+
+def test_plain_install_runs_from_another_directory(tmp_path):
+    checkout = copy_of_checkout(tmp_path / "checkout")
+    bin_dir = fresh_venv(tmp_path / "venv")
+    pip_install(bin_dir, str(checkout))
+    assert untracked_leftovers(checkout) == []
+    shutil.rmtree(checkout)  # from here on, only the installed copy exists
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    package, conf = installed_location(bin_dir, elsewhere)
+    site = tmp_path / "venv" / "lib"
+    assert package.is_relative_to(site) and conf == package / "conf"
+    for source in (REPO / "conf").rglob("*.yaml"):
+        shipped = conf / source.relative_to(REPO / "conf")
+        assert shipped.read_bytes() == source.read_bytes(), shipped
+    for source in (REPO / "runner").rglob("*.py"):
+        assert (package / source.relative_to(REPO / "runner")).is_file(), source
+
+    help_text = run([bin_dir / "hpr", "--help"], elsewhere).stdout
+    assert help_groups(help_text) == expected_groups(REPO / "conf")
+    assert "== Defaults" in help_text  # the project's hydra/help template, not Hydra's stock one
+    hydra_help = run([bin_dir / "hpr", "--hydra-help"], elsewhere).stdout
+    assert "Hydra (" in hydra_help and "--hydra-help" in hydra_help
+
+    run([bin_dir / "hpr", *TINY_RUN], elsewhere)
+    run([bin_dir / "python", "-m", "runner", *TINY_RUN], elsewhere)
+    summaries = sorted((elsewhere / "outputs").rglob("summary.json"))
+    assert len(summaries) == 2
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        assert summary["status"] == "done" and summary["epochs"] == 1, summary
+
+
+def test_editable_install_reads_conf_from_the_checkout(tmp_path):
+    checkout = copy_of_checkout(tmp_path / "checkout")
+    bin_dir = fresh_venv(tmp_path / "venv")
+    pip_install(bin_dir, "--editable", str(checkout))
+    assert untracked_leftovers(checkout) == []
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    package, conf = installed_location(bin_dir, elsewhere)
+    assert (package, conf) == (checkout / "runner", checkout / "conf")
+    # An edit to conf/ takes effect at once, without reinstalling.
+    (checkout / "conf" / "dataset" / "iris_copy.yaml").write_bytes((checkout / "conf" / "dataset" / "iris.yaml").read_bytes())
+    groups = help_groups(run([bin_dir / "hpr", "--help"], elsewhere).stdout)
+    assert "iris_copy" in groups["dataset"]
+    assert groups == expected_groups(checkout / "conf")
