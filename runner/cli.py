@@ -7,7 +7,6 @@ import math
 import os
 import sys
 import traceback
-from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -23,10 +22,10 @@ from runner.train import record_failure, train
 
 log = logging.getLogger(__name__)
 
-# conf/ is installed as this package (pyproject.toml maps it), so Hydra finds it by import from
-# any directory, editable install or plain; CONF_DIR is the same folder for code that reads files.
-CONF_PACKAGE = "runner.conf"
-CONF_DIR = Path(str(resources.files(CONF_PACKAGE)))
+# The configs ship inside the package (runner/conf links to the top-level conf/, and an install
+# copies it), so this one path holds from the source tree, an editable install and a plain one.
+# Absolute: with `python -m runner` Hydra would read a relative one as a module path.
+CONF_DIR = (Path(__file__).parent / "conf").resolve()
 GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "regime", "experiment")
 # Fault injection for the sweep tests: the job with this number raises, as a crash would.
 FAULT_ENV = "RUNNER_FAULT_FAIL_JOB"
@@ -41,7 +40,7 @@ def check_choices(choices: dict[str, str | None]) -> None:
             raise ConfigError(group, choice, f"the name of a file in conf/{group}/ (no '/' or '..')")
 
 
-@hydra.main(version_base="1.3", config_path=f"pkg://{CONF_PACKAGE}", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train one configuration; return its final validation (else training) loss for sweepers.
 

@@ -35,10 +35,14 @@ def copy_of_checkout(dest: Path) -> Path:
     """The working tree as git sees it (tracked files and new ones not ignored), in a repository of
     its own: building there leaves the real checkout alone, and git can tell what the build left."""
     for name in git("ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=REPO).split("\0"):
-        source = REPO / name
-        if name and source.is_file():  # a tracked file deleted in the working tree is skipped
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
+        source, target = REPO / name, dest / name
+        if not name or not source.is_symlink() and not source.is_file():
+            continue  # a tracked file deleted in the working tree
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():  # runner/conf, the link to conf/
+            target.symlink_to(source.readlink())
+        else:
+            shutil.copy2(source, target)
     git("init", "--quiet", cwd=dest)
     git("add", "--all", cwd=dest)
     return dest
@@ -93,12 +97,9 @@ def expected_groups(conf: Path) -> dict[str, list[str]]:
     return {group: sorted(p.stem for p in (conf / group).glob("*.yaml")) for group in GROUPS}
 
 
-def installed_location(bin_dir: Path, cwd: Path) -> tuple[Path, Path]:
-    """Where the fresh venv's Python finds ``runner`` and the configs, asked from ``cwd``."""
-    # runner.cli's CONF_DIR, without importing torch for it.
-    code = "import importlib.resources as r, runner; print(runner.__file__); print(r.files('runner.conf'))"
-    package, conf = run([bin_dir / "python", "-c", code], cwd).stdout.split()
-    return Path(package).parent, Path(conf)
+def installed_location(bin_dir: Path, cwd: Path) -> Path:
+    """Where the fresh venv's Python finds ``runner``, asked from ``cwd``."""
+    return Path(run([bin_dir / "python", "-c", "import runner; print(runner.__file__)"], cwd).stdout.strip()).parent
 
 
 def untracked_leftovers(checkout: Path) -> list[str]:
@@ -111,13 +112,16 @@ def test_plain_install_runs_from_another_directory(tmp_path):
     bin_dir = fresh_venv(tmp_path / "venv")
     pip_install(bin_dir, str(checkout))
     assert untracked_leftovers(checkout) == []
+    # In the checkout, `python -m runner` imports the source package (the current directory comes
+    # first on sys.path), which must find the configs too.
+    assert "== Config groups" in run([bin_dir / "python", "-m", "runner", "--help"], checkout).stdout
     shutil.rmtree(checkout)  # from here on, only the installed copy exists
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    package, conf = installed_location(bin_dir, elsewhere)
-    site = tmp_path / "venv" / "lib"
-    assert package.is_relative_to(site) and conf == package / "conf"
+    package = installed_location(bin_dir, elsewhere)
+    conf = package / "conf"
+    assert package.is_relative_to(tmp_path / "venv" / "lib") and conf.is_dir() and not conf.is_symlink()
     for source in (REPO / "conf").rglob("*.yaml"):
         shipped = conf / source.relative_to(REPO / "conf")
         assert shipped.read_bytes() == source.read_bytes(), shipped
@@ -147,8 +151,7 @@ def test_editable_install_reads_conf_from_the_checkout(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    package, conf = installed_location(bin_dir, elsewhere)
-    assert (package, conf) == (checkout / "runner", checkout / "conf")
+    assert installed_location(bin_dir, elsewhere) == checkout / "runner"
     # An edit to conf/ takes effect at once, without reinstalling.
     datasets = checkout / "conf" / "dataset"
     (datasets / "iris_copy.yaml").write_bytes((datasets / "iris.yaml").read_bytes())

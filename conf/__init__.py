@@ -1,1 +1,0 @@
-"""Installed as the package ``runner.conf`` (see pyproject.toml), so Hydra finds these configs by import."""
