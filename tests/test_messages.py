@@ -52,6 +52,30 @@ def test_plural_irregular_form():
     assert plural(3, "batch", "batches") == "3 batches"
 
 
+def test_counts_of_one_are_singular_in_messages(tmp_path, caplog):
+    """The helper is used where the program prints counts: a few that can be 1."""
+    import torch
+
+    from runner.data.files import load_npz
+    from runner.errors import ConfigError, DataError
+    from runner.schedulers import warmup_cosine
+    from runner.sweep import status_line
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ConfigError, match=r"\(the run has 1 scheduler step\)"):
+        warmup_cosine(optimizer, total_steps=1, warmup_steps=1, eta_min=0.0)
+    np.savez(tmp_path / "d.npz", X=np.ones((1, 2)), y=np.ones(2))
+    with pytest.raises(DataError, match="X has 1 sample but y has 2"):
+        load_npz(tmp_path / "d.npz")
+    (tmp_path / "sweep" / "a").mkdir(parents=True)
+    (tmp_path / "sweep" / "a" / "summary.json").write_text('{"status": "done"}')
+    assert status_line(tmp_path / "sweep") == "1 job: 1 done"
+    # lr 0: the loss cannot improve after the first epoch, so patience 1 stops at epoch 2.
+    caplog.set_level(logging.INFO, logger="runner.epochs")
+    train(compose_cfg(["dataset=iris", "optimizer.lr=0", "early_stopping_patience=1", "epochs=5"], tmp_path / "run"))
+    assert any(r.getMessage().startswith("Early stop: no improvement for 1 epoch (") for r in caplog.records)
+
+
 # --------------------------------------------------------------------- program name
 @pytest.mark.parametrize(
     ("argv0", "expected"),
