@@ -235,3 +235,6 @@ def test_log_lines_do_not_land_on_the_progress_bar(tmp_path):
         assert line.startswith("[") and "%|" not in line and "it/s" not in line, line
     bars = [line for line in screen if "%|" in line]
     assert bars and bars[-1].startswith("epoch 3/3: 100%|"), screen
+    # Only the console handler is rerouted: Hydra's log file still gets every line.
+    (log_file,) = (tmp_path / "run").glob("*.log")
+    assert log_file.read_text().count("[runner.epochs][INFO] - epoch ") == 3
