@@ -151,7 +151,8 @@ def check_combination(cfg: DictConfig, train: Dataset, val: Dataset | None = Non
             "loss", option,
             f"a loss for targets of any sign ({any_sign}) while dataset.standardize_target=true, which centres the "
             f"target of {data} at 0 (about half of it negative): {option} needs {need}. "
-            f"To keep loss={option}, set dataset.standardize_target=false",
+            f"To keep loss={option}, set dataset.standardize_target=false (the target then keeps its own scale: "
+            f"optimizer.lr may need to be smaller)",
         )
     low, high = _target_range([train, val])
     outside = low < 0 if loss_cls.target_domain == "non-negative" else low <= 0 <= high
