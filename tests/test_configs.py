@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from runner.errors import ConfigError
 from runner.loggers import MemoryLogger
 from runner.train import build_run, fit
 
@@ -101,6 +102,11 @@ def test_every_loss_option_builds_and_trains(option, make_cfg):
 def test_huber_delta_composes_and_reaches_the_loss(delta, make_cfg):
     run, summary, _, _ = train_briefly(make_cfg("loss=huber", f"loss.delta={delta}", "dataset=linreg", "dataset.n=60"))
     assert run.loss_fn.delta == delta and summary["status"] == "done"
+
+
+def test_huber_delta_must_be_positive(make_cfg):
+    with pytest.raises(ConfigError, match=r"^loss\.delta=0\.0 is not allowed: a finite number > 0$"):
+        build_run(make_cfg("loss=huber", "loss.delta=0", "dataset=linreg", "dataset.n=60"))
 
 
 @pytest.mark.parametrize("option", options("optimizer"))
