@@ -24,6 +24,7 @@ from torch import Tensor
 from runner.loggers import MetricLogger
 from runner.loop import EpochTrace, epoch_order, evaluate, train_one_epoch
 from runner.progress import make_progress
+from runner.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def _no_longer_improving(run: Any, state: TrainState) -> bool:
     if patience is None or state.epoch - 1 - state.best_epoch < patience:
         return False
     state.stopped_early = True
-    log.info("Early stop: no improvement for %d epochs (best epoch %d, loss %.4g).", patience, state.best_epoch, state.best_loss)
+    log.info("Early stop: no improvement for %s (best epoch %d, loss %.4g).", plural(patience, "epoch"), state.best_epoch, state.best_loss)
     return True
 
 

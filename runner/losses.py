@@ -38,7 +38,9 @@ __all__ = [
     "CategoricalHinge",
     "CosineSimilarity",
     "Hinge",
+    "Huber",
     "KLDivergence",
+    "LogCosh",
     "Loss",
     "MeanAbsoluteError",
     "MeanAbsolutePercentageError",
@@ -98,10 +100,18 @@ class Loss(torch.nn.Module, ABC):
     unchanged and the model emits one output per target column.
 
     Attributes:
+        option: its name on the command line (``loss=<option>``, ``conf/loss/<option>.yaml``),
+            which is also its Keras string identifier.
         needs_classes: True when the loss is only defined on classification data.
+        target_domain: the regression targets the formula is meant for: ``"any"`` real
+            value, ``"non-negative"`` ones (counts, rates, quantities compared on a log
+            scale), or ``"one-sign"`` ones, all positive or all negative (the loss divides
+            by the target, so values near 0 dominate it).
     """
 
+    option: ClassVar[str]
     needs_classes: ClassVar[bool] = False
+    target_domain: ClassVar[str] = "any"
 
     def _require_classes(self, n_classes: int | None) -> int:
         if n_classes is None:
@@ -158,6 +168,8 @@ class Loss(torch.nn.Module, ABC):
 class MeanSquaredError(Loss):
     """``mean((y_pred - y_true)^2, axis=-1)``."""
 
+    option: ClassVar[str] = "mse"
+
     def per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return (outputs - targets).square().mean(dim=-1)
 
@@ -169,6 +181,8 @@ class MeanSquaredError(Loss):
 
 class MeanAbsoluteError(Loss):
     """``mean(|y_pred - y_true|, axis=-1)``."""
+
+    option: ClassVar[str] = "mae"
 
     def per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return (outputs - targets).abs().mean(dim=-1)
@@ -184,13 +198,22 @@ class MeanAbsolutePercentageError(Loss):
     is dominated by the wrong-class outputs.
     """
 
+    option: ClassVar[str] = "mape"
+    target_domain: ClassVar[str] = "one-sign"
+
     def per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
         diff = ((targets - outputs) / targets.abs().clamp(min=EPSILON)).abs()
         return 100.0 * diff.mean(dim=-1)
 
 
 class MeanSquaredLogarithmicError(Loss):
-    """``mean((log(max(y_pred, eps) + 1) - log(max(y_true, eps) + 1))^2, axis=-1)``."""
+    """``mean((log(max(y_pred, eps) + 1) - log(max(y_true, eps) + 1))^2, axis=-1)``.
+
+    Every negative target is clipped to ``eps``: they would all count as 0.
+    """
+
+    option: ClassVar[str] = "msle"
+    target_domain: ClassVar[str] = "non-negative"
 
     def per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
         # log1p is log(x + 1) without the rounding of the addition for small x.
@@ -206,6 +229,8 @@ class CosineSimilarity(Loss):
     gives a loss of 0 rather than NaN.
     """
 
+    option: ClassVar[str] = "cosine_similarity"
+
     @staticmethod
     def _l2_normalize(x: Tensor) -> Tensor:
         return x * torch.rsqrt(x.square().sum(dim=-1, keepdim=True).clamp(min=1e-12))
@@ -220,7 +245,16 @@ class Poisson(Loss):
     Args:
         log_input: the model emits log-rates and ``y_pred = exp(outputs)``, which keeps the
             rate positive without a final activation. When false, ``y_pred = outputs``.
+
+    The targets are counts or rates (non-negative). Like Keras, the formula leaves out the
+    ``log(y_true!)`` term of the Poisson negative log-likelihood, which does not depend on
+    the model: at a perfect fit the loss is ``mean(y - y * log(y))``, negative for targets
+    above ``e``. A negative *target* is another matter: the loss then falls without bound
+    as the rate goes to 0 (to the clipping at ``eps``), so such targets are refused.
     """
+
+    option: ClassVar[str] = "poisson"
+    target_domain: ClassVar[str] = "non-negative"
 
     def __init__(self, log_input: bool = True):
         super().__init__()
@@ -234,6 +268,52 @@ class Poisson(Loss):
             log_rate = _LOG_EPSILON + F.softplus(outputs - _LOG_EPSILON, threshold=50.0)
             return (outputs.exp() - targets * log_rate).mean(dim=-1)
         return (outputs - targets * torch.log(outputs + EPSILON)).mean(dim=-1)
+
+
+class Huber(Loss):
+    """``mean(0.5 * e^2 if |e| <= delta else delta * |e| - 0.5 * delta^2, axis=-1)``, ``e = y_pred - y_true``.
+
+    Quadratic for small errors, linear for large ones: less swayed by outliers than MSE.
+
+    Args:
+        delta: the error size where the loss turns from quadratic to linear (> 0).
+    """
+
+    option: ClassVar[str] = "huber"
+
+    def __init__(self, delta: float = 1.0):
+        super().__init__()
+        ok = isinstance(delta, (int, float)) and not isinstance(delta, bool) and math.isfinite(delta) and delta > 0
+        if not ok:
+            raise ConfigError("loss.delta", delta, "a finite number > 0")
+        self.delta = float(delta)
+
+    def per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        error = outputs - targets
+        abs_error = error.abs()
+        quadratic = 0.5 * error.square()
+        linear = self.delta * abs_error - 0.5 * self.delta**2
+        return torch.where(abs_error <= self.delta, quadratic, linear).mean(dim=-1)
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        # The same formula in one fused kernel (equal widths per sample, as for MSE); torch
+        # switches at |e| < delta rather than <=, where both branches equal 0.5 * delta^2.
+        return F.huber_loss(outputs, targets, delta=self.delta)
+
+
+class LogCosh(Loss):
+    """``mean(log(cosh(y_pred - y_true)), axis=-1)``: about ``e^2 / 2`` for small errors, ``|e| - log 2`` for large ones.
+
+    Keras computes ``log(cosh(x))`` as ``x + softplus(-2x) - log(2)``; written with ``|x|``
+    (the same function, as ``log(cosh(x))`` is even), the softplus argument is never
+    positive, so it neither overflows nor reaches softplus' linear cut-over.
+    """
+
+    option: ClassVar[str] = "log_cosh"
+
+    def per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        x = (outputs - targets).abs()
+        return (x + F.softplus(-2.0 * x) - math.log(2.0)).mean(dim=-1)
 
 
 # ---------------------------------------------------------------------------- hinges
@@ -263,12 +343,16 @@ class _SignedTargets(Loss):
 class Hinge(_SignedTargets):
     """``mean(max(1 - y_true * y_pred, 0), axis=-1)`` with ``y_true`` in {-1, +1}."""
 
+    option: ClassVar[str] = "hinge"
+
     def per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return torch.relu(1.0 - targets * outputs).mean(dim=-1)
 
 
 class SquaredHinge(_SignedTargets):
     """``mean(max(1 - y_true * y_pred, 0)^2, axis=-1)`` with ``y_true`` in {-1, +1}."""
+
+    option: ClassVar[str] = "squared_hinge"
 
     def per_sample(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return torch.relu(1.0 - targets * outputs).square().mean(dim=-1)
@@ -277,6 +361,8 @@ class SquaredHinge(_SignedTargets):
 class CategoricalHinge(Loss):
     """``max(neg - pos + 1, 0)`` with ``pos = sum(y_true * y_pred)`` and
     ``neg = max((1 - y_true) * y_pred)`` over the last axis; one-hot targets."""
+
+    option: ClassVar[str] = "categorical_hinge"
 
     needs_classes: ClassVar[bool] = True
 
@@ -307,6 +393,8 @@ class CategoricalCrossentropy(Loss):
             ``y_true * (1 - label_smoothing) + label_smoothing / n_classes``.
     """
 
+    option: ClassVar[str] = "categorical_crossentropy"
+
     needs_classes: ClassVar[bool] = True
 
     def __init__(self, from_logits: bool = True, label_smoothing: float = 0.0):
@@ -335,6 +423,8 @@ class SparseCategoricalCrossentropy(Loss):
     Args:
         from_logits: as in :class:`CategoricalCrossentropy`.
     """
+
+    option: ClassVar[str] = "sparse_categorical_crossentropy"
 
     needs_classes: ClassVar[bool] = True
 
@@ -371,6 +461,8 @@ class BinaryCrossentropy(Loss):
         label_smoothing: in ``[0, 1)``; the targets become
             ``y_true * (1 - label_smoothing) + 0.5 * label_smoothing``.
     """
+
+    option: ClassVar[str] = "binary_crossentropy"
 
     needs_classes: ClassVar[bool] = True
 
@@ -422,6 +514,8 @@ class KLDivergence(Loss):
             probabilities as they are.
     """
 
+    option: ClassVar[str] = "kl_divergence"
+
     needs_classes: ClassVar[bool] = True
 
     def __init__(self, from_logits: bool = True):
@@ -448,6 +542,8 @@ LOSSES: dict[str, type[Loss]] = {
         MeanSquaredLogarithmicError,
         CosineSimilarity,
         Poisson,
+        Huber,
+        LogCosh,
         Hinge,
         SquaredHinge,
         CategoricalHinge,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from runner.errors import ConfigError
+from runner.text import plural
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -112,7 +113,7 @@ class CNN(nn.Sequential):
             raise ConfigError(
                 "model.channels",
                 channels,
-                f"at most {int(math.log2(min(height, width)))} conv blocks for {height}x{width} images "
+                f"at most {plural(int(math.log2(min(height, width))), 'conv block')} for {height}x{width} images "
                 "(each block halves the image)",
             )
         layers: list[nn.Module] = []

@@ -3,6 +3,10 @@
 Showing the current loss needs its value on the host, which on a GPU means waiting for
 the device. The bar therefore reads the loss only when it redraws (a few times a second),
 never once per iteration.
+
+While the bar is on screen, console log lines go through ``tqdm.write``, which clears the
+bar, prints the line and redraws the bar below it: written directly, a line would land on
+the end of the bar's line (the bar has no newline until it closes).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 
 from torch import Tensor
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 REFRESH_SECONDS = 0.25
 
@@ -36,6 +41,9 @@ class ProgressBar:
         self._bar = tqdm(total=total_iterations, unit="it", dynamic_ncols=True, leave=True)
         self._pending = 0
         self._last_refresh = 0.0
+        # Undone in close(), which the epoch loop calls in a `finally`.
+        self._redirect = logging_redirect_tqdm()
+        self._redirect.__enter__()
 
     def start_epoch(self, epoch: int, epochs: int | None) -> None:
         self._bar.set_description(f"epoch {epoch}/{epochs}" if epochs else f"epoch {epoch}", refresh=False)
@@ -49,8 +57,11 @@ class ProgressBar:
             self._pending, self._last_refresh = 0, now
 
     def close(self) -> None:
-        self._bar.update(self._pending)
-        self._bar.close()
+        try:
+            self._bar.update(self._pending)
+            self._bar.close()
+        finally:
+            self._redirect.__exit__(None, None, None)
 
 
 def make_progress(mode: str, total_iterations: int | None) -> NoProgress | ProgressBar:

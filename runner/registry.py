@@ -34,6 +34,8 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
             "KLDivergence",
             "Poisson",
             "CosineSimilarity",
+            "Huber",
+            "LogCosh",
         )
     ),
     "optimizer": (*(f"torch.optim.{name}" for name in _TORCH_OPTIMIZERS), "runner.optim.LARS"),

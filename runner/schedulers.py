@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import (
 )
 
 from runner.errors import ConfigError
+from runner.text import plural
 
 INTERVALS = ("epoch", "iteration")
 
@@ -57,7 +58,7 @@ def warmup_cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int, eta
     """Linear warm-up from lr/warmup_steps to lr over ``warmup_steps``, then cosine to ``eta_min``."""
     if not 0 <= warmup_steps < total_steps:
         raise ConfigError(
-            "scheduler.warmup_steps", warmup_steps, f"an integer in [0, {total_steps}) (the run has {total_steps} scheduler steps)"
+            "scheduler.warmup_steps", warmup_steps, f"an integer in [0, {total_steps}) (the run has {plural(total_steps, 'scheduler step')})"
         )
     if not 0 <= eta_min:
         raise ConfigError("scheduler.eta_min", eta_min, "a number >= 0")

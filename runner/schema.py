@@ -17,6 +17,8 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from runner.text import program_name
+
 
 # --------------------------------------------------------------------------- datasets
 @dataclass
@@ -181,6 +183,13 @@ class PoissonLossConfig(LossConfig):
     _target_: str = "runner.losses.Poisson"
     # The model emits log-rates; the Keras formula is applied to exp(output).
     log_input: bool = True
+
+
+@dataclass
+class HuberLossConfig(LossConfig):
+    _target_: str = "runner.losses.Huber"
+    # Errors up to delta are squared, larger ones count linearly (Keras' default 1.0).
+    delta: float = 1.0
 
 
 # ------------------------------------------------------------------------- optimizers
@@ -365,6 +374,7 @@ _SCHEMAS = {
     "loss_logits": LogitsLossConfig,
     "loss_smoothed_logits": SmoothedLogitsLossConfig,
     "loss_poisson": PoissonLossConfig,
+    "loss_huber": HuberLossConfig,
     "optimizer_sgd": SGDConfig,
     "optimizer_rmsprop": RMSpropConfig,
     "optimizer_adagrad": AdagradConfig,
@@ -396,6 +406,8 @@ def register_configs() -> None:
     for name, node in _SCHEMAS.items():
         cs.store(name=f"schema_{name}", node=node)
     OmegaConf.register_new_resolver("runner.sweep_subdir", sweep_subdir, replace=True)
+    # The usage lines of --help (conf/hydra/help/runner.yaml) name the command as typed.
+    OmegaConf.register_new_resolver("runner.program", program_name, replace=True)
 
 
 register_configs()

@@ -23,6 +23,7 @@ from runner.errors import RunnerError
 from runner.loggers import hparams_pb
 from runner.memory import OutOfMemory
 from runner.tbwriter import EventWriter
+from runner.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def validate_sweep(config: DictConfig) -> int:
         except (RunnerError, HydraException, OmegaConfBaseException) as err:
             problems.append(f"  #{number} {' '.join(overrides)}: {str(err).splitlines()[0]}")
     if problems:
-        raise SweepConfigError(f"{len(problems)} of {len(jobs)} sweep points cannot run; nothing was started:\n" + "\n".join(problems))
+        raise SweepConfigError(f"{len(problems)} of {plural(len(jobs), 'sweep point')} cannot run; nothing was started:\n" + "\n".join(problems))
     return len(jobs)
 
 
@@ -123,7 +124,7 @@ def status_line(root: Path) -> str:
     from runner.aggregate import find_runs
 
     counts = Counter(json.loads((run / "summary.json").read_text()).get("status", "unknown") for run in find_runs(root))
-    return f"{sum(counts.values())} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    return f"{plural(sum(counts.values()), 'job')}: " + ", ".join(f"{n} {status}" for status, n in counts.most_common())
 
 
 class SweepCallback(Callback):
@@ -138,7 +139,7 @@ class SweepCallback(Callback):
         if config.hydra.sweeper._target_ != BASIC_SWEEPER:
             return  # other sweepers (Optuna) choose their points as they go
         try:
-            log.info("Validated all %d sweep points.", validate_sweep(config))
+            log.info("Validated %s.", plural(validate_sweep(config), "sweep point"))
         except SweepConfigError as err:
             # Hydra turns a callback's exception into a warning and carries on; a sweep with
             # an impossible point must not start at all, so leave the process instead.

@@ -46,6 +46,7 @@ from runner.checkpoint import save_checkpoint as save_checkpoint_file
 from runner.epochs import TrainState, run_epochs, summary_of
 from runner.registry import build
 from runner.schedulers import NEEDS_RUN_LENGTH
+from runner.text import plural
 from runner.validate import check_combination, check_config, resolve_batch_size
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def build_run(cfg: DictConfig) -> Run:
     check_config(cfg)
     device = resolve_device(cfg.device)
     train_part, val_part = _load_parts(cfg)
-    check_combination(cfg, train_part)
+    check_combination(cfg, train_part, val_part)
     batch_size = resolve_batch_size(cfg.batch_size, len(train_part))
     slices = batch_slices(len(train_part), batch_size, cfg.drop_last)
     plan = make_plan(cfg.budget, cfg.budget_amount, cfg.epochs, [b.stop - b.start for b in slices])
@@ -223,6 +224,65 @@ def hparams_of(run: Run) -> dict[str, Any]:
         "budget_amount": cfg.epochs if cfg.budget == "epochs" else cfg.budget_amount,
         "seed": cfg.seed,
     }
+
+
+REGIME_WORDS = {"bgd": "batch gradient descent", "sgd": "stochastic gradient descent", "minibatch": "mini-batch"}
+
+
+def describe_run(run: Run) -> str:
+    """``digits (1438 train / 359 val samples) on cpu: mlp, sparse_categorical_crossentropy,
+    SGD lr 0.1, mini-batch (batch size 32, 45 iterations per epoch), 20 epochs``.
+
+    Every part is named for what it is (the regime as a regime, the optimizer by its
+    class), so that "sgd" can never be read as the optimizer when it is the regime.
+    """
+    cfg = run.cfg
+    val = f"{len(run.val)} val samples" if run.val is not None else "no validation"
+    opt = cfg.optimizer
+    optimizer = opt._target_.rsplit(".", 1)[-1]
+    if opt.get("momentum"):
+        optimizer += f"{' nesterov' if opt.get('nesterov') else ''} momentum {opt.momentum:g}"
+    optimizer += f" lr {run.lr:g}"
+    schedule = cfg.scheduler._target_.rsplit(".", 1)[-1]
+    if schedule != "constant":
+        optimizer += f" ({schedule} schedule, stepped per {cfg.scheduler.interval})"
+    batches = f"batch size {run.batch_size}, {plural(run.iterations_per_epoch, 'iteration')} per epoch"
+    length = (
+        plural(cfg.epochs, "epoch") if cfg.budget == "epochs"
+        else f"a budget of {plural(cfg.budget_amount, cfg.budget.removesuffix('s'))}"
+    )
+    model = cfg.model._target_.rsplit(".", 1)[-1].lower()
+    return (
+        f"{cfg.dataset.name} ({len(run.train)} train / {val}) on {run.device}: {model}, {run.loss_fn.option}, "
+        f"{optimizer}, {REGIME_WORDS[run.regime]} ({batches}), {length}"
+    )
+
+
+def standardization_of(run: Run) -> dict[str, bool]:
+    """What was scaled to mean 0, std 1 (class labels never are); recorded in ``summary.json``."""
+    regression = run.dataset.task == datasets.REGRESSION
+    return {"features": bool(run.cfg.dataset.standardize), "target": bool(regression and run.cfg.dataset.standardize_target)}
+
+
+def standardization_line(run: Run) -> str:
+    """One log line saying what was standardised, with statistics from which samples."""
+    done = standardization_of(run)
+    scaled, kept = [], []
+    features = plural(math.prod(run.dataset.feature_shape), "feature")
+    if done["features"]:
+        scaled.append(f"{features}, each with its own mean and std")
+    else:
+        kept.append(f"the {features} (dataset.standardize=false)")
+    if done["target"]:
+        info = run.dataset.info
+        stats = ", ".join(f"mean {m:.4g}, std {s:.4g}" for m, s in zip(info["target_mean"], info["target_std"]))
+        scaled.append(f"the target ({stats})")
+    elif run.dataset.task == datasets.REGRESSION:
+        kept.append("the target (dataset.standardize_target=false)")
+    line = f"Standardised with statistics of the {plural(len(run.train), 'training sample')} only: {'; '.join(scaled)}." if scaled else ""
+    if kept:
+        line += f"{' ' if line else ''}Not standardised: {'; '.join(kept)}."
+    return line
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -343,12 +403,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s already holds a finished run (status %s); nothing to do.", out, prior["status"])
         return prior
     state = _restore(run, prior) if kind == "resumable" else None
-    length = f"{cfg.epochs} epochs" if cfg.budget == "epochs" else f"a budget of {cfg.budget_amount:g} {cfg.budget}"
-    log.info(
-        "Training %s on %s (%s): %d train / %d val samples, batch size %d, %d iterations per epoch, %s",
-        cfg.dataset.name, run.device, run.regime, len(run.train), len(run.val) if run.val else 0,
-        run.batch_size, run.iterations_per_epoch, length,
-    )
+    log.info("Training %s", describe_run(run))
+    log.info("%s", standardization_line(run))
     logger = TensorBoardLogger(out / TB_DIR, resume_from=tuple(prior["tensorboard"]) if prior else None)
 
     def save_checkpoint(current: TrainState) -> None:
@@ -367,6 +423,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             logger.log_status(status)
         logger.close()
     summary["hparams"] = hparams_of(run)
+    summary["standardized"] = standardization_of(run)
 
     weights_finite = all(torch.isfinite(p).all() for p in run.model.parameters())
     if weights_finite and status != "interrupted":

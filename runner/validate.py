@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from runner.data import CLASSIFICATION, Dataset
 from runner.errors import ConfigError
+from runner.losses import LOSSES
 from runner.registry import target_of
 from runner.schedulers import EPOCH_ONLY, INTERVALS
 
 PROGRESS_MODES = ("auto", "true", "false")
-TARGET_DIVIDING_LOSSES = {"MeanAbsolutePercentageError"}
 
 
 def _is_int(value: Any) -> bool:
@@ -115,18 +116,19 @@ def resolve_batch_size(batch_size: Any, n_train: int) -> int:
     return batch_size
 
 
-def check_combination(cfg: DictConfig, train: Dataset) -> None:
-    """Refuse model/loss choices the data cannot support."""
+def check_combination(cfg: DictConfig, train: Dataset, val: Dataset | None = None) -> None:
+    """Refuse model/loss choices the data cannot support (``val``: the validation part, if any)."""
     task = train.task
     loss_cls = target_of("loss", cfg.loss)
     model_cls = target_of("model", cfg.model)
     loss_name = OmegaConf.select(cfg, "loss._target_").rsplit(".", 1)[-1]
     model_name = OmegaConf.select(cfg, "model._target_").rsplit(".", 1)[-1].lower()  # the option name: cnn, mlp...
+    regression_losses = ", ".join(cls.option for cls in LOSSES.values() if not cls.needs_classes)
     if loss_cls.needs_classes and task != CLASSIFICATION:
         raise ConfigError(
-            "loss", loss_name, f"a regression loss (mse, mae, mape, msle, poisson, cosine_similarity): dataset '{cfg.dataset.name}' has a regression target"
+            "loss", loss_name, f"a regression loss ({regression_losses}): dataset '{cfg.dataset.name}' has a regression target"
         )
-    if loss_name in TARGET_DIVIDING_LOSSES and task == CLASSIFICATION:
+    if loss_cls.target_domain == "one-sign" and task == CLASSIFICATION:
         raise ConfigError("loss", loss_name, "a loss for class labels: MAPE divides by the target, and one-hot targets are mostly 0")
     if model_cls.needs_classes and task != CLASSIFICATION:
         raise ConfigError("model", model_name, f"linear, mlp or cnn: logistic regression needs class labels and dataset '{cfg.dataset.name}' has a regression target")
@@ -134,3 +136,48 @@ def check_combination(cfg: DictConfig, train: Dataset) -> None:
         raise ConfigError(
             "model", model_name, f"linear, logistic or mlp: a CNN needs images (C, H, W), and dataset '{cfg.dataset.name}' has features of shape {train.feature_shape}"
         )
+    if task == CLASSIFICATION or loss_cls.target_domain == "any":
+        return
+    # A loss meant for non-negative (or one-signed) targets on targets outside that domain
+    # does not fail: it trains to a meaningless number (a Poisson loss falling without
+    # bound, MSLE clipping every negative target to the same eps, percentages of values
+    # near 0). Refused rather than repaired: quietly turning standardisation off would run
+    # a config other than the one recorded with the run.
+    option, need = loss_cls.option, _DOMAIN_WORDS[loss_cls.target_domain]
+    any_sign = ", ".join(cls.option for cls in LOSSES.values() if not cls.needs_classes and cls.target_domain == "any")
+    data = f"dataset '{cfg.dataset.name}'" + (f" ({cfg.dataset.path})" if "path" in cfg.dataset else "")
+    if cfg.dataset.standardize_target:
+        raise ConfigError(
+            "loss", option,
+            f"a loss for targets of any sign ({any_sign}) while dataset.standardize_target=true, which centres the "
+            f"target of {data} at 0 (about half of it negative): {option} needs {need}. "
+            f"To keep loss={option}, set dataset.standardize_target=false (the target then keeps its own scale: "
+            f"optimizer.lr may need to be smaller)",
+        )
+    low, high = _target_range([train, val])
+    outside = low < 0 if loss_cls.target_domain == "non-negative" else low <= 0 <= high
+    if outside:
+        raise ConfigError(
+            "loss", option,
+            f"a loss for targets of any sign ({any_sign}): the targets of {data} range from {low:g} to {high:g}, and {option} needs {need}",
+        )
+
+
+_DOMAIN_WORDS = {
+    "non-negative": "targets >= 0 (counts, rates, amounts)",
+    "one-sign": "targets of one sign, none 0 (it divides by them, and values near 0 blow it up)",
+}
+
+
+def _target_range(parts: list[Any]) -> tuple[float, float]:
+    """The smallest and the largest regression target in ``parts`` (None entries skipped).
+
+    Reads the targets as stored: in memory, or the whole ``y.npy`` map of a memory-mapped
+    data set (which its parts share: read once).
+    """
+    arrays: list[np.ndarray] = []
+    for part in (p for p in parts if p is not None):
+        y = part.y_map if hasattr(part, "y_map") else part.y
+        if not any(y is seen for seen in arrays):
+            arrays.append(y)
+    return min(float(np.min(y)) for y in arrays), max(float(np.max(y)) for y in arrays)

@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from runner.errors import ConfigError
 from runner.loggers import MemoryLogger
 from runner.train import build_run, fit
 
 from conftest import CONF_DIR, write_cifar_like, write_mnist_like
 
 REGRESSION_DATASETS = {"diabetes", "linreg"}
-REGRESSION_LOSSES = {"mse", "mae", "mape", "msle", "poisson", "cosine_similarity"}
+REGRESSION_LOSSES = {"mse", "mae", "mape", "msle", "poisson", "cosine_similarity", "huber", "log_cosh"}
+# Losses for positive targets train on diabetes' raw target (25..346; linreg's crosses 0),
+# at an lr small enough for a Poisson rate of that size.
+POSITIVE_TARGET_LOSSES = {"mape", "msle", "poisson"}
 
 
 def options(group: str) -> list[str]:
@@ -28,7 +32,7 @@ def test_groups_have_the_documented_options():
     assert options("optimizer") == sorted(["sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw", "lars"])
     assert options("scheduler") == sorted(["none", "step", "exponential", "cosine", "warmup_cosine", "plateau"])
     assert options("regime") == ["bgd", "minibatch", "sgd"]
-    assert len(options("loss")) == 13
+    assert len(options("loss")) == 15
 
 
 @pytest.fixture
@@ -85,9 +89,24 @@ def test_every_loss_option_builds_and_trains(option, make_cfg):
         run, summary, logger, moved = train_briefly(make_cfg(f"loss={option}", "dataset=iris"))
         assert summary["status"] == "done" and moved
         assert np.isfinite(summary["train_loss"]) and summary["train_acc"] is not None
-    if option in REGRESSION_LOSSES:
+    if option in POSITIVE_TARGET_LOSSES:
+        data = ["dataset=diabetes", "dataset.standardize_target=false", "optimizer.lr=1e-4"]
+        run, summary, _, moved = train_briefly(make_cfg(f"loss={option}", *data))
+        assert summary["status"] == "done" and moved and summary["train_acc"] is None
+    elif option in REGRESSION_LOSSES:
         run, summary, _, moved = train_briefly(make_cfg(f"loss={option}", "dataset=linreg", "dataset.n=60"))
         assert summary["status"] == "done" and moved and summary["train_acc"] is None
+
+
+@pytest.mark.parametrize("delta", [0.25, 3])
+def test_huber_delta_composes_and_reaches_the_loss(delta, make_cfg):
+    run, summary, _, _ = train_briefly(make_cfg("loss=huber", f"loss.delta={delta}", "dataset=linreg", "dataset.n=60"))
+    assert run.loss_fn.delta == delta and summary["status"] == "done"
+
+
+def test_huber_delta_must_be_positive(make_cfg):
+    with pytest.raises(ConfigError, match=r"^loss\.delta=0\.0 is not allowed: a finite number > 0$"):
+        build_run(make_cfg("loss=huber", "loss.delta=0", "dataset=linreg", "dataset.n=60"))
 
 
 @pytest.mark.parametrize("option", options("optimizer"))

@@ -60,6 +60,14 @@ def r_poisson(o, t, log_input=True):
     return _mean([pa - b * math.log(pa + EPS) for pa, b in zip(p, t)])
 
 
+def r_huber(o, t, delta=1.0):
+    return _mean([0.5 * (a - b) ** 2 if abs(a - b) <= delta else delta * abs(a - b) - 0.5 * delta**2 for a, b in zip(o, t)])
+
+
+def r_log_cosh(o, t):
+    return _mean([math.log(math.cosh(a - b)) for a, b in zip(o, t)])
+
+
 def r_hinge(o, t):
     return _mean([max(1 - b * a, 0.0) for a, b in zip(o, t)])
 
@@ -136,6 +144,10 @@ CASES = [
     ("cosine", L.CosineSimilarity, r_cosine, "onehot", False),
     ("poisson", L.Poisson, r_poisson, "onehot", False),
     ("poisson_linear", lambda: L.Poisson(log_input=False), lambda o, t: r_poisson(o, t, False), "onehot", True),
+    ("huber", L.Huber, r_huber, "onehot", False),
+    # delta 0.5: some errors of the data below fall on each side of it.
+    ("huber_delta", lambda: L.Huber(delta=0.5), lambda o, t: r_huber(o, t, 0.5), "onehot", False),
+    ("log_cosh", L.LogCosh, r_log_cosh, "onehot", False),
     ("hinge", L.Hinge, r_hinge, "signed", False),
     ("squared_hinge", L.SquaredHinge, r_squared_hinge, "signed", False),
     ("categorical_hinge", L.CategoricalHinge, r_categorical_hinge, "onehot", False),
@@ -235,6 +247,8 @@ def test_regression_cases_cover_every_loss_without_classes():
         "MeanSquaredLogarithmicError",
         "CosineSimilarity",
         "Poisson",
+        "Huber",
+        "LogCosh",
     }
 
 
@@ -259,6 +273,9 @@ KERAS_EXAMPLES = [
     (L.KLDivergence(from_logits=False), [[0.0, 1.0], [0.0, 0.0]], [[0.6, 0.4], [0.4, 0.6]], 0.4581453),
     (L.Poisson(log_input=False), [[0.0, 1.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 0.0]], 0.49999997),
     (L.CosineSimilarity(), [[0.0, 1.0], [1.0, 1.0]], [[1.0, 0.0], [1.0, 1.0]], -0.5),
+    (L.Huber(), [[0.0, 1.0], [0.0, 0.0]], [[0.6, 0.4], [0.4, 0.6]], 0.155),
+    # Keras' docstring rounds this to 0.108: (log(cosh(1)) + 0) / 2 per row, then the batch mean.
+    (L.LogCosh(), [[0.0, 1.0], [0.0, 0.0]], [[1.0, 1.0], [0.0, 0.0]], math.log(math.cosh(1.0)) / 4),
 ]
 
 
@@ -407,6 +424,8 @@ OUTPUT_DIMS = [
     (L.MeanSquaredLogarithmicError(), 2, 3, 4),
     (L.CosineSimilarity(), 2, 3, 4),
     (L.Poisson(), 2, 3, 4),
+    (L.Huber(), 2, 3, 4),
+    (L.LogCosh(), 2, 3, 4),
     (L.Hinge(), 1, 3, None),
     (L.SquaredHinge(), 1, 3, None),
     (L.CategoricalHinge(), 2, 3, None),
@@ -554,6 +573,8 @@ def test_losses_registry_names_every_class():
         "MeanSquaredLogarithmicError",
         "CosineSimilarity",
         "Poisson",
+        "Huber",
+        "LogCosh",
         "Hinge",
         "SquaredHinge",
         "CategoricalHinge",
@@ -580,6 +601,81 @@ def test_config_targets_are_registered_losses():
         module, _, name = target.rpartition(".")
         assert module == "runner.losses"
         assert name in L.LOSSES
+
+
+def test_each_loss_option_is_named_after_its_config_file():
+    """``Loss.option`` is what error messages tell the user to type: ``loss=<option>``."""
+    conf = Path(__file__).resolve().parents[1] / "conf" / "loss"
+    by_file = {}
+    for path in sorted(conf.glob("*.yaml")):
+        target = [line.split(":", 1)[1].strip() for line in path.read_text().splitlines() if line.startswith("_target_:")]
+        by_file[path.stem] = target[0].rpartition(".")[2] if target else None
+    # Files without a _target_ line take it from their schema (poisson, huber).
+    by_file = {stem: name for stem, name in by_file.items() if name is not None}
+    for stem, name in by_file.items():
+        assert L.LOSSES[name].option == stem
+    assert {cls.option for cls in L.LOSSES.values()} == {p.stem for p in conf.glob("*.yaml")}
+    assert L.Poisson.option == "poisson" and L.Huber.option == "huber"
+
+
+def test_target_domains():
+    domains = {name: cls.target_domain for name, cls in L.LOSSES.items() if not cls.needs_classes}
+    assert domains == {
+        "MeanSquaredError": "any",
+        "MeanAbsoluteError": "any",
+        "MeanAbsolutePercentageError": "one-sign",
+        "MeanSquaredLogarithmicError": "non-negative",
+        "CosineSimilarity": "any",
+        "Poisson": "non-negative",
+        "Huber": "any",
+        "LogCosh": "any",
+    }
+
+
+# ------------------------------------------------------------------ huber, log_cosh
+def test_huber_by_hand_on_both_sides_of_delta():
+    # errors 0.5, -2, 1 (exactly delta: quadratic), 3 with delta 1
+    got = L.Huber().per_sample(t64([[1.5, 0.0], [2.0, 4.0]]), t64([[1.0, 2.0], [1.0, 1.0]]))
+    assert_close(got, t64([(0.125 + (2.0 - 0.5)) / 2, (0.5 + (3.0 - 0.5)) / 2]))
+    # delta 2: error 3 is linear, 2 * 3 - 0.5 * 4 = 4; error 1 is 0.5
+    got = L.Huber(delta=2.0).per_sample(t64([[4.0, 2.0]]), t64([[1.0, 1.0]]))
+    assert_close(got, t64([(4.0 + 0.5) / 2]))
+
+
+def test_huber_matches_torch_and_its_fused_path(gen):
+    out = torch.randn(32, 3, generator=gen, dtype=F64) * 3
+    y = torch.randn(32, 3, generator=gen, dtype=F64)
+    for delta in (0.3, 1.0, 2.5):
+        loss = L.Huber(delta=delta)
+        expected = F.huber_loss(out, y, delta=delta, reduction="none").mean(dim=-1)
+        assert_close(loss.per_sample(out, y), expected)
+        assert_close(loss(out, y), loss.per_sample(out, y).mean(), rtol=1e-12, atol=1e-12)
+
+
+def test_huber_gradient_is_clipped_at_delta():
+    outputs = torch.tensor([[0.2, 5.0, -7.0]], dtype=F64, requires_grad=True)
+    L.Huber(delta=1.5).per_sample(outputs, t64([[0.0, 0.0, 0.0]])).sum().backward()
+    # d/de: e inside delta, delta * sign(e) outside; then / 3 for the mean over columns
+    assert_close(outputs.grad, t64([[0.2 / 3, 1.5 / 3, -1.5 / 3]]))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "1"])
+def test_huber_delta_is_validated(bad):
+    with pytest.raises(ConfigError) as info:
+        L.Huber(delta=bad)
+    assert info.value.key == "loss.delta"
+
+
+def test_log_cosh_by_hand_and_at_extremes():
+    got = L.LogCosh().per_sample(t64([[1.0, -2.0], [0.0, 0.0]]), t64([[0.0, 0.0], [0.0, 0.0]]))
+    assert_close(got, t64([(math.log(math.cosh(1.0)) + math.log(math.cosh(2.0))) / 2, 0.0]))
+    # cosh(1000) overflows a float64; log(cosh(x)) = |x| - log 2 + log(1 + exp(-2|x|)).
+    outputs = torch.tensor([[1000.0, -1000.0, 1e-4]], requires_grad=True)
+    value = L.LogCosh().per_sample(outputs, torch.zeros(1, 3))
+    assert_close(value, torch.tensor([(2 * (1000 - math.log(2)) + 0.5e-8) / 3]))
+    value.sum().backward()
+    # d/dx log(cosh(x)) = tanh(x)
+    assert_close(outputs.grad, torch.tensor([[1.0, -1.0, math.tanh(1e-4)]]) / 3)
 
 
 # ---------------------------------------------------------------- fused training paths

@@ -408,10 +408,10 @@ def test_nan_is_reported_with_count_and_first_index_across_blocks(tmp_path, monk
     y = np.ones(500)
     y[77] = np.nan
     write(tmp_path, X, y)
-    with pytest.raises(DataError, match=r"'X' has 3 non-finite value\(s\).*index \(321, 2\)"):
+    with pytest.raises(DataError, match=r"'X' has 3 non-finite values .*index \(321, 2\)"):
         memmap.open_memmap_dataset(tmp_path)
     np.save(tmp_path / "X.npy", np.ones((500, 3)))
-    with pytest.raises(DataError, match=r"'y' has 1 non-finite value\(s\).*index 77$"):
+    with pytest.raises(DataError, match=r"'y' has 1 non-finite value .*index 77$"):
         memmap.open_memmap_dataset(tmp_path)
 
 

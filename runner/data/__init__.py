@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from runner.errors import ConfigError, DataError
+from runner.text import plural
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -200,7 +201,7 @@ def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Da
         raise ConfigError(
             "val_fraction",
             val_fraction,
-            f"a fraction leaving at least one sample on each side of {len(dataset)} samples (or 0 for no validation)",
+            f"a fraction leaving at least one sample on each side of {plural(len(dataset), 'sample')} (or 0 for no validation)",
         )
     perm = np.random.default_rng(seed).permutation(len(dataset))
     return dataset.subset(np.sort(perm[n_val:])), dataset.subset(np.sort(perm[:n_val]))

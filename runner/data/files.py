@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Sequence
 import numpy as np
 
 from runner.errors import ConfigError, DataError
+from runner.text import plural
 
 __all__ = [
     "IDX_NAMES",
@@ -113,7 +114,7 @@ def _check_finite(path: Path, name: str, arr: np.ndarray, note: str = "") -> Non
     if count:
         raise DataError(
             path,
-            f"array {name!r} has {count} non-finite value(s) (NaN or inf){note}; "
+            f"array {name!r} has {plural(count, 'non-finite value')} (NaN or inf){note}; "
             f"the first is at index {_first_bad_index(bad)}",
         )
 
@@ -199,7 +200,7 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     for key, arr in (("X", X), ("y", y)):
         _check_finite(p, key, arr)
     if len(X) != len(y):
-        raise DataError(p, f"X has {len(X)} samples but y has {len(y)}; they must match")
+        raise DataError(p, f"X has {plural(len(X), 'sample')} but y has {len(y)}; they must match")
     if len(X) == 0:
         raise DataError(p, "X and y are empty (0 samples)")
 
@@ -286,7 +287,7 @@ def load_csv(path: str | Path, target: str | None) -> tuple[np.ndarray, np.ndarr
                 line = reader.line_num
                 if len(row) != width:
                     raise DataError(
-                        p, f"line {line} has {len(row)} fields but the header has {width}"
+                        p, f"line {line} has {plural(len(row), 'field')} but the header has {width}"
                     )
                 try:
                     rows.append([float(c) for c in row])
@@ -466,7 +467,7 @@ def load_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header_len:
         raise DataError(
             p,
-            f"truncated header: {ndim} dimensions need {header_len} bytes, found {len(raw)}",
+            f"truncated header: {plural(ndim, 'dimension')} need {header_len} bytes, found {len(raw)}",
         )
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     # Python ints: a corrupt header can declare sizes that overflow a fixed-width product.
@@ -482,7 +483,7 @@ def load_idx(path: str | Path) -> np.ndarray:
     if found > expected:
         raise DataError(
             p,
-            f"{found - expected} trailing bytes after the data: header declares {shape_txt} of "
+            f"{plural(found - expected, 'trailing byte')} after the data: header declares {shape_txt} of "
             f"{dtype.newbyteorder('=')} = {expected} bytes, found {found}",
         )
     data = np.frombuffer(raw, dtype=dtype, count=math.prod(dims), offset=header_len)
@@ -527,7 +528,7 @@ def load_idx_dataset(
     if len(images) != len(labels):
         raise DataError(
             images_path,
-            f"has {len(images)} images but {labels_path} has {len(labels)} labels; "
+            f"has {plural(len(images), 'image')} but {labels_path} has {plural(len(labels), 'label')}; "
             "the two files must come from the same split",
         )
     if len(images) == 0:
@@ -619,7 +620,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             path, f"b'labels' should be a list of integers, found {y.dtype} of shape {y.shape}"
         )
     if len(y) != len(data):
-        raise DataError(path, f"b'data' has {len(data)} rows but b'labels' has {len(y)} entries")
+        raise DataError(path, f"b'data' has {plural(len(data), 'row')} but b'labels' has {plural(len(y), 'entry', 'entries')}")
     out_of_range = (y < 0) | (y >= _CIFAR_CLASSES)
     if out_of_range.any():
         i = int(np.argmax(out_of_range))

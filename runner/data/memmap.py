@@ -42,6 +42,7 @@ from runner.batches import EpochSource
 from runner.data.files import _check_numeric, _first_bad_index
 from runner.errors import ConfigError, DataError
 from runner.losses import Loss
+from runner.text import plural
 
 __all__ = [
     "FILES",
@@ -287,7 +288,7 @@ def _check_shapes(x_path: Path, y_path: Path, X: np.ndarray, y: np.ndarray) -> N
     if y.ndim not in (1, 2):
         raise DataError(y_path, f"array 'y' has shape {y.shape}; expected (N,) or (N, k)")
     if len(X) != len(y):
-        raise DataError(x_path, f"X has {len(X)} samples but {y_path} has {len(y)}; they must match")
+        raise DataError(x_path, f"X has {plural(len(X), 'sample')} but {y_path} has {len(y)}; they must match")
     if len(X) == 0:
         raise DataError(x_path, "X and y are empty (0 samples)")
 
@@ -311,7 +312,7 @@ def _check_finite(path: Path, name: str, bad: _BadValues, note: str = "") -> Non
     if bad.count:
         raise DataError(
             path,
-            f"array {name!r} has {bad.count} non-finite value(s) (NaN or inf){note}; the first is at index {bad.first}",
+            f"array {name!r} has {plural(bad.count, 'non-finite value')} (NaN or inf){note}; the first is at index {bad.first}",
         )
 
 

@@ -1,0 +1,240 @@
+"""What the program prints: counts, its own name in --help, the run's header and
+standardisation lines, and log lines around the progress bar on a real terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner.text import plural, program_name
+from runner.train import train
+
+from conftest import REPO, compose_cfg
+
+PYTHON = sys.executable
+# The console script installed next to this interpreter (pip install -e .[test]).
+HPR = str(Path(sys.executable).with_name("hpr"))
+
+
+# ------------------------------------------------------------------------- plural
+@pytest.mark.parametrize(
+    ("count", "noun", "expected"),
+    [
+        (1, "epoch", "1 epoch"),
+        (2, "epoch", "2 epochs"),
+        (0, "iteration", "0 iterations"),
+        (1, "job", "1 job"),
+        (45, "iteration", "45 iterations"),
+        (1.0, "second", "1 second"),
+        (1.5, "second", "1.5 seconds"),
+        (300.0, "sample", "300 samples"),
+    ],
+)
+def test_plural(count, noun, expected):
+    assert plural(count, noun) == expected
+
+
+def test_plural_irregular_form():
+    assert plural(1, "batch", "batches") == "1 batch"
+    assert plural(3, "batch", "batches") == "3 batches"
+
+
+def test_counts_of_one_are_singular_in_messages(tmp_path, caplog):
+    """The helper is used where the program prints counts: a few that can be 1."""
+    import torch
+
+    from runner.data.files import load_npz
+    from runner.errors import ConfigError, DataError
+    from runner.schedulers import warmup_cosine
+    from runner.sweep import status_line
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ConfigError, match=r"\(the run has 1 scheduler step\)"):
+        warmup_cosine(optimizer, total_steps=1, warmup_steps=1, eta_min=0.0)
+    np.savez(tmp_path / "d.npz", X=np.ones((1, 2)), y=np.ones(2))
+    with pytest.raises(DataError, match="X has 1 sample but y has 2"):
+        load_npz(tmp_path / "d.npz")
+    (tmp_path / "sweep" / "a").mkdir(parents=True)
+    (tmp_path / "sweep" / "a" / "summary.json").write_text('{"status": "done"}')
+    assert status_line(tmp_path / "sweep") == "1 job: 1 done"
+    # lr 0: the loss cannot improve after the first epoch, so patience 1 stops at epoch 2.
+    caplog.set_level(logging.INFO, logger="runner.epochs")
+    train(compose_cfg(["dataset=iris", "optimizer.lr=0", "early_stopping_patience=1", "epochs=5"], tmp_path / "run"))
+    assert any(r.getMessage().startswith("Early stop: no improvement for 1 epoch (") for r in caplog.records)
+
+
+# --------------------------------------------------------------------- program name
+@pytest.mark.parametrize(
+    ("argv0", "expected"),
+    [
+        ("/x/site-packages/runner/__main__.py", "python -m runner"),
+        ("/x/.venv/bin/hpr", "hpr"),
+        ("hpr", "hpr"),
+        (r"C:\env\Scripts\hpr.exe".replace("\\", "/"), "hpr"),
+    ],
+)
+def test_program_name(argv0, expected):
+    assert program_name(argv0) == expected
+
+
+def _help(command: list[str], cwd: Path) -> str:
+    done = subprocess.run([*command, "--help"], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize(("command", "name"), [([PYTHON, "-m", "runner"], "python -m runner"), ([HPR], "hpr")])
+def test_help_names_the_command_as_typed(command, name, tmp_path):
+    text = _help(command, tmp_path)
+    lines = text.splitlines()
+    assert lines[0].startswith(f"{name}: train one model"), lines[0]
+    usage = [line for line in lines if "[GROUP=OPTION ...]" in line]
+    assert usage == [f"Usage:  {name} [GROUP=OPTION ...] [KEY=VALUE ...]"]
+    assert f"        {name} -m regime=bgd,sgd,minibatch" in text
+    other = "hpr" if name == "python -m runner" else "python -m runner"
+    assert not any(line.startswith(other) or f"Usage:  {other}" in line for line in lines[:5])
+    assert "runner.program" not in text
+
+
+# --------------------------------------------------------------- header, standardisation
+def _train_logged(caplog, tmp_path: Path, *overrides: str) -> tuple[dict, list[str]]:
+    caplog.set_level(logging.INFO, logger="runner.train")
+    summary = train(compose_cfg(overrides, tmp_path / "run"))
+    return summary, [r.getMessage() for r in caplog.records if r.name == "runner.train"]
+
+
+def test_header_names_regime_optimizer_and_counts(caplog, tmp_path):
+    _, lines = _train_logged(caplog, tmp_path, "dataset=iris", "optimizer=adam", "regime=sgd", "epochs=1")
+    assert lines[0] == (
+        "Training iris (120 train / 30 val samples) on cpu: mlp, sparse_categorical_crossentropy, Adam lr 0.001, "
+        "stochastic gradient descent (batch size 1, 120 iterations per epoch), 1 epoch"
+    )
+
+
+def test_header_of_a_full_batch_run(caplog, tmp_path):
+    _, lines = _train_logged(
+        caplog, tmp_path, "dataset=iris", "regime=bgd", "epochs=2", "val_fraction=0", "optimizer=momentum", "scheduler=cosine"
+    )
+    assert lines[0] == (
+        "Training iris (150 train / no validation) on cpu: mlp, sparse_categorical_crossentropy, "
+        "SGD momentum 0.9 lr 0.1 (cosine schedule, stepped per epoch), "
+        "batch gradient descent (batch size 150, 1 iteration per epoch), 2 epochs"
+    )
+
+
+def test_standardisation_is_logged_and_recorded(caplog, tmp_path):
+    summary, lines = _train_logged(caplog, tmp_path, "dataset=diabetes", "loss=mse")
+    assert lines[1].startswith(
+        "Standardised with statistics of the 354 training samples only: 10 features, each with its own mean and std; the target (mean "
+    )
+    mean, std = summary["dataset"]["target_mean"][0], summary["dataset"]["target_std"][0]
+    assert f"(mean {mean:.4g}, std {std:.4g})." in lines[1]
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["standardized"] == {"features": True, "target": True}
+
+
+def test_users_file_standardisation_is_stated(caplog, tmp_path):
+    """A user's own file: features standardised by default (said so), target left alone."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mine.csv"
+    X = rng.normal(size=(50, 3))
+    rows = [f"{a:.5f},{b:.5f},{c:.5f},{a + 2 * b + 0.5:.5f}" for a, b, c in X]
+    path.write_text("a,b,c,y\n" + "\n".join(rows) + "\n")
+    summary, lines = _train_logged(
+        caplog, tmp_path, "dataset=file", f"dataset.path={path}", "dataset.target=y", "loss=mse", "model=linear"
+    )
+    assert lines[1] == (
+        "Standardised with statistics of the 40 training samples only: 3 features, each with its own mean and std. "
+        "Not standardised: the target (dataset.standardize_target=false)."
+    )
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["standardized"] == {"features": True, "target": False}
+
+
+def test_nothing_standardised_is_stated(caplog, tmp_path):
+    _, lines = _train_logged(caplog, tmp_path, "dataset=iris", "dataset.standardize=false")
+    assert lines[1] == "Not standardised: the 4 features (dataset.standardize=false)."
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # Class labels are never scaled, whatever dataset.standardize_target says.
+    assert written["standardized"] == {"features": False, "target": False}
+
+
+# --------------------------------------------------------------- progress bar and logs
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def render(stream: str) -> list[str]:
+    """The lines a terminal shows for ``stream``: ``\\r`` returns to column 0 and later
+    characters overwrite earlier ones, as they do on screen."""
+    lines: list[list[str]] = [[]]
+    col = 0
+    for ch in ANSI.sub("", stream):
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            lines.append([])
+            col = 0
+        else:
+            line = lines[-1]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = ch
+            col += 1
+    return ["".join(line).rstrip() for line in lines]
+
+
+def run_in_terminal(command: list[str], cwd: Path, timeout: float = 240) -> tuple[int, str]:
+    """Run ``command`` with stdin, stdout and stderr on a 200-column pseudo-terminal."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    proc = subprocess.Popen(command, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer has closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_log_lines_do_not_land_on_the_progress_bar(tmp_path):
+    rc, stream = run_in_terminal(
+        [PYTHON, "-m", "runner", "dataset=iris", "epochs=3", "progress=true", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )
+    assert rc == 0, stream
+    screen = render(stream)
+    epoch_lines = [line for line in screen if "[runner.epochs][INFO] - epoch " in line]
+    # Each epoch's line is logged while the bar is on screen (it closes after the last).
+    assert len(epoch_lines) == 3, screen
+    for line in epoch_lines:
+        assert line.startswith("[") and "%|" not in line and "it/s" not in line, line
+    bars = [line for line in screen if "%|" in line]
+    assert bars and bars[-1].startswith("epoch 3/3: 100%|"), screen
+    # Only the console handler is rerouted: Hydra's log file still gets every line.
+    (log_file,) = (tmp_path / "run").glob("*.log")
+    assert log_file.read_text().count("[runner.epochs][INFO] - epoch ") == 3
