@@ -57,7 +57,7 @@ def test_gd_compare_writes_one_directory_per_cell_named_by_its_overrides(gd_comp
         assert summary["status"] == "done"
         assert summary["iterations_per_epoch"] == EXPECTED_IPE[b] == summary["iterations"]
         assert summary["samples_seen"] == 1438
-        tb = read_scalars(gd_compare / name / "tb")
+        tb = read_scalars(gd_compare / name)
         assert [s for s, _ in tb["loss/train_iter"]] == list(range(EXPECTED_IPE[b]))
 
 
@@ -87,7 +87,7 @@ def test_gd_compare_hparams_are_in_the_event_files(gd_compare):
     acc.Reload()
     assert "_hparams_/experiment" in acc.summary_metadata
     for name, summary in summaries(gd_compare).items():
-        acc = EventAccumulator(str(gd_compare / name / "tb"))
+        acc = EventAccumulator(str(gd_compare / name))
         acc.Reload()
         assert {"_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(acc.summary_metadata)
         assert summary["hparams"]["batch_size"] == summary["batch_size"]
@@ -132,14 +132,14 @@ def test_rerunning_a_sweep_skips_finished_resumes_interrupted_and_reruns_failed(
     killed_dir = sweep / "batch_size=16,dataset=iris,epochs=3" / "seed=0"
     (killed_dir / "summary.json").unlink()  # as if killed after its last checkpoint
     (killed_dir / "model.pt").unlink()
-    done_mtime = (done_dir / "tb").stat().st_mtime_ns
+    done_mtime = (done_dir).stat().st_mtime_ns
     multirun(sweep, *overrides)
     second = summaries(sweep)
     assert all(s["status"] == "done" for s in second.values())
     assert second["batch_size=8,dataset=iris,epochs=3/seed=0"] == first["batch_size=8,dataset=iris,epochs=3/seed=0"]
-    assert (done_dir / "tb").stat().st_mtime_ns == done_mtime  # untouched
+    assert (done_dir).stat().st_mtime_ns == done_mtime  # untouched
     assert second["batch_size=16,dataset=iris,epochs=3/seed=0"]["train_loss"] == first["batch_size=16,dataset=iris,epochs=3/seed=0"]["train_loss"]
-    assert [s for s, _ in read_scalars(killed_dir / "tb")["loss/train_iter"]] == list(range(24))
+    assert [s for s, _ in read_scalars(killed_dir)["loss/train_iter"]] == list(range(24))
     assert first["batch_size=32,dataset=iris,epochs=3/seed=0"]["status"] == "failed"
     assert list((sweep / "batch_size=32,dataset=iris,epochs=3" / "seed=0" / ".attempts").glob("*/summary.json"))
 
@@ -150,8 +150,8 @@ def test_seed_axis_is_aggregated(tmp_path):
     for b in ("8", "full"):
         group = sweep / f"batch_size={b},dataset=iris,epochs=2"
         assert sorted(p.name for p in group.glob("seed=*")) == ["seed=0", "seed=1", "seed=2"]
-        mean = read_scalars(group / "seed_aggregate" / "tb")["loss/train_full"]
-        members = [read_scalars(group / f"seed={k}" / "tb")["loss/train_full"] for k in range(3)]
+        mean = read_scalars(group / "seed_aggregate")["loss/train_full"]
+        members = [read_scalars(group / f"seed={k}")["loss/train_full"] for k in range(3)]
         assert [s for s, _ in mean] == [1, 2]
         for i, (_, value) in enumerate(mean):
             assert value == pytest.approx(sum(m[i][1] for m in members) / 3, rel=1e-5)
@@ -165,8 +165,8 @@ def test_joblib_launcher_gives_the_same_results_as_the_basic_launcher(tmp_path):
     assert sorted(basic) == sorted(joblib) and len(basic) == 3
     for name in basic:
         assert basic[name]["train_loss"] == joblib[name]["train_loss"]
-        assert read_scalars(tmp_path / "basic" / name / "tb")["loss/train_iter"] == \
-            read_scalars(tmp_path / "joblib" / name / "tb")["loss/train_iter"]
+        assert read_scalars(tmp_path / "basic" / name)["loss/train_iter"] == \
+            read_scalars(tmp_path / "joblib" / name)["loss/train_iter"]
 
 
 def test_optuna_preset_searches_the_learning_rate(tmp_path):
