@@ -342,7 +342,7 @@ class RunConfig:
     resume: str = "auto"
     # auto: a progress bar when stderr is a terminal, plain log lines otherwise.
     progress: str = "auto"
-    # Where the run writes tb/, summary.json and model.pt.
+    # Where the run writes its TensorBoard event file, summary.json and model.pt.
     output_dir: str = "${hydra:runtime.output_dir}"
 
 
