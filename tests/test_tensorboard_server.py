@@ -31,7 +31,7 @@ from conftest import compose_cfg, read_scalars
 
 HOST = "127.0.0.1"
 BATCH_SIZES = ("full", "1", "8")  # BGD, SGD, mini-batch
-RUNS = {b: f"batch_size={b}/seed=0/tb" for b in BATCH_SIZES}  # TensorBoard's run names
+RUNS = {b: f"batch_size={b}/seed=0" for b in BATCH_SIZES}  # TensorBoard's run names
 
 EPOCH_TAGS = ("loss/train_epoch", "loss/train_full", "loss/val", "acc/train", "acc/val")
 ITERATION_TAGS = ("loss/train_iter", "lr", "grad_norm")
@@ -147,8 +147,7 @@ def sweep(tmp_path) -> Path:
     """``<sweep>/batch_size=<b>/seed=0`` for BGD, SGD and mini-batch on iris, 2 epochs, in-process.
 
     The same ``<overrides>/seed=<k>`` nesting a Hydra multirun gives its jobs, built without
-    a subprocess (a real ``-m`` sweep names its folders by every override, e.g.
-    ``batch_size=8,dataset=iris,epochs=2/seed=0``, and adds an ``_hparams`` run).
+    a subprocess (a real ``-m`` sweep with ``seed=0,1`` names them the same way).
     """
     root = tmp_path / "sweep"
     try:
@@ -172,7 +171,7 @@ def test_tensorboard_serves_every_run_and_tag_of_a_sweep(sweep, tmp_path):
         with tensorboard_server(sweep, log_path) as (port, proc):
             tags = wait_until_served(port, proc, log_path, set(RUNS.values()))
 
-            # Exact run names: each run directory's tb/, relative to the logdir, '/'-separated.
+            # Exact run names: each run directory, relative to the logdir, '/'-separated.
             assert sorted(_get_json(port, "/data/runs")) == sorted(RUNS.values())
             for b, run in RUNS.items():
                 missing = EXPECTED_TAGS - set(tags[run])
