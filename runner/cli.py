@@ -1,4 +1,8 @@
-"""Command line: ``python -m runner [overrides]`` or ``hpr [overrides]``. Only calls :func:`train`."""
+"""Command line: ``python -m runner [overrides]`` or ``hpr [overrides]``.
+
+:func:`run_cli` composes and checks the command line first (:mod:`runner.preflight`), so a
+refused one writes nothing, then hands it to Hydra, whose task function only calls :func:`train`.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,30 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import (
+    create_automatic_config_search_path,
+    detect_calling_file_or_module_from_task_function,
+    detect_task_name,
+    get_args_parser,
+)
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
+from runner import preflight
 from runner.errors import ConfigError, RunnerError
 from runner.memory import OutOfMemory, release_device_memory
-from runner.train import record_failure, train
+from runner.train import Run, build_run, record_failure, train
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +55,12 @@ def check_choices(choices: dict[str, str | None]) -> None:
             raise ConfigError(group, choice, f"the name of a file in conf/{group}/ (no '/' or '..')")
 
 
+# The run built by the preflight of a single run, reused by the task function (data loaded once).
+_prebuilt: dict[str, Run] = {}
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Train one configuration; return its final validation (else training) loss for sweepers.
 
     In a sweep, a job that fails records its status (``failed``, ``oom``) and the sweep goes
@@ -51,7 +72,7 @@ def main(cfg: DictConfig) -> float:
         check_choices(dict(hydra_cfg.runtime.choices))
         if in_sweep and os.environ.get(FAULT_ENV) == str(hydra_cfg.job.num):
             raise RuntimeError(f"failure injected by {FAULT_ENV} for job {hydra_cfg.job.num}")
-        summary = train(cfg)
+        summary = train(cfg, _prebuilt.pop(preflight.config_key(cfg), None))
     except RunnerError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -59,6 +80,7 @@ def main(cfg: DictConfig) -> float:
         # one clear line, no traceback.
         print(f"Error: {err}", file=sys.stderr)
         if not in_sweep:
+            preflight.remove_fresh_run_dir(hydra_cfg)
             raise SystemExit(2) from None
         record_failure(cfg.output_dir, str(err), status="oom" if isinstance(err, OutOfMemory) else "failed")
         return math.inf
@@ -85,3 +107,71 @@ def main(cfg: DictConfig) -> float:
         if summary[key] is not None:
             return summary[key]
     return math.inf
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra's and OmegaConf's messages span lines (with a hint about HYDRA_FULL_ERROR)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    return "; ".join(lines)
+
+
+def _preflight(args: Any) -> None:
+    """Compose the command line as Hydra will and check it; for a single run, also build it."""
+    calling_file, calling_module = detect_calling_file_or_module_from_task_function(hydra_main)
+    search_path = create_automatic_config_search_path(calling_file, calling_module, CONF_DIR if args.config_path is None else args.config_path)
+    if args.config_dir is not None:
+        return_to_hydra = not os.path.isdir(args.config_dir)  # Hydra reports a missing one itself
+        if return_to_hydra:
+            return
+        path = f"file://{os.path.abspath(args.config_dir)}"
+        search_path.prepend(provider="command-line", path=path, anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    try:
+        app = Hydra.create_main_hydra2(task_name=detect_task_name(calling_file, calling_module), config_search_path=search_path)
+        config_name = args.config_name or "config"
+        multirun = args.multirun or app.get_mode(config_name=config_name, overrides=args.overrides) == RunMode.MULTIRUN
+        mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+        try:
+            cfg = app.compose_config(config_name, args.overrides, run_mode=mode, with_log_configuration=False)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError("command line", " ".join(args.overrides), _one_line(err)) from None
+        preflight.check_hydra(cfg, multirun)
+        if multirun or not (args.run or not (args.cfg or args.info or args.shell_completion)):
+            return  # a sweep's points are checked by SweepCallback.on_multirun_start
+        HydraConfig.instance().set_config(cfg)
+        task = preflight.task_config(cfg)
+        preflight.check_output_dir(task)
+        check_choices(dict(cfg.hydra.runtime.choices))
+        _prebuilt.clear()
+        _prebuilt[preflight.config_key(task)] = build_run(task)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run the command line ``argv`` (without the program name); return the exit status."""
+    args = get_args_parser().parse_known_args(argv)[0]
+    if not (args.help or args.hydra_help):
+        try:
+            _preflight(args)
+        except RunnerError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"Error: {err}", file=sys.stderr)
+            return 2
+    saved = sys.argv
+    sys.argv = [saved[0], *argv]  # hydra.main parses sys.argv
+    try:
+        hydra_main()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = saved
+        _prebuilt.clear()
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def main() -> None:
+    """Console script ``hpr`` and ``python -m runner``."""
+    raise SystemExit(run_cli(sys.argv[1:]))
