@@ -6,6 +6,7 @@ refused one writes nothing, then hands it to Hydra, whose task function only cal
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -29,13 +30,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
 from runner import preflight
 from runner.errors import ConfigError, RunnerError
 from runner.memory import OutOfMemory, release_device_memory
 from runner.train import Run, build_run, record_failure, train
+from runner.validate import nearest_keys
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def hydra_main(cfg: DictConfig) -> float:
             raise
         # A mistake in the user's config or data, or a run too big for the device:
         # one clear line, no traceback.
-        print(f"Error: {err}", file=sys.stderr)
+        print(f"Error: {one_line(err)}", file=sys.stderr)
         if not in_sweep:
             preflight.remove_fresh_run_dir(hydra_cfg)
             raise SystemExit(2) from None
@@ -109,10 +111,36 @@ def hydra_main(cfg: DictConfig) -> float:
     return math.inf
 
 
-def _one_line(err: Exception) -> str:
-    """Hydra's and OmegaConf's messages span lines (with a hint about HYDRA_FULL_ERROR)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
-    return "; ".join(lines)
+def one_line(err: RunnerError) -> str:
+    """The message on one line: some list every path they tried, one per line."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def _hydra_one_line(err: BaseException) -> str:
+    """Hydra's and OmegaConf's messages span lines (with the search path and a hint about
+    HYDRA_FULL_ERROR); keep what names the key, the value and the choices, on one line."""
+    parts: list[str] = []
+    while err is not None:
+        for line in str(err).splitlines():
+            line = line.strip()
+            # The search path, a hint to use `+key` (refused here too) and the env-var hint.
+            if line.startswith(("Config search path", "provider=", "To append")) or "HYDRA_FULL_ERROR" in line:
+                continue
+            if line and line not in parts:
+                parts.append(line)
+        err = err.__cause__
+    return " ".join(part if part.endswith((":", ".", ";")) else part + ";" for part in parts).rstrip(";")
+
+
+def _unknown_key(err: BaseException, overrides: list[str]) -> ConfigError | None:
+    """Hydra's error for ``typo=1`` names neither the value nor the keys there are."""
+    cause = err.__cause__
+    if not (isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(cause.object_type)):
+        return None
+    key = cause.full_key
+    given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+    fields = [f.name for f in dataclasses.fields(cause.object_type)]
+    return ConfigError(key, given[-1] if given else None, f"a key of the schema: {nearest_keys(key.rsplit('.', 1)[-1], fields)}")
 
 
 def _preflight(args: Any) -> None:
@@ -134,7 +162,7 @@ def _preflight(args: Any) -> None:
         try:
             cfg = app.compose_config(config_name, args.overrides, run_mode=mode, with_log_configuration=False)
         except (HydraException, OmegaConfBaseException) as err:
-            raise ConfigError("command line", " ".join(args.overrides), _one_line(err)) from None
+            raise _unknown_key(err, args.overrides) or RunnerError(_hydra_one_line(err)) from None
         preflight.check_hydra(cfg, multirun)
         if multirun or not (args.run or not (args.cfg or args.info or args.shell_completion)):
             return  # a sweep's points are checked by SweepCallback.on_multirun_start
@@ -157,7 +185,7 @@ def run_cli(argv: list[str]) -> int:
         except RunnerError as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"Error: {err}", file=sys.stderr)
+            print(f"Error: {one_line(err)}", file=sys.stderr)
             return 2
     saved = sys.argv
     sys.argv = [saved[0], *argv]  # hydra.main parses sys.argv

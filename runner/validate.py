@@ -50,7 +50,8 @@ def _seed(key: str, value: Any) -> None:
         raise ConfigError(key, value, f"an integer in [{low}, {high}] (2**32 - 1: what numpy and scikit-learn accept)")
 
 
-def _nearest(key: str, known: list[str]) -> str:
+def nearest_keys(key: str, known: list[str]) -> str:
+    """'did you mean ...?' with the closest of ``known``, else all of them."""
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
     return f"did you mean {' or '.join(close)}?" if close else f"known keys: {', '.join(sorted(known))}"
 
@@ -77,7 +78,7 @@ def _check_node_keys(node: DictConfig, prefix: str, schema: type) -> None:
     fields = [f.name for f in dataclasses.fields(schema)]
     for key in node:
         if key not in fields:
-            raise ConfigError(f"{prefix}{key}", node._get_node(key)._value(), f"a key of the schema: {_nearest(str(key), fields)}")
+            raise ConfigError(f"{prefix}{key}", node._get_node(key)._value(), f"a key of the schema: {nearest_keys(str(key), fields)}")
     for key in fields:
         if OmegaConf.is_missing(node, key):
             raise ConfigError(f"{prefix}{key}", None, "a value: it has no default")

@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from runner.errors import ConfigError, DataError
 from runner.train import train
 
-from conftest import compose_cfg
+from conftest import FAST, compose_cfg
 
 RESULT_FILES = ("tb", "summary.json", "model.pt")
 
@@ -36,7 +36,30 @@ def _bad_files(tmp_path):
     (bad_idx / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x02\x00\x01")
     header_only = tmp_path / "header_only.csv"
     header_only.write_text("a,b,label\n")
-    return {"bad_idx": bad_idx, "header_only": header_only,"nan": nan, "mismatch": mismatch, "strings": text, "ok_csv": no_target, "empty_root": tmp_path / "empty_root"}
+    one_d = tmp_path / "one_d.npz"
+    np.savez(one_d, X=np.arange(10.0), y=np.arange(10) % 2)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    return {
+        "bad_idx": bad_idx, "header_only": header_only, "nan": nan, "mismatch": mismatch, "strings": text,
+        "ok_csv": no_target, "empty_root": tmp_path / "empty_root", "one_d": one_d, "a_file": a_file,
+        "huge": _huge_npz(tmp_path / "huge.npz"),
+    }
+
+
+def _huge_npz(path):
+    """An npz whose X header declares 10^10 x 10 float64 (745 GiB) but holds no data."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**10, 10)})
+    y = io.BytesIO()
+    np.save(y, np.zeros(10**10 // 10**10))
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("X.npy", header.getvalue())
+        archive.writestr("y.npy", y.getvalue())
+    return path
 
 
 # (overrides, the key or file the message must name, a value it must show, error type)
@@ -94,6 +117,86 @@ BAD_CONFIGS = [
 ]
 if not torch.cuda.is_available():
     BAD_CONFIGS.append((["device=cuda"], "device", "cuda", ConfigError))
+
+# Refused by the command line's preflight (or Hydra) before a config reaches train():
+# (argv, the key or file the one line must name, a value it must show).
+BAD_COMMAND_LINES = [
+    (["+foo=1"], "foo", "1"),
+    (["+optimizer.lrr=0.1"], "optimizer.lrr", "0.1"),
+    (["batch_sizee=3"], "batch_sizee='3'", "did you mean batch_size"),
+    (["optimizer.lrr=0.1"], "optimizer.lrr='0.1'", "did you mean lr?"),
+    (["epochs=abc"], "epochs", "abc"),
+    (["optimizer=adamm"], "optimizer/adamm", "adam"),
+    (["~dataset"], "dataset", "conf/dataset"),
+    (["~optimizer"], "optimizer", "conf/optimizer"),
+    (["dataset=file"], "dataset.path", "no default"),
+    (["output_dir="], "output_dir", "''"),
+    (["output_dir={a_file}"], "output_dir", "a_file"),
+    (["output_dir={a_file}/sub"], "output_dir", "a_file"),
+    (["hydra.run.dir="], "hydra.run.dir", "''"),
+    (["seed=-1"], "seed", "-1"),
+    (["seed=4294967296"], "seed", "4294967296"),
+    (["dataset=linreg", "loss=mse", "dataset.seed=-5"], "dataset.seed", "-5"),
+    (["dataset=linreg", "loss=mse", "dataset.n=10000000000"], "dataset.n", "10000000000"),
+    (["dataset=blobs", "dataset.n_features=100000000000"], "dataset.n", "100,000,000,000 features"),
+    (["epochs=100000000000000"], "epochs", "100000000000000"),
+    (["budget=updates", "budget_amount=1e30"], "budget_amount", "1e+30"),
+    (["budget=samples", "budget_amount=1e30"], "budget_amount", "1e+30"),
+    (["model.hidden=[1000000000]"], "model", "1000000000"),
+    (["dataset=file", "dataset.path={one_d}"], "one_d.npz", "(10,)"),
+    (["dataset=file", "dataset.path={huge}"], "huge.npz", "GiB"),
+    (["dataset=file", "dataset.path={empty_root}"], "empty_root", "directory"),
+    (["+hydra.callbacks.x._target_=logging.FileHandler", "+hydra.callbacks.x.filename={tmp}/evil"], "hydra.callbacks.x._target_", "logging.FileHandler"),
+    (["+hydra.callbacks.report.filename={tmp}/evil"], "hydra.callbacks.report.filename", "evil"),
+    (["hydra.callbacks.report._target_=logging.FileHandler"], "hydra.callbacks.report._target_", "logging.FileHandler"),
+    (["hydra.launcher._target_=logging.FileHandler", "+hydra.launcher.filename={tmp}/evil"], "hydra.launcher._target_", "logging.FileHandler"),
+    (["hydra.sweeper._target_=os.system"], "hydra.sweeper._target_", "os.system"),
+    (["hydra/sweeper=optuna", "hydra.sweeper.sampler._target_=os.system"], "hydra.sweeper.sampler._target_", "os.system"),
+    (["hydra.job_logging.handlers.file.filename={tmp}/evil"], "hydra.job_logging.handlers.file.filename", "evil"),
+    (["hydra.job_logging.handlers.console.class=os.system"], "hydra.job_logging.handlers.console.class", "os.system"),
+    (["hydra.hydra_logging.handlers.console.class=logging.FileHandler", "+hydra.hydra_logging.handlers.console.filename={tmp}/evil"], "hydra.hydra_logging.handlers.console.filename", "evil"),
+    (["hydra.job.name=../evil"], "hydra.job.name", "../evil"),
+    (["hydra.output_subdir=../evil"], "hydra.output_subdir", "../evil"),
+    (["resume=must"], "resume", "must"),  # refused once Hydra made the directory: it is removed again
+]
+
+
+def _tree(root) -> set[str]:
+    """Every path under ``root``, relative: what a refused run must leave unchanged."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _run_in_process(argv, tmp_path, monkeypatch, capsys):
+    """``python -m runner argv`` in this process, from ``tmp_path``: (exit status, stderr)."""
+    from runner.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    capsys.readouterr()
+    status = run_cli(argv)
+    return status, capsys.readouterr().err
+
+
+def _assert_refused(status, stderr, key, value, before, after):
+    lines = stderr.splitlines()
+    assert status == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
+    assert key in lines[0] and value in lines[0], lines[0]
+    assert "Traceback" not in stderr
+    assert after == before, f"written: {sorted(after - before)}"
+
+
+@pytest.mark.parametrize(
+    "argv,key,value",
+    [(c[0], c[1], c[2]) for c in BAD_CONFIGS] + BAD_COMMAND_LINES,
+    ids=[" ".join(c[0]) for c in BAD_CONFIGS] + [" ".join(c[0]) for c in BAD_COMMAND_LINES],
+)
+def test_refused_command_line_writes_nothing(argv, key, value, tmp_path, monkeypatch, capsys):
+    files = _bad_files(tmp_path)
+    argv = [*FAST, *(a.format(tmp=tmp_path, **files) for a in argv)]
+    before = _tree(tmp_path)
+    status, stderr = _run_in_process(argv, tmp_path, monkeypatch, capsys)
+    _assert_refused(status, stderr, key.format(tmp=tmp_path, **files), value, before, _tree(tmp_path))
 
 
 @pytest.mark.parametrize("overrides,key,value,error", BAD_CONFIGS, ids=[" ".join(c[0]) for c in BAD_CONFIGS])
