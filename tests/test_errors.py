@@ -40,9 +40,10 @@ def _bad_files(tmp_path):
     np.savez(one_d, X=np.arange(10.0), y=np.arange(10) % 2)
     a_file = tmp_path / "a_file"
     a_file.write_text("not a directory")
+    (tmp_path / "folder.npz").mkdir()
     return {
         "bad_idx": bad_idx, "header_only": header_only, "nan": nan, "mismatch": mismatch, "strings": text,
-        "ok_csv": no_target, "empty_root": tmp_path / "empty_root", "one_d": one_d, "a_file": a_file,
+        "ok_csv": no_target, "empty_root": tmp_path / "empty_root", "one_d": one_d, "a_file": a_file, "folder": tmp_path / "folder.npz",
         "huge": _huge_npz(tmp_path / "huge.npz"),
     }
 
@@ -145,7 +146,7 @@ BAD_COMMAND_LINES = [
     (["model.hidden=[1000000000]"], "model", "1000000000"),
     (["dataset=file", "dataset.path={one_d}"], "one_d.npz", "(10,)"),
     (["dataset=file", "dataset.path={huge}"], "huge.npz", "GiB"),
-    (["dataset=file", "dataset.path={empty_root}"], "empty_root", "directory"),
+    (["dataset=file", "dataset.path={folder}"], "folder.npz", "is a directory"),
     (["+hydra.callbacks.x._target_=logging.FileHandler", "+hydra.callbacks.x.filename={tmp}/evil"], "hydra.callbacks.x._target_", "logging.FileHandler"),
     (["+hydra.callbacks.report.filename={tmp}/evil"], "hydra.callbacks.report.filename", "evil"),
     (["hydra.callbacks.report._target_=logging.FileHandler"], "hydra.callbacks.report._target_", "logging.FileHandler"),
