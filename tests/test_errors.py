@@ -249,3 +249,40 @@ def test_cli_error_is_one_clear_message_with_nonzero_exit(args, expected, tmp_pa
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not any((tmp_path / "run" / name).exists() for name in RESULT_FILES)
+
+
+def test_refusals_as_real_processes(tmp_path):
+    """What a user types, as separate processes started at once; a hang fails (timeout)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    os.mkfifo(data / "pipe.npz")  # opening it for reading would block forever
+    (data / "zero.csv").symlink_to("/dev/zero")  # reading it would never end
+    evil = tmp_path / "evil"
+    cases = [
+        (["batch_size=0"], "batch_size", "0"),  # the README's example
+        (["+foo=1"], "foo", "1"),
+        (["+hydra.callbacks.x._target_=logging.FileHandler", f"+hydra.callbacks.x.filename={evil}"], "hydra.callbacks.x._target_", "logging.FileHandler"),
+        (["dataset=file", f"dataset.path={data / 'pipe.npz'}"], "pipe.npz", "named pipe"),
+        (["dataset=file", f"dataset.path={data / 'zero.csv'}", "dataset.target=y"], "zero.csv", "character device"),
+        (["-m", "batch_size=0,8"], "batch_size=0", "1 of 2 sweep points"),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    procs = []
+    for i, (args, _, _) in enumerate(cases):
+        cwd = tmp_path / f"case{i}"
+        cwd.mkdir()
+        command = [sys.executable, "-m", "runner", *args, *FAST]
+        procs.append((cwd, subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    for (cwd, proc), (args, key, value) in zip(procs, cases):
+        try:
+            _, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{args}: no answer within 300 s (a hang)")
+        assert proc.returncode == 2, (args, stderr)
+        assert "Traceback" not in stderr and stderr.startswith("Error: "), stderr
+        assert key in stderr and value in stderr, stderr
+        if "-m" not in args:  # a sweep lists every point that cannot run, one per line
+            assert len(stderr.splitlines()) == 1, stderr
+        assert list(cwd.iterdir()) == [], f"{args} wrote {list(cwd.rglob('*'))}"
+    assert not evil.exists()
