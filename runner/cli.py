@@ -138,9 +138,14 @@ def _unknown_key(err: BaseException, overrides: list[str]) -> ConfigError | None
     if not (isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(cause.object_type)):
         return None
     key = cause.full_key
-    given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
     fields = [f.name for f in dataclasses.fields(cause.object_type)]
-    return ConfigError(key, given[-1] if given else None, f"a key of the schema: {nearest_keys(key.rsplit('.', 1)[-1], fields)}")
+    return ConfigError(key, _given(key, overrides), f"a key of the schema: {nearest_keys(key.rsplit('.', 1)[-1], fields)}")
+
+
+def _given(key: str, overrides: list[str]) -> str | None:
+    """The value the command line gave ``key`` (the last one wins, as in Hydra)."""
+    given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+    return given[-1] if given else None
 
 
 def _preflight(args: Any) -> None:
@@ -168,10 +173,14 @@ def _preflight(args: Any) -> None:
             return  # a sweep's points are checked by SweepCallback.on_multirun_start
         HydraConfig.instance().set_config(cfg)
         task = preflight.task_config(cfg)
-        preflight.check_output_dir(task)
-        check_choices(dict(cfg.hydra.runtime.choices))
-        _prebuilt.clear()
-        _prebuilt[preflight.config_key(task)] = build_run(task)
+        try:
+            preflight.check_output_dir(task)
+            check_choices(dict(cfg.hydra.runtime.choices))
+            _prebuilt.clear()
+            _prebuilt[preflight.config_key(task)] = build_run(task)
+        except OmegaConfBaseException as err:  # e.g. an interpolation to a key that does not exist
+            key = err.full_key or "config"
+            raise ConfigError(key, _given(key, args.overrides), _hydra_one_line(err)) from None
     finally:
         GlobalHydra.instance().clear()
 

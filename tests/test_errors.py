@@ -158,7 +158,10 @@ BAD_COMMAND_LINES = [
     (["hydra.hydra_logging.handlers.console.class=logging.FileHandler", "+hydra.hydra_logging.handlers.console.filename={tmp}/evil"], "hydra.hydra_logging.handlers.console.filename", "evil"),
     (["hydra.job.name=../evil"], "hydra.job.name", "../evil"),
     (["hydra.output_subdir=../evil"], "hydra.output_subdir", "../evil"),
-    (["resume=must"], "resume", "must"),  # refused once Hydra made the directory: it is removed again
+    (["resume=must"], "resume", "must"),
+    # Found by tests/test_fuzz.py: an interpolation to a key that does not exist.
+    (["budget_amount=${{oops}}"], "budget_amount", "oops"),
+    (["seed=${{oops}}"], "seed", "oops"),  # refused once Hydra made the directory: it is removed again
 ]
 
 
