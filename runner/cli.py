@@ -153,9 +153,8 @@ def _preflight(args: Any) -> None:
     calling_file, calling_module = detect_calling_file_or_module_from_task_function(hydra_main)
     search_path = create_automatic_config_search_path(calling_file, calling_module, CONF_DIR if args.config_path is None else args.config_path)
     if args.config_dir is not None:
-        return_to_hydra = not os.path.isdir(args.config_dir)  # Hydra reports a missing one itself
-        if return_to_hydra:
-            return
+        if not os.path.isdir(args.config_dir):
+            return  # Hydra reports a missing one itself, writing nothing
         path = f"file://{os.path.abspath(args.config_dir)}"
         search_path.prepend(provider="command-line", path=path, anchor=SearchPathQuery(provider="schema"))
     GlobalHydra.instance().clear()
@@ -169,12 +168,13 @@ def _preflight(args: Any) -> None:
         except (HydraException, OmegaConfBaseException) as err:
             raise _unknown_key(err, args.overrides) or RunnerError(_hydra_one_line(err)) from None
         preflight.check_hydra(cfg, multirun)
-        if multirun or not (args.run or not (args.cfg or args.info or args.shell_completion)):
+        task = preflight.task_config(cfg)
+        preflight.check_output_dir(task)
+        runs_a_job = args.run or not (args.cfg or args.info or args.shell_completion)
+        if multirun or not runs_a_job:
             return  # a sweep's points are checked by SweepCallback.on_multirun_start
         HydraConfig.instance().set_config(cfg)
-        task = preflight.task_config(cfg)
         try:
-            preflight.check_output_dir(task)
             check_choices(dict(cfg.hydra.runtime.choices))
             _prebuilt.clear()
             _prebuilt[preflight.config_key(task)] = build_run(task)

@@ -135,6 +135,8 @@ BAD_COMMAND_LINES = [
     (["output_dir={a_file}"], "output_dir", "a_file"),
     (["output_dir={a_file}/sub"], "output_dir", "a_file"),
     (["hydra.run.dir="], "hydra.run.dir", "''"),
+    (["-m", "output_dir=", "batch_size=4,8"], "output_dir", "''"),
+    (["-m", "hydra.sweep.dir={a_file}", "batch_size=4,8"], "hydra.sweep.dir", "a_file"),
     (["seed=-1"], "seed", "-1"),
     (["seed=4294967296"], "seed", "4294967296"),
     (["dataset=linreg", "loss=mse", "dataset.seed=-5"], "dataset.seed", "-5"),
@@ -197,7 +199,8 @@ def _assert_refused(status, stderr, key, value, before, after):
 )
 def test_refused_command_line_writes_nothing(argv, key, value, tmp_path, monkeypatch, capsys):
     files = _bad_files(tmp_path)
-    argv = [*FAST, *(a.format(tmp=tmp_path, **files) for a in argv)]
+    argv = [a.format(tmp=tmp_path, **files) for a in argv]
+    argv = [*(a for a in argv if a.startswith("-")), *FAST, *(a for a in argv if not a.startswith("-"))]  # -m first
     before = _tree(tmp_path)
     status, stderr = _run_in_process(argv, tmp_path, monkeypatch, capsys)
     _assert_refused(status, stderr, key.format(tmp=tmp_path, **files), value, before, _tree(tmp_path))
