@@ -1,9 +1,10 @@
 """Checks that a type cannot express, run before anything is written.
 
-Hydra and the schema already reject unknown keys, unknown options and wrong types. What
-is left: ranges (``batch_size >= 1``, a finite learning rate), and combinations that
-cannot work (cross-entropy on a regression target, a CNN on tabular data). Every failure
-is a :class:`ConfigError` naming the key, the value and what is allowed.
+Hydra and the schema already reject unknown options and wrong types, and unknown keys
+unless they carry ``+`` (:func:`check_keys` refuses those). What is left: ranges
+(``batch_size >= 1``, a finite learning rate, seeds), sizes that cannot fit in memory, and
+combinations that cannot work (cross-entropy on a regression target, a CNN on tabular
+data). Every failure is a :class:`ConfigError` naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
