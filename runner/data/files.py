@@ -251,7 +251,8 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     for key, arr in (("X", X), ("y", y)):
         _check_numeric(p, key, arr)
     if X.ndim < 2:
-        raise DataError(p, f"array 'X' has shape {X.shape}; expected (N, features...) with one row per sample (a single feature is X.reshape(-1, 1))")
+        what = "is a scalar" if X.ndim == 0 else f"has shape {X.shape}"
+        raise DataError(p, f"array 'X' {what}; expected (N, features...) with one row per sample (a single feature is X.reshape(-1, 1))")
     if y.ndim not in (1, 2):
         raise DataError(p, f"array 'y' has shape {y.shape}; expected (N,) or (N, k)")
     for key, arr in (("X", X), ("y", y)):
