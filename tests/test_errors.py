@@ -292,3 +292,17 @@ def test_refusals_as_real_processes(tmp_path):
             assert len(stderr.splitlines()) == 1, stderr
         assert list(cwd.iterdir()) == [], f"{args} wrote {list(cwd.rglob('*'))}"
     assert not evil.exists()
+
+
+def test_csv_bigger_than_memory_is_refused_while_parsing(tmp_path, monkeypatch):
+    """A CSV's size is only known once parsed: parsing stops before memory runs out."""
+    import runner.memory
+    from runner.data.files import load_csv
+
+    path = tmp_path / "big.csv"
+    path.write_text("a,b,t\n" + "1,2,0\n" * 10000)
+    monkeypatch.setattr(runner.memory, "host_bytes_available", lambda: 1_000_000)
+    with pytest.raises(DataError, match=r"big.csv: parsing it needs about .* MiB in memory, and 976.6 KiB are available"):
+        load_csv(path, "t")
+    monkeypatch.setattr(runner.memory, "host_bytes_available", lambda: 10**12)
+    assert load_csv(path, "t")[0].shape == (10000, 2)

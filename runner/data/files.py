@@ -285,6 +285,33 @@ def _parse_cell(path: Path, line: int, column: str, cell: str) -> float:
     return value
 
 
+# Parsed cells are Python floats in lists (pointer + object) until the whole file is read,
+# then one float64 table and a float32 copy of the features.
+_CSV_BYTES_PER_CELL = 8 + 24 + 8 + 4
+_CSV_BYTES_PER_ROW = 56 + 8
+
+
+def _csv_memory_budget() -> float:
+    from runner.memory import host_bytes_available
+
+    free = host_bytes_available()
+    return math.inf if free is None else free
+
+
+def _csv_too_big(p: Path, rows_so_far: int, row_bytes: int, budget: float) -> str:
+    """Parsing stops before memory runs out; the estimate is for the whole file."""
+    from runner.memory import format_size
+
+    read = max(rows_so_far, 1)
+    estimate = row_bytes * read * max(1.0, os.stat(p).st_size / max(1, _bytes_of_rows(p, read)))
+    return f"parsing it needs about {format_size(estimate)} in memory, and {format_size(budget)} are available; use dataset=memmap for data bigger than memory"
+
+
+def _bytes_of_rows(p: Path, rows: int) -> int:
+    with open(p, "rb") as f:
+        return sum(len(f.readline()) for _ in range(rows + 1))
+
+
 def load_csv(path: str | Path, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a numeric CSV file with a header row; one named column is the target.
 
@@ -335,11 +362,15 @@ def load_csv(path: str | Path, target: str | None) -> tuple[np.ndarray, np.ndarr
             rows: list[list[float]] = []
             lines: list[int] = []
             width = len(names)
+            row_bytes = width * _CSV_BYTES_PER_CELL + _CSV_BYTES_PER_ROW
+            budget = _csv_memory_budget()
             for row in reader:
                 if not row:
                     # A blank line (typically a trailing newline) carries no sample.
                     continue
                 line = reader.line_num
+                if len(rows) % 4096 == 0 and (len(rows) + 4096) * row_bytes > budget:
+                    raise DataError(p, _csv_too_big(p, len(rows), row_bytes, budget))
                 if len(row) != width:
                     raise DataError(
                         p, f"line {line} has {len(row)} fields but the header has {width}"
