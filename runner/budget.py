@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from runner.errors import ConfigError
+from runner.memory import check_host_fits
 
 UNITS = ("epochs", "samples", "updates", "seconds")
 
@@ -31,6 +32,15 @@ class Plan:
         return sum(self.iterations) if self.iterations is not None else None
 
 
+# One slot of the plan's tuple per epoch.
+PLAN_BYTES_PER_EPOCH = 8
+
+
+def _check_plan_fits(key: str, value: float, epochs: int) -> None:
+    """The plan holds one entry per epoch: refuse a length whose plan alone exceeds memory."""
+    check_host_fits(key, value, epochs * PLAN_BYTES_PER_EPOCH, f"a run length ({epochs:,} epochs)")
+
+
 def make_plan(budget: str, amount: float | None, epochs: int, batch_sizes: list[int]) -> Plan:
     """Plan a run whose epochs consist of batches of ``batch_sizes`` (one epoch's worth).
 
@@ -42,6 +52,7 @@ def make_plan(budget: str, amount: float | None, epochs: int, batch_sizes: list[
     if budget == "epochs":
         if amount is not None:
             raise ConfigError("budget_amount", amount, "null with budget=epochs (the length is `epochs`)")
+        _check_plan_fits("epochs", epochs, epochs)
         return Plan(iterations=(len(batch_sizes),) * epochs)
     if amount is None or not (math.isfinite(amount) and amount > 0):
         raise ConfigError("budget_amount", amount, f"a number > 0: how many {budget} to train for")
@@ -51,9 +62,11 @@ def make_plan(budget: str, amount: float | None, epochs: int, batch_sizes: list[
         if amount != int(amount):
             raise ConfigError("budget_amount", amount, "a whole number of updates")
         full, rest = divmod(int(amount), len(batch_sizes))
+        _check_plan_fits("budget_amount", amount, full + 1)
         return Plan(iterations=(len(batch_sizes),) * full + ((rest,) if rest else ()))
     per_epoch = sum(batch_sizes)
     full, rest = divmod(math.ceil(amount), per_epoch)
+    _check_plan_fits("budget_amount", amount, full + 1)
     partial, seen = 0, 0
     while seen < rest:
         seen += batch_sizes[partial]

@@ -1,24 +1,43 @@
-"""Command line: ``python -m runner [overrides]`` or ``hpr [overrides]``. Only calls :func:`train`."""
+"""Command line: ``python -m runner [overrides]`` or ``hpr [overrides]``.
+
+:func:`run_cli` composes and checks the command line first (:mod:`runner.preflight`), so a
+refused one writes nothing, then hands it to Hydra, whose task function only calls :func:`train`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import (
+    create_automatic_config_search_path,
+    detect_calling_file_or_module_from_task_function,
+    detect_task_name,
+    get_args_parser,
+)
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
+from runner import preflight
 from runner.errors import ConfigError, RunnerError
 from runner.memory import OutOfMemory, release_device_memory
-from runner.train import record_failure, train
+from runner.train import Run, build_run, record_failure, train
+from runner.validate import nearest_keys
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +59,12 @@ def check_choices(choices: dict[str, str | None]) -> None:
             raise ConfigError(group, choice, f"the name of a file in conf/{group}/ (no '/' or '..')")
 
 
+# The run built by the preflight of a single run, reused by the task function (data loaded once).
+_prebuilt: dict[str, Run] = {}
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Train one configuration; return its final validation (else training) loss for sweepers.
 
     In a sweep, a job that fails records its status (``failed``, ``oom``) and the sweep goes
@@ -53,14 +76,15 @@ def main(cfg: DictConfig) -> float:
         check_choices(dict(hydra_cfg.runtime.choices))
         if in_sweep and os.environ.get(FAULT_ENV) == str(hydra_cfg.job.num):
             raise RuntimeError(f"failure injected by {FAULT_ENV} for job {hydra_cfg.job.num}")
-        summary = train(cfg)
+        summary = train(cfg, _prebuilt.pop(preflight.config_key(cfg), None))
     except RunnerError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         # A mistake in the user's config or data, or a run too big for the device:
         # one clear line, no traceback.
-        print(f"Error: {err}", file=sys.stderr)
+        print(f"Error: {one_line(err)}", file=sys.stderr)
         if not in_sweep:
+            preflight.remove_fresh_run_dir(hydra_cfg)
             raise SystemExit(2) from None
         record_failure(cfg.output_dir, str(err), status="oom" if isinstance(err, OutOfMemory) else "failed")
         return math.inf
@@ -87,3 +111,106 @@ def main(cfg: DictConfig) -> float:
         if summary[key] is not None:
             return summary[key]
     return math.inf
+
+
+def one_line(err: RunnerError) -> str:
+    """The message on one line: some list every path they tried, one per line."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def _hydra_one_line(err: BaseException) -> str:
+    """Hydra's and OmegaConf's messages span lines (with the search path and a hint about
+    HYDRA_FULL_ERROR); keep what names the key, the value and the choices, on one line."""
+    parts: list[str] = []
+    while err is not None:
+        for line in str(err).splitlines():
+            line = line.strip()
+            # The search path, a hint to use `+key` (refused here too) and the env-var hint.
+            if line.startswith(("Config search path", "provider=", "To append")) or "HYDRA_FULL_ERROR" in line:
+                continue
+            if line and line not in parts:
+                parts.append(line)
+        err = err.__cause__
+    return " ".join(part if part.endswith((":", ".", ";")) else part + ";" for part in parts).rstrip(";")
+
+
+def _unknown_key(err: BaseException, overrides: list[str]) -> ConfigError | None:
+    """Hydra's error for ``typo=1`` names neither the value nor the keys there are."""
+    cause = err.__cause__
+    if not (isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(cause.object_type)):
+        return None
+    key = cause.full_key
+    fields = [f.name for f in dataclasses.fields(cause.object_type)]
+    return ConfigError(key, _given(key, overrides), f"a key of the schema: {nearest_keys(key.rsplit('.', 1)[-1], fields)}")
+
+
+def _given(key: str, overrides: list[str]) -> str | None:
+    """The value the command line gave ``key`` (the last one wins, as in Hydra)."""
+    given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+    return given[-1] if given else None
+
+
+def _preflight(args: Any) -> None:
+    """Compose the command line as Hydra will and check it; for a single run, also build it."""
+    calling_file, calling_module = detect_calling_file_or_module_from_task_function(hydra_main)
+    search_path = create_automatic_config_search_path(calling_file, calling_module, str(CONF_DIR) if args.config_path is None else args.config_path)
+    if args.config_dir is not None:
+        if not os.path.isdir(args.config_dir):
+            return  # Hydra reports a missing one itself, writing nothing
+        path = f"file://{os.path.abspath(args.config_dir)}"
+        search_path.prepend(provider="command-line", path=path, anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    try:
+        app = Hydra.create_main_hydra2(task_name=detect_task_name(calling_file, calling_module), config_search_path=search_path)
+        config_name = args.config_name or "config"
+        multirun = args.multirun or app.get_mode(config_name=config_name, overrides=args.overrides) == RunMode.MULTIRUN
+        mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+        try:
+            cfg = app.compose_config(config_name, args.overrides, run_mode=mode, with_log_configuration=False)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise _unknown_key(err, args.overrides) or RunnerError(_hydra_one_line(err)) from None
+        preflight.check_hydra(cfg, multirun)
+        task = preflight.task_config(cfg)
+        preflight.check_output_dir(task)
+        runs_a_job = args.run or not (args.cfg or args.info or args.shell_completion)
+        if multirun or not runs_a_job:
+            return  # a sweep's points are checked by SweepCallback.on_multirun_start
+        HydraConfig.instance().set_config(cfg)
+        try:
+            check_choices(dict(cfg.hydra.runtime.choices))
+            _prebuilt.clear()
+            _prebuilt[preflight.config_key(task)] = build_run(task)
+        except OmegaConfBaseException as err:  # e.g. an interpolation to a key that does not exist
+            key = err.full_key or "config"
+            raise ConfigError(key, _given(key, args.overrides), _hydra_one_line(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run the command line ``argv`` (without the program name); return the exit status."""
+    args = get_args_parser().parse_known_args(argv)[0]
+    if not (args.help or args.hydra_help):
+        try:
+            _preflight(args)
+        except RunnerError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"Error: {one_line(err)}", file=sys.stderr)
+            return 2
+    saved = sys.argv
+    sys.argv = [saved[0], *argv]  # hydra.main parses sys.argv
+    try:
+        hydra_main()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = saved
+        _prebuilt.clear()
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def main() -> None:
+    """Console script ``hpr`` and ``python -m runner``."""
+    raise SystemExit(run_cli(sys.argv[1:]))

@@ -4,12 +4,12 @@ status ``oom`` and a hint, instead of dying mid-run — and never by changing th
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from runner.errors import RunnerError
+from runner.errors import ConfigError, RunnerError
 
 # Forward activations, their gradients, and the autograd temporaries in between.
 ACTIVATION_COPIES = 3
@@ -82,6 +82,35 @@ def check_fits(model: nn.Module, in_shape: tuple[int, ...], device: torch.device
     if free is not None and needed > free:
         raise OutOfMemory(needed, free, device, batch_size)
     return needed
+
+
+def host_bytes_available() -> int | None:
+    """Memory this process may still allocate on the host (MemAvailable), None if unknown."""
+    return available_bytes(torch.device("cpu"))
+
+
+def check_host_fits(key: str, value: Any, needed: int, what: str) -> None:
+    """Refuse ``key=value`` before allocating, if ``what`` would need more than the free host memory."""
+    free = host_bytes_available()
+    if free is not None and needed > free:
+        raise ConfigError(key, value, f"{what} that fits in memory: it needs about {format_size(needed)}, and {format_size(free)} are available")
+
+
+def format_size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} EiB"
+
+
+def check_model_fits(key: str, value: Any, build_model: Callable[[], nn.Module]) -> None:
+    """Count the parameters ``build_model`` would allocate without allocating them (on the meta
+    device), and refuse a model whose parameters and optimizer buffers exceed host memory."""
+    with torch.device("meta"):
+        probe = build_model()
+    count = sum(p.numel() for p in probe.parameters())
+    check_host_fits(key, value, count * 4 * PARAMETER_COPIES, f"a model ({count:,} parameters)")
 
 
 def release_device_memory() -> None:

@@ -150,6 +150,13 @@ class SweepCallback(Callback):
                 raise SystemExit(2) from None
         name_jobs_by_swept_keys(config)
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra creates the run directory right after this: note whether it is new, so
+        # that a run refused later can take it away again.
+        from runner.preflight import note_run_dir
+
+        note_run_dir(config.hydra.run.dir)
+
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish(Path(config.hydra.runtime.output_dir))
 

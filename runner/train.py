@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 from runner import data as datasets
 from runner.data.memmap import MemmapSplit, load_memmap_parts
 from runner.device import resolve_device
-from runner.memory import check_fits
+from runner.memory import check_fits, check_model_fits
 from runner.aggregate import event_files
 from runner.loggers import MetricLogger, TensorBoardLogger
 from runner.budget import Plan, make_plan
@@ -142,12 +142,15 @@ def build_run(cfg: DictConfig) -> Run:
 
     seed_everything(cfg.seed)
     loss_fn: Loss = build("loss", cfg.loss)
-    model: nn.Module = build(
+    build_model = partial(
+        build,
         "model",
         cfg.model,
         in_shape=train_part.feature_shape,
         out_features=loss_fn.output_dim(train_part.n_classes, train_part.target_dim),
-    ).to(device)
+    )
+    check_model_fits("model", OmegaConf.to_container(cfg.model), build_model)
+    model: nn.Module = build_model().to(device)
     grads = FlatGradients(list(model.parameters()))
     optimizer: Optimizer = build("optimizer", cfg.optimizer, params=model.parameters(), lr=lr)
     scheduler = build("scheduler", cfg.scheduler, exclude=("interval",), optimizer=optimizer, total_steps=scheduler_steps)
@@ -440,15 +443,16 @@ def _prior_attempt(cfg: DictConfig, out: Path) -> tuple[str, dict[str, Any] | No
     return "fresh", None
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, run: Run | None = None) -> dict[str, Any]:
     """Run one experiment and write its TensorBoard event file, ``summary.json`` and ``model.pt``
     to ``cfg.output_dir`` (the event file directly in it: the directory is TensorBoard's run).
 
     Re-running into the same directory (``resume=auto``) returns a finished run's summary
     untouched, resumes an interrupted or killed one from its checkpoint, and starts a failed
-    one over (the failed attempt's files are kept under ``.attempts/``).
+    one over (the failed attempt's files are kept under ``.attempts/``). ``run``: this
+    config already built by :func:`build_run` (the command line's preflight does that).
     """
-    run = build_run(cfg)
+    run = build_run(cfg) if run is None else replace(run, cfg=cfg)
     out = Path(cfg.output_dir)
     kind, prior = _prior_attempt(cfg, out)
     if kind == "finished":

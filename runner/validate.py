@@ -1,13 +1,16 @@
 """Checks that a type cannot express, run before anything is written.
 
-Hydra and the schema already reject unknown keys, unknown options and wrong types. What
-is left: ranges (``batch_size >= 1``, a finite learning rate), and combinations that
-cannot work (cross-entropy on a regression target, a CNN on tabular data). Every failure
-is a :class:`ConfigError` naming the key, the value and what is allowed.
+Hydra and the schema already reject unknown options and wrong types, and unknown keys
+unless they carry ``+`` (:func:`check_keys` refuses those). What is left: ranges
+(``batch_size >= 1``, a finite learning rate, seeds), sizes that cannot fit in memory, and
+combinations that cannot work (cross-entropy on a regression target, a CNN on tabular
+data). Every failure is a :class:`ConfigError` naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from typing import Any
 
@@ -17,10 +20,18 @@ from omegaconf import DictConfig, OmegaConf
 from runner.data import CLASSIFICATION, Dataset
 from runner.errors import ConfigError
 from runner.losses import LOSSES
+from runner.memory import check_host_fits
 from runner.registry import target_of
+from runner.schema import RunConfig
 from runner.schedulers import EPOCH_ONLY, INTERVALS
 
 PROGRESS_MODES = ("auto", "true", "false")
+# np.random.seed and scikit-learn's random_state take [0, 2**32 - 1]; torch and random take more.
+SEED_RANGE = (0, 2**32 - 1)
+# Synthetic data: generated in float64, converted to float32, then split and standardised
+# (copies of the float32 array): bytes per value, all copies together.
+SYNTHETIC_BYTES_PER_VALUE = 8 + 4 * 3
+GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler")
 
 
 def _is_int(value: Any) -> bool:
@@ -35,8 +46,50 @@ def _number(key: str, value: Any, low: float, high: float = math.inf, *, low_ope
         raise ConfigError(key, value, f"a finite number in {left}{low}, {high}{right}")
 
 
+def _seed(key: str, value: Any) -> None:
+    low, high = SEED_RANGE
+    if not (_is_int(value) and low <= value <= high):
+        raise ConfigError(key, value, f"an integer in [{low}, {high}] (2**32 - 1: what numpy and scikit-learn accept)")
+
+
+def nearest_keys(key: str, known: list[str]) -> str:
+    """'did you mean ...?' with the closest of ``known``, else all of them."""
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    return f"did you mean {' or '.join(close)}?" if close else f"known keys: {', '.join(sorted(known))}"
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key is one the schema has, and every required value is set.
+
+    Hydra's ``+key=value`` adds a key even to a schema-typed node, and ``~group`` deletes a
+    mandatory group; both would otherwise be ignored or fail later with a traceback.
+    """
+    for field in dataclasses.fields(RunConfig):
+        if field.name not in cfg or OmegaConf.is_missing(cfg, field.name):
+            allowed = f"an option of conf/{field.name}/ (a run needs one)" if field.name in GROUPS else "a value (the schema's default was removed)"
+            raise ConfigError(field.name, None, allowed)
+    _check_node_keys(cfg, "", RunConfig)
+    for group in GROUPS:
+        schema = OmegaConf.get_type(cfg[group])
+        if not dataclasses.is_dataclass(schema):
+            raise ConfigError(group, OmegaConf.to_container(cfg[group]), f"an option of conf/{group}/")
+        _check_node_keys(cfg[group], f"{group}.", schema)
+
+
+def _check_node_keys(node: DictConfig, prefix: str, schema: type) -> None:
+    fields = [f.name for f in dataclasses.fields(schema)]
+    for key in node:
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}", node._get_node(key)._value(), f"a key of the schema: {nearest_keys(str(key), fields)}")
+    for key in fields:
+        if OmegaConf.is_missing(node, key):
+            raise ConfigError(f"{prefix}{key}", None, "a value: it has no default")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Range and choice checks on the composed config (no data needed)."""
+    check_keys(cfg)
+    _seed("seed", cfg.seed)
     if not _is_int(cfg.epochs) or cfg.epochs < 1:
         raise ConfigError("epochs", cfg.epochs, "an integer >= 1")
     batch_size = cfg.batch_size
@@ -92,6 +145,8 @@ def _check_scheduler(sched: DictConfig) -> None:
 
 
 def _check_dataset(ds: DictConfig) -> None:
+    if "seed" in ds:
+        _seed("dataset.seed", ds.seed)
     if "n" in ds and ds.n < 2:
         raise ConfigError("dataset.n", ds.n, "an integer >= 2")
     for key in ("noise", "cluster_std"):
@@ -103,6 +158,11 @@ def _check_dataset(ds: DictConfig) -> None:
     for key in ("centers", "classes"):
         if key in ds and ds[key] < 2:
             raise ConfigError(f"dataset.{key}", ds[key], "an integer >= 2")
+    if "n" in ds:
+        # Generated in memory: refuse before numpy tries to allocate it.
+        features = ds.get("d", ds.get("n_features", 2))
+        values = (ds.n + ds.get("centers", 0)) * (features + 1)
+        check_host_fits("dataset.n", ds.n, values * SYNTHETIC_BYTES_PER_VALUE, f"a data set ({ds.n:,} rows x {features:,} features)")
 
 
 def resolve_batch_size(batch_size: Any, n_train: int) -> int:

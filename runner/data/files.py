@@ -16,7 +16,9 @@ import codecs
 import csv
 import gzip
 import math
+import os
 import pickle
+import stat
 import zipfile
 import zlib
 from pathlib import Path
@@ -71,6 +73,29 @@ _CIFAR_ROW = 3 * 32 * 32
 def _as_path(path: str | Path) -> Path:
     # "~/data" is a natural thing to type in a config and Hydra does not expand it.
     return Path(path).expanduser()
+
+
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def regular_file(path: Path, expected: str) -> None:
+    """Refuse anything but a regular file (after following links) before it is opened:
+    reading a FIFO blocks forever and a device such as /dev/zero never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except OSError as e:
+        raise DataError(path, f"cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise DataError(path, f"is {kind}; expected {expected} (a regular file)")
 
 
 def _check_split(split: str) -> None:
@@ -147,6 +172,7 @@ def _read_npz_arrays(p: Path, f: BinaryIO) -> dict[str, np.ndarray]:
                 f"missing array(s) {', '.join(missing)}; arrays present: {present} "
                 "(save with np.savez(path, X=X, y=y))",
             )
+        _check_npz_fits(p, loaded)
         arrays = {}
         for key in ("X", "y"):
             try:
@@ -163,6 +189,41 @@ def _read_npz_arrays(p: Path, f: BinaryIO) -> dict[str, np.ndarray]:
                 # A damaged member only shows up when it is decompressed.
                 raise DataError(p, f"array {key!r} is unreadable ({e})") from e
     return arrays
+
+
+# Beyond the arrays as stored: X as float32, then split and standardised copies of it.
+_NPZ_X_COPIES_FLOAT32 = 3
+
+
+def _npz_member_header(loaded: Any, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype an npz member's .npy header declares, read without decompressing the data."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with loaded.zip.open(f"{key}.npy") as member:
+            reader = readers.get(np.lib.format.read_magic(member))
+            if reader is None:
+                return None
+            shape, _fortran, dtype = reader(member)
+    except (ValueError, OSError, EOFError, KeyError, zlib.error, zipfile.BadZipFile):
+        return None  # reported when the array itself is read
+    return shape, dtype
+
+
+def _check_npz_fits(p: Path, loaded: Any) -> None:
+    """Refuse arrays that cannot fit in memory, from their headers, before reading them."""
+    from runner.memory import format_size, host_bytes_available
+
+    needed = 0
+    for key in ("X", "y"):
+        header = _npz_member_header(loaded, key)
+        if header is None:
+            continue
+        shape, dtype = header
+        count = math.prod(shape)
+        needed += count * dtype.itemsize + (count * 4 * _NPZ_X_COPIES_FLOAT32 if key == "X" else 0)
+    free = host_bytes_available()
+    if free is not None and needed > free:
+        raise DataError(p, f"the arrays need about {format_size(needed)} in memory (as float32, with the copies training makes), and {format_size(free)} are available")
 
 
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -182,10 +243,7 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             length; or there are no samples.
     """
     p = _as_path(path)
-    if not p.exists():
-        raise DataError(p, "file not found")
-    if p.is_dir():
-        raise DataError(p, "is a directory; expected an .npz file with arrays X and y")
+    regular_file(p, "an .npz file with arrays X and y")
     # The file is opened here, not by np.load, which leaks its handle when the zip is corrupt.
     with open(p, "rb") as f:
         arrays = _read_npz_arrays(p, f)
@@ -193,8 +251,9 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     for key, arr in (("X", X), ("y", y)):
         _check_numeric(p, key, arr)
-    if X.ndim == 0:
-        raise DataError(p, "array 'X' is a scalar; expected shape (N, ...) with one row per sample")
+    if X.ndim < 2:
+        what = "is a scalar" if X.ndim == 0 else f"has shape {X.shape}"
+        raise DataError(p, f"array 'X' {what}; expected (N, features...) with one row per sample (a single feature is X.reshape(-1, 1))")
     if y.ndim not in (1, 2):
         raise DataError(p, f"array 'y' has shape {y.shape}; expected (N,) or (N, k)")
     for key, arr in (("X", X), ("y", y)):
@@ -227,6 +286,33 @@ def _parse_cell(path: Path, line: int, column: str, cell: str) -> float:
     return value
 
 
+# Parsed cells are Python floats in lists (pointer + object) until the whole file is read,
+# then one float64 table and a float32 copy of the features.
+_CSV_BYTES_PER_CELL = 8 + 24 + 8 + 4
+_CSV_BYTES_PER_ROW = 56 + 8
+
+
+def _csv_memory_budget() -> float:
+    from runner.memory import host_bytes_available
+
+    free = host_bytes_available()
+    return math.inf if free is None else free
+
+
+def _csv_too_big(p: Path, rows_so_far: int, row_bytes: int, budget: float) -> str:
+    """Parsing stops before memory runs out; the estimate is for the whole file."""
+    from runner.memory import format_size
+
+    read = max(rows_so_far, 1)
+    estimate = row_bytes * read * max(1.0, os.stat(p).st_size / max(1, _bytes_of_rows(p, read)))
+    return f"parsing it needs about {format_size(estimate)} in memory, and {format_size(budget)} are available; use dataset=memmap for data bigger than memory"
+
+
+def _bytes_of_rows(p: Path, rows: int) -> int:
+    with open(p, "rb") as f:
+        return sum(len(f.readline()) for _ in range(rows + 1))
+
+
 def load_csv(path: str | Path, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read a numeric CSV file with a header row; one named column is the target.
 
@@ -246,10 +332,7 @@ def load_csv(path: str | Path, target: str | None) -> tuple[np.ndarray, np.ndarr
             value); there are no data rows or no feature columns.
     """
     p = _as_path(path)
-    if not p.exists():
-        raise DataError(p, "file not found")
-    if p.is_dir():
-        raise DataError(p, "is a directory; expected a .csv file")
+    regular_file(p, "a .csv file")
 
     try:
         # utf-8-sig: spreadsheet programs often write a BOM that would otherwise stick to
@@ -280,11 +363,15 @@ def load_csv(path: str | Path, target: str | None) -> tuple[np.ndarray, np.ndarr
             rows: list[list[float]] = []
             lines: list[int] = []
             width = len(names)
+            row_bytes = width * _CSV_BYTES_PER_CELL + _CSV_BYTES_PER_ROW
+            budget = _csv_memory_budget()
             for row in reader:
                 if not row:
                     # A blank line (typically a trailing newline) carries no sample.
                     continue
                 line = reader.line_num
+                if len(rows) % 4096 == 0 and (len(rows) + 4096) * row_bytes > budget:
+                    raise DataError(p, _csv_too_big(p, len(rows), row_bytes, budget))
                 if len(row) != width:
                     raise DataError(
                         p, f"line {line} has {plural(len(row), 'field')} but the header has {width}"

@@ -283,8 +283,9 @@ def _open_npy(path: Path, name: str) -> np.ndarray:
 
 
 def _check_shapes(x_path: Path, y_path: Path, X: np.ndarray, y: np.ndarray) -> None:
-    if X.ndim == 0:
-        raise DataError(x_path, "array 'X' is a scalar; expected shape (N, ...) with one row per sample")
+    if X.ndim < 2:
+        what = "is a scalar" if X.ndim == 0 else f"has shape {X.shape}"
+        raise DataError(x_path, f"array 'X' {what}; expected (N, features...) with one row per sample (a single feature is X.reshape(-1, 1))")
     if y.ndim not in (1, 2):
         raise DataError(y_path, f"array 'y' has shape {y.shape}; expected (N,) or (N, k)")
     if len(X) != len(y):

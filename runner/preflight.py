@@ -1,0 +1,209 @@
+"""Everything that can refuse a command line, checked before Hydra writes or runs anything.
+
+Hydra configures logging and instantiates ``hydra.callbacks`` as soon as it has composed
+the config, and creates the run directory (``.hydra/``, the log file) before it calls the
+task function; a callback's exception only becomes a warning. So the command line is
+composed here first, exactly as Hydra will compose it, and checked:
+
+- every ``_target_`` Hydra itself would instantiate (callbacks, launcher, sweeper, Optuna
+  sampler) and every logging handler/formatter class is one the project ships;
+- the directories a run writes to are usable;
+- a single run is validated and built completely (data, model, memory estimate): the
+  result is handed to the task function, so the data are loaded once.
+
+A sweep's points are each validated by :class:`runner.sweep.SweepCallback` before its
+first job, which also comes before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import ConfigError
+
+CALLBACKS = ("runner.sweep.SweepCallback",)
+LAUNCHERS = (
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+)
+SWEEPERS = (
+    "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+    "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+)
+OPTUNA_SAMPLERS = tuple(
+    f"optuna.samplers.{name}"
+    for name in ("TPESampler", "RandomSampler", "CmaEsSampler", "NSGAIISampler", "MOTPESampler", "GridSampler", "QMCSampler")
+)
+# Where Hydra instantiates a `_target_`, and what may be named there.
+HYDRA_TARGETS = {"hydra.launcher": LAUNCHERS, "hydra.sweeper": SWEEPERS, "hydra.sweeper.sampler": OPTUNA_SAMPLERS}
+# logging.config.dictConfig calls whatever these name, so only plain handlers are allowed.
+LOG_HANDLERS = ("logging.StreamHandler", "logging.FileHandler", "logging.NullHandler")
+LOG_FORMATTERS = ("logging.Formatter", "colorlog.ColoredFormatter")
+LOG_STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
+# The log file Hydra's own job_logging presets write, inside the run directory.
+LOG_FILE = "${hydra.runtime.output_dir}/${hydra.job.name}.log"
+DEFAULT_OUTPUT_DIR = "${hydra:runtime.output_dir}"
+
+
+def _targets(node: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """(dotted path of the node, its raw ``_target_``) for every node holding one."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path, node["_target_"]
+        for key, value in node.items():
+            yield from _targets(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _targets(value, f"{path}[{i}]")
+
+
+def check_hydra_targets(hydra: DictConfig) -> None:
+    """Every ``_target_`` under ``hydra`` names a class this project uses there."""
+    raw = OmegaConf.to_container(hydra, resolve=False)
+    for path, target in _targets(raw, "hydra"):
+        if path.startswith("hydra.callbacks."):
+            allowed = CALLBACKS
+        elif path.startswith(("hydra.job_logging", "hydra.hydra_logging")):
+            continue  # logging configs are checked by check_logging
+        else:
+            allowed = HYDRA_TARGETS.get(path, ())
+        if target not in allowed:
+            what = f"one of {', '.join(allowed)}" if allowed else "nothing: Hydra does not instantiate a _target_ here"
+            raise ConfigError(f"{path}._target_", target, what)
+        if path.startswith("hydra.callbacks."):
+            # Only the target itself: any argument would reach the callback's constructor.
+            node = OmegaConf.select(hydra, path[len("hydra."):])
+            extra = sorted(set(node.keys()) - {"_target_"})
+            if extra:
+                raise ConfigError(f"{path}.{extra[0]}", node._get_node(extra[0])._value(), "no arguments: the callback takes none")
+
+
+def check_logging(hydra: DictConfig) -> None:
+    """Hydra hands ``job_logging``/``hydra_logging`` to ``logging.config.dictConfig``, which
+    imports and calls any ``()``/``class`` it is given and opens any ``filename``."""
+    for part in ("job_logging", "hydra_logging"):
+        raw = OmegaConf.to_container(hydra[part], resolve=False) if hydra[part] is not None else {}
+        key = f"hydra.{part}"
+        for section in ("handlers", "formatters", "filters"):
+            for name, conf in (raw.get(section) or {}).items():
+                where = f"{key}.{section}.{name}"
+                if not isinstance(conf, dict):
+                    continue
+                if "()" in conf:
+                    raise ConfigError(f"{where}.()", conf["()"], "no factory: only the logging classes Hydra's presets use")
+                if section == "handlers":
+                    if conf.get("class") not in LOG_HANDLERS:
+                        raise ConfigError(f"{where}.class", conf.get("class"), f"one of {', '.join(LOG_HANDLERS)}")
+                    if "filename" in conf and conf["filename"] != LOG_FILE:
+                        raise ConfigError(f"{where}.filename", conf["filename"], f"{LOG_FILE} (the run directory's log)")
+                    if "stream" in conf and conf["stream"] not in LOG_STREAMS:
+                        raise ConfigError(f"{where}.stream", conf["stream"], f"one of {', '.join(LOG_STREAMS)}")
+                if section == "formatters" and conf.get("class", "logging.Formatter") not in LOG_FORMATTERS:
+                    raise ConfigError(f"{where}.class", conf.get("class"), f"one of {', '.join(LOG_FORMATTERS)}")
+
+
+def check_writable_dir(key: str, value: Any) -> None:
+    """``value`` is a directory path a run can create or write into."""
+    text = "" if value is None else str(value)
+    allowed = "a directory path that is writable (empty would write into the current directory)"
+    if not text.strip() or "\x00" in text:
+        raise ConfigError(key, value, allowed)
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(key, value, "a directory, and this path is an existing file")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(key, value, f"a path under a directory, and {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(key, value, f"a writable directory, and {parent} is not writable")
+
+
+def check_job_name(hydra: DictConfig) -> None:
+    """The job name becomes the log file's name: it must not lead out of the run directory."""
+    name = str(hydra.job.name)
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ConfigError("hydra.job.name", name, "a file name (no '/' or '..')")
+    subdir = hydra.output_subdir
+    if subdir is not None and (Path(str(subdir)).is_absolute() or ".." in Path(str(subdir)).parts):
+        raise ConfigError("hydra.output_subdir", subdir, "a relative path inside the run directory (no '..'), or null")
+
+
+def check_hydra(cfg: DictConfig, multirun: bool) -> None:
+    """Checks on the ``hydra`` node of a config composed with ``return_hydra_config``."""
+    hydra = cfg.hydra
+    check_hydra_targets(hydra)
+    check_logging(hydra)
+    check_job_name(hydra)
+    if multirun:
+        check_writable_dir("hydra.sweep.dir", hydra.sweep.dir)
+    else:
+        check_writable_dir("hydra.run.dir", hydra.run.dir)
+
+
+def check_output_dir(cfg: DictConfig) -> None:
+    """``output_dir`` left at its default follows Hydra's directory (checked by :func:`check_hydra`)."""
+    raw = cfg._get_node("output_dir")._value()
+    if raw != DEFAULT_OUTPUT_DIR:
+        check_writable_dir("output_dir", cfg.output_dir)
+
+
+def task_config(cfg: DictConfig) -> DictConfig:
+    """The config the task function receives: ``cfg`` without the ``hydra`` node."""
+    task = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    OmegaConf.set_struct(task, True)
+    return task
+
+
+def config_key(cfg: DictConfig) -> str:
+    """A fingerprint of a task config (output_dir aside): the prebuilt run is reused only for it."""
+    keys = [key for key in cfg if key not in ("hydra", "output_dir")]
+    return json.dumps(OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True), sort_keys=True, default=str)
+
+
+# Run directories and whether each existed when Hydra was about to create it
+# (recorded by SweepCallback.on_run_start, which Hydra calls just before).
+_existed: dict[str, bool] = {}
+
+
+def note_run_dir(run_dir: str) -> None:
+    """Remember whether ``run_dir`` and which of its parents exist before Hydra makes them."""
+    path = Path(run_dir).absolute()
+    _existed[str(path)] = path.exists()
+    for parent in path.parents:
+        _existed[str(parent)] = parent.exists()
+
+
+def remove_fresh_run_dir(hydra_cfg: DictConfig) -> None:
+    """After a refusal found only once the run started: remove the run directory Hydra made
+    for it, if this process created it and it holds nothing but Hydra's own files."""
+    out = Path(hydra_cfg.runtime.output_dir).absolute()
+    if _existed.get(str(out), True) or not out.is_dir():
+        return
+    hydra_files = {f"{hydra_cfg.job.name}.log"}
+    subdir = hydra_cfg.output_subdir
+    config_files = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    for entry in out.iterdir():
+        if entry.name in hydra_files and entry.is_file():
+            continue
+        if subdir is not None and entry.name == subdir and entry.is_dir() and {p.name for p in entry.iterdir()} <= config_files:
+            continue
+        return  # something else is there: leave it all
+    if subdir is not None and (out / subdir).is_dir():
+        for name in config_files:
+            (out / subdir / name).unlink(missing_ok=True)
+        (out / subdir).rmdir()
+    for name in hydra_files:
+        (out / name).unlink(missing_ok=True)
+    out.rmdir()
+    # Parents Hydra created on the way (outputs/, outputs/runs/), if now empty.
+    for parent in out.parents:
+        if _existed.get(str(parent), True) or any(parent.iterdir()):
+            break
+        parent.rmdir()
