@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
+from runner.board import board_command
 from runner.errors import RunnerError
 from runner.loggers import hparams_pb
 from runner.memory import OutOfMemory
@@ -153,6 +154,7 @@ class SweepCallback(Callback):
         self._finish(root)
         if root.is_dir():
             log.info("Sweep finished: %s", status_line(root))
+            log.info("Open in TensorBoard: %s", board_command(root))
 
     @staticmethod
     def _finish(root: Path) -> None:
@@ -164,4 +166,3 @@ class SweepCallback(Callback):
             log.exception("Could not write the report for %s (the results themselves are complete).", root)
             return
         log.info("Report: %s", report)
-        log.info("TensorBoard: tensorboard --logdir %s --host 127.0.0.1 --samples_per_plugin scalars=0", root)
