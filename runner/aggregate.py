@@ -1,11 +1,15 @@
 """Seed-group aggregates and the TensorBoard custom-scalars layout of a sweep.
 
-A sweep writes one run directory per job, ``<sweep>/<override_dirname>/seed=<k>/``.
-Runs that share a parent directory and differ only in ``seed=<k>`` form a *seed
-group*; :func:`write_seed_aggregates` adds a run ``<group>/seed_aggregate/`` holding
-the mean across seeds of every scalar, with ``/min``, ``/max`` and ``/std`` companions,
-so TensorBoard can draw one line (and, through :func:`write_layout`'s margin charts, a
-band) per configuration instead of one line per seed.
+A sweep writes one run directory per job, named by the swept keys, with its event file
+directly in it: ``<sweep>/batch_size=8/`` or, when seeds are swept too,
+``<sweep>/batch_size=8/seed=<k>/``. Runs that share a parent directory and differ only
+in ``seed=<k>`` form a *seed group*; :func:`write_seed_aggregates` adds a run
+``<group>/seed_aggregate/`` holding the mean across seeds of every scalar, with ``/min``,
+``/max`` and ``/std`` companions, so TensorBoard can draw one line (and, through the
+layout's margin charts, a band) per configuration instead of one line per seed.
+
+Every run's event file (and every aggregate's) starts with the same custom-scalars
+layout (:func:`layout_summary`); TensorBoard merges identical layouts into one.
 
 Reading the members' event files is the slow part for per-iteration logs (a million
 points per tag is ordinary for SGD), so :func:`read_scalar_series` decodes the scalar
@@ -37,28 +41,26 @@ __all__ = [
     "AGGREGATE_DIR",
     "DEFAULT_LAYOUT",
     "EXCLUDED_DIRS",
-    "LAYOUT_DIR",
     "SeedStats",
     "Series",
     "align_series",
+    "event_files",
     "find_runs",
+    "layout_summary",
     "natural_key",
     "read_scalar_series",
     "read_summary",
     "seed_groups",
     "seed_of",
     "seed_stats",
-    "write_layout",
     "write_seed_aggregates",
 ]
 
 SUMMARY_FILE = "summary.json"
-TB_DIR = "tb"
 AGGREGATE_DIR = "seed_aggregate"
 AGGREGATE_FILE = "aggregate.json"
-LAYOUT_DIR = "_layout"
 # Directories this module and runner.report write; none of them is a training run.
-EXCLUDED_DIRS = frozenset({"_report", LAYOUT_DIR, "report", AGGREGATE_DIR})
+EXCLUDED_DIRS = frozenset({"report", AGGREGATE_DIR})
 
 _SEED_DIR = re.compile(r"seed=(-?\d+)")
 # Tags whose step is a measured time: no two seeds share those steps, so their points are
@@ -66,6 +68,11 @@ _SEED_DIR = re.compile(r"seed=(-?\d+)")
 _POSITIONAL_PREFIXES = ("by_time_ms/",)
 _STAT_SUFFIXES = ("min", "max", "std")
 _EVENT_GLOB = "events.out.tfevents.*"
+
+
+def event_files(run: Path) -> list[Path]:
+    """A run's TensorBoard event files (they sit directly in the run directory), in name order."""
+    return sorted(Path(run).glob(_EVENT_GLOB))
 
 
 # --------------------------------------------------------------------------- discovery
@@ -88,8 +95,9 @@ def _path_key(path: Path) -> tuple:
 def find_runs(root: Path) -> list[Path]:
     """Every run directory (one holding ``summary.json``) under ``root``.
 
-    ``root`` itself counts when it is a run. Hidden directories (``.hydra``), ``tb/``
-    and the directories this package generates (:data:`EXCLUDED_DIRS`) are skipped.
+    ``root`` itself counts when it is a run. Hidden directories (``.hydra``,
+    ``.attempts``) and the directories this package generates (:data:`EXCLUDED_DIRS`)
+    are skipped.
 
     Args:
         root: a run, a sweep, or any directory above them.
@@ -103,7 +111,7 @@ def find_runs(root: Path) -> list[Path]:
         if SUMMARY_FILE in files:
             runs.append(Path(current))
         # Pruned in place so os.walk never descends into them.
-        dirs[:] = [d for d in dirs if d not in EXCLUDED_DIRS and d != TB_DIR and not d.startswith(".")]
+        dirs[:] = [d for d in dirs if d not in EXCLUDED_DIRS and not d.startswith(".")]
     return sorted(runs, key=_path_key)
 
 
@@ -329,7 +337,7 @@ def _read_event_file(path: Path) -> dict[str, list[tuple[np.ndarray, ...]]]:
     return chunks
 
 
-def read_scalar_series(tb_dir: Path) -> dict[str, Series]:
+def read_scalar_series(run: Path) -> dict[str, Series]:
     """Every scalar series in a TensorBoard log directory, in file order.
 
     Gives the same points as TensorBoard's ``EventAccumulator`` with no down-sampling,
@@ -337,14 +345,14 @@ def read_scalar_series(tb_dir: Path) -> dict[str, Series]:
     order (their names start with the creation time).
 
     Args:
-        tb_dir: a directory holding ``events.out.tfevents.*`` files.
+        run: a directory holding ``events.out.tfevents.*`` files (a run directory).
 
     Returns:
         Tag → :class:`Series`; empty when there are no event files.
     """
     merged: dict[str, list[tuple[np.ndarray, ...]]] = {}
     offset = 0
-    for path in sorted(Path(tb_dir).glob(_EVENT_GLOB)):
+    for path in event_files(run):
         file_chunks = _read_event_file(path)
         for tag, parts in file_chunks.items():
             merged.setdefault(tag, []).extend((order + offset, *rest) for order, *rest in parts)
@@ -467,15 +475,16 @@ def _clear_event_files(logdir: Path) -> None:
 
 def _remove_aggregate(agg_dir: Path) -> None:
     """Deletes a stale aggregate, touching nothing it did not write itself."""
-    if (agg_dir / AGGREGATE_FILE).exists() or (agg_dir / TB_DIR).is_dir():
+    if (agg_dir / AGGREGATE_FILE).exists() or event_files(agg_dir):
         shutil.rmtree(agg_dir, ignore_errors=True)
 
 
-def _write_aggregate_events(tb_dir: Path, stats: Mapping[str, SeedStats], base_time: float) -> None:
-    tb_dir.mkdir(parents=True, exist_ok=True)
-    _clear_event_files(tb_dir)
-    writer = EventWriter(tb_dir)
+def _write_aggregate_events(agg_dir: Path, stats: Mapping[str, SeedStats], base_time: float) -> None:
+    agg_dir.mkdir(parents=True, exist_ok=True)
+    _clear_event_files(agg_dir)
+    writer = EventWriter(agg_dir)
     try:
+        writer.add_summary(layout_summary(), step=0, wall_time=base_time)
         for tag, s in stats.items():
             # Mean elapsed time since each seed started, so TensorBoard's "relative" axis
             # shows a typical seed's timing.
@@ -531,17 +540,17 @@ def write_seed_aggregates(root: Path) -> list[Path]:
         done, skipped = [], []
         for run in members:
             status = read_summary(run)["status"]
-            if status == "done" and any((run / TB_DIR).glob(_EVENT_GLOB)):
+            if status == "done" and event_files(run):
                 done.append(run)
             else:
                 skipped.append((run, status))
         if len(done) < 2:
             _remove_aggregate(agg_dir)
             continue
-        series = [read_scalar_series(run / TB_DIR) for run in done]
+        series = [read_scalar_series(run) for run in done]
         stats = seed_stats(series)
         base_time = min((float(s.wall_times.min()) for m in series for s in m.values() if len(s)), default=time.time())
-        _write_aggregate_events(agg_dir / TB_DIR, stats, base_time)
+        _write_aggregate_events(agg_dir, stats, base_time)
         description = _describe(label, done, skipped, stats)
         (agg_dir / AGGREGATE_FILE).write_text(json.dumps(description, indent=2) + "\n")
         written.append(agg_dir)
@@ -549,7 +558,7 @@ def write_seed_aggregates(root: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- layout
-# Category → chart title → (kind, tags). Multiline tags are matched exactly (write_layout
+# Category → chart title → (kind, tags). Multiline tags are matched exactly (layout_summary
 # anchors them); Margin takes (value, lower, upper) tag names, which TensorBoard reads
 # as exact names.
 LayoutSpec = Mapping[str, Mapping[str, tuple[str, Sequence[str]]]]
@@ -601,26 +610,18 @@ def _layout_for_torch(tags: LayoutSpec) -> dict[str, dict[str, list]]:
     return layout
 
 
-def write_layout(root: Path, tags: LayoutSpec = DEFAULT_LAYOUT) -> Path:
-    """Writes the custom-scalars layout for TensorBoard's Custom Scalars tab to ``<root>/_layout/``.
+def layout_summary(tags: LayoutSpec = DEFAULT_LAYOUT):
+    """The custom-scalars layout for TensorBoard's Custom Scalars tab, as a summary to log.
 
-    Rewriting replaces the previous layout file.
+    Every run writes the same one into its own event file: TensorBoard merges the
+    layouts of all runs, keeping one of each chart, and the charts select tags by
+    regex, so one fixed layout fits every run and no extra directory is needed.
 
     Args:
-        root: the directory TensorBoard will be pointed at (``--logdir``).
         tags: category → chart title → ``("Multiline", [tag, ...])`` or
             ``("Margin", [value_tag, lower_tag, upper_tag])``.
 
     Returns:
-        The event file written.
+        A ``Summary`` for :meth:`runner.tbwriter.EventWriter.add_summary`.
     """
-    summary = custom_scalars(_layout_for_torch(tags))
-    layout_dir = Path(root) / LAYOUT_DIR
-    layout_dir.mkdir(parents=True, exist_ok=True)
-    _clear_event_files(layout_dir)
-    writer = EventWriter(layout_dir)
-    try:
-        writer.add_summary(summary, step=0)
-    finally:
-        writer.close()
-    return writer.path
+    return custom_scalars(_layout_for_torch(tags))

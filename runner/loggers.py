@@ -18,6 +18,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import summary as tb_summary
 
+from runner.aggregate import layout_summary
 from runner.tbwriter import EventWriter
 
 SESSION_STATUS = {
@@ -67,11 +68,17 @@ class MetricLogger(ABC):
 
 
 class TensorBoardLogger(MetricLogger):
-    """Writes one TensorBoard event file in ``log_dir`` through the fast :class:`EventWriter`."""
+    """Writes one TensorBoard event file in ``log_dir`` through the fast :class:`EventWriter`.
+
+    ``log_dir`` is the run directory itself, so TensorBoard's run name is the run's own
+    name. A new file starts with the custom-scalars layout (a resumed one already has it).
+    """
 
     def __init__(self, log_dir: str | Path, resume_from: tuple[str, int] | None = None):
         self.log_dir = Path(log_dir)
         self._writer = EventWriter(self.log_dir, resume_from=resume_from)
+        if resume_from is None:
+            self._writer.add_summary(layout_summary(), step=0)
 
     def position(self) -> tuple[str, int]:
         """Flush and say where the log ends, for a checkpoint to resume from."""
@@ -88,13 +95,18 @@ class TensorBoardLogger(MetricLogger):
         self._writer.add_summary(tb_summary.text(name, text), step=0)
 
     def log_hparams(self, hparams: Mapping[str, Any]) -> None:
-        # Only the session's start: the experiment (which hparams and metrics to list) is
-        # written once per sweep at its root, because TensorBoard uses the first one it
-        # finds. A metric's value is the last point of the run's own series with that tag.
+        # Only the session's start: no run writes an experiment summary, so TensorBoard
+        # infers the experiment from all sessions it finds (each hparam's values, and
+        # `differs` where they are not all equal: those columns show first). A metric's
+        # value is the last point of the run's own series with that tag.
         start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
         for name, value in hparams.items():
-            if isinstance(value, bool) or isinstance(value, str):
-                start.hparams[name].string_value = str(value)
+            if value is None:
+                continue  # no value type in TensorBoard; an absent hparam shows as empty
+            if isinstance(value, bool):
+                start.hparams[name].bool_value = value
+            elif isinstance(value, str):
+                start.hparams[name].string_value = value
             elif isinstance(value, (int, float)):
                 start.hparams[name].number_value = float(value)
             else:

@@ -1,14 +1,15 @@
 """A Markdown report with plots for a run or a sweep: ``python -m runner.report DIR``.
 
-``write_report(root)`` reads every run under ``root`` (``summary.json`` and ``tb/``) and
-writes ``<root>/report.md``, the plots in ``<root>/report/*.png``, and the same plots as
-TensorBoard images in ``<root>/_report/``. Seeds of one configuration are drawn as one
+``write_report(root)`` reads every run under ``root`` (``summary.json`` and its event file)
+and writes ``<root>/report.md`` and the plots in ``<root>/report/*.png``. The plots are not
+put into TensorBoard: its Scalars tab draws the same curves, and a place of their own
+would be one more entry in TensorBoard's run list. Seeds of one configuration are drawn as one
 line (their mean) with a shaded min–max band; labels keep only the overrides that differ
 between configurations. Figures are drawn on matplotlib's Agg canvas directly, so neither
 pyplot's global state nor the caller's backend is touched.
 
-The command line also regenerates the seed aggregates and the custom-scalars layout
-(:mod:`runner.aggregate`) so that TensorBoard and the report agree.
+The command line also regenerates the seed aggregates (:mod:`runner.aggregate`) so that
+TensorBoard and the report agree.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import struct
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -30,12 +30,11 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
-from tensorboard.compat.proto import summary_pb2
 
 from runner.aggregate import (
-    TB_DIR,
     Series,
     align_series,
+    event_files,
     find_runs,
     is_positional,
     natural_key,
@@ -43,17 +42,14 @@ from runner.aggregate import (
     read_summary,
     seed_groups,
     seed_of,
-    write_layout,
     write_seed_aggregates,
 )
 from runner.errors import RunnerError
-from runner.tbwriter import EventWriter
 
 __all__ = ["PLOTS", "Labels", "PlotSpec", "ReportError", "main", "write_report"]
 
 REPORT_FILE = "report.md"
 IMAGES_DIR = "report"
-TB_IMAGES_DIR = "_report"
 # Above this many points a per-iteration curve is drawn as a moving mean: raw SGD batch
 # losses at that density are a solid block of ink, and slow to draw.
 SMOOTH_ABOVE = 20_000
@@ -63,8 +59,6 @@ SMOOTH_WINDOW = 0.01
 # Curves with at most this many points get markers, so one-update-per-epoch runs show their points.
 MARKERS_UP_TO = 30
 FIGSIZE, DPI = (9.0, 5.0), 100
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type → channels
 
 
 class ReportError(RunnerError):
@@ -131,8 +125,8 @@ loss *before* the epoch's single update and lags one update behind `loss/train_f
 and small batches. A line with a shaded band is the mean over seeds, the band their
 minimum and maximum. Time is training time only (evaluation excluded). Dashed lines are
 runs that did not finish (diverged, interrupted, failed), drawn on their own; a diverged
-run stops at its last finite value and may leave the top of the frame. The same plots are in
-TensorBoard's Images tab, and its Custom Scalars tab groups the curves the same way:
+run stops at its last finite value and may leave the top of the frame. TensorBoard draws the
+same curves, one run per job, and its Custom Scalars tab groups them the same way:
 `tensorboard --logdir {root}`."""
 
 
@@ -154,12 +148,12 @@ class RunRecord:
 
     @property
     def has_events(self) -> bool:
-        return (self.path / TB_DIR).is_dir() and any((self.path / TB_DIR).glob("events.out.tfevents.*"))
+        return bool(event_files(self.path))
 
     @property
     def scalars(self) -> dict[str, Series]:
         if self._scalars is None:
-            self._scalars = read_scalar_series(self.path / TB_DIR) if self.has_events else {}
+            self._scalars = read_scalar_series(self.path) if self.has_events else {}
         return self._scalars
 
 
@@ -538,30 +532,6 @@ def _write_plots(out_dir: Path, lines: Sequence[Line], subtitle: str, loss_name:
     return written
 
 
-# --------------------------------------------------------------------------- TensorBoard images
-def _png_image(png: bytes) -> summary_pb2.Summary.Image:
-    """An image summary straight from PNG bytes; TensorBoard decodes them itself."""
-    if not png.startswith(_PNG_MAGIC) or png[12:16] != b"IHDR":
-        raise ValueError("not a PNG file")
-    width, height = struct.unpack(">II", png[16:24])
-    return summary_pb2.Summary.Image(
-        height=height, width=width, colorspace=_PNG_CHANNELS.get(png[25], 4), encoded_image_string=png
-    )
-
-
-def _write_tb_images(logdir: Path, pngs: Sequence[Path]) -> None:
-    logdir.mkdir(parents=True, exist_ok=True)
-    for old in logdir.glob("events.out.tfevents.*"):
-        old.unlink()
-    writer = EventWriter(logdir)
-    try:
-        for png in pngs:
-            value = summary_pb2.Summary.Value(tag=f"report/{png.stem}", image=_png_image(png.read_bytes()))
-            writer.add_summary(summary_pb2.Summary(value=[value]), step=0)
-    finally:
-        writer.close()
-
-
 # --------------------------------------------------------------------------- Markdown
 def _fmt(value: Any) -> str:
     """4 significant digits for floats, exact integers, "—" for missing values."""
@@ -691,7 +661,7 @@ def _markdown(root: Path, records: Sequence[RunRecord], configs: dict[str, list[
 
 # --------------------------------------------------------------------------- entry points
 def write_report(root: Path) -> Path:
-    """Writes ``<root>/report.md``, ``<root>/report/*.png`` and ``<root>/_report/`` images.
+    """Writes ``<root>/report.md`` and ``<root>/report/*.png``.
 
     Args:
         root: a run directory, a sweep, or any directory above runs.
@@ -711,7 +681,6 @@ def write_report(root: Path) -> Path:
     lines = _lines(configs, labels)
     subtitle = _shorten(", ".join(labels.common), 110) if len(configs) > 1 else labels.fallback
     pngs = _write_plots(root / IMAGES_DIR, lines, subtitle, _loss_name(records))
-    _write_tb_images(root / TB_IMAGES_DIR, pngs)
     report = root / REPORT_FILE
     report.write_text(_markdown(root, records, configs, labels, pngs))
     return report
@@ -728,7 +697,7 @@ def _problem_with(root: Path) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m runner.report DIR``: seed aggregates, TensorBoard layout, then the report.
+    """``python -m runner.report DIR``: seed aggregates, then the report.
 
     Args:
         argv: the arguments after the program name; ``None`` reads ``sys.argv``.
@@ -738,8 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m runner.report",
-        description="Write report.md and plots for a run or sweep directory, with seed aggregates "
-        "and a TensorBoard custom-scalars layout.",
+        description="Write report.md and plots for a run or sweep directory, with seed aggregates.",
     )
     parser.add_argument("directory", type=Path, help="a run directory or a sweep (multirun) directory")
     args = parser.parse_args(argv)
@@ -749,7 +717,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {problem}", file=sys.stderr)
         return 2
     write_seed_aggregates(root)
-    write_layout(root)
     print(write_report(root))
     return 0
 

@@ -342,7 +342,7 @@ class RunConfig:
     resume: str = "auto"
     # auto: a progress bar when stderr is a terminal, plain log lines otherwise.
     progress: str = "auto"
-    # Where the run writes tb/, summary.json and model.pt.
+    # Where the run writes its TensorBoard event file, summary.json and model.pt.
     output_dir: str = "${hydra:runtime.output_dir}"
 
 
@@ -379,15 +379,41 @@ _SCHEMAS = {
 }
 
 
-def sweep_subdir(override_dirname: str, seed: int) -> str:
-    """A sweep job's directory: ``<overrides>/seed=<seed>``, one path segment per level.
+def _split_items(dirname: str, sep: str = ",") -> list[str]:
+    """``a=1,b=[2,3]`` → ``["a=1", "b=[2,3]"]``: separators inside brackets or quotes stay."""
+    items, depth, quote, current = [], 0, "", ""
+    for char in dirname:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == sep and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    return [*items, current] if current else items
 
-    Seeds nest under their configuration so that a seed group sits in one folder, and a
-    ``/`` inside an override value (a file path) is replaced so the name cannot escape
-    the sweep directory or nest unexpectedly.
+
+def sweep_subdir(override_dirname: str, seed: int) -> str:
+    """A sweep job's directory: its overrides, with a ``seed=<k>`` override as a subdirectory.
+
+    ``override_dirname`` holds only the swept keys (:class:`runner.sweep.SweepCallback`
+    excludes the overrides every job shares), so ``batch_size=8,seed=1`` becomes
+    ``batch_size=8/seed=1``: the seeds of one configuration sit in one folder (a seed
+    group), and TensorBoard's run names start with what tells runs apart. A ``/`` inside an
+    override value (a file path) is replaced so the name cannot escape the sweep
+    directory or nest unexpectedly. A job with no overrides at all is ``seed=<seed>``.
     """
-    name = override_dirname.replace("/", "_").replace("\\", "_")
-    return f"{name}/seed={seed}" if name else f"seed={seed}"
+    items = _split_items(override_dirname)
+    seeds = [item for item in items if item.split("=", 1)[0] == "seed"]
+    name = ",".join(item for item in items if item not in seeds).replace("/", "_").replace("\\", "_")
+    parts = [part for part in (name, *seeds) if part]
+    return "/".join(parts) if parts else f"seed={seed}"
 
 
 def register_configs() -> None:

@@ -1,4 +1,4 @@
-"""End of a sweep (or a run): aggregates, TensorBoard layout and HParams experiment, report."""
+"""Sweeps: validate every point first, name jobs by the swept keys; at the end, aggregates and report."""
 
 from __future__ import annotations
 
@@ -13,71 +13,30 @@ from collections import Counter
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 from omegaconf.errors import OmegaConfBaseException
-from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from runner.board import board_command
 from runner.errors import RunnerError
-from runner.loggers import hparams_pb
 from runner.memory import OutOfMemory
-from runner.tbwriter import EventWriter
 
 log = logging.getLogger(__name__)
 
-HPARAMS_DIR = "_hparams"
-# The final values the HParams tab lists for each run (the last point of each series).
-METRIC_TAGS = ("loss/train_full", "loss/val", "acc/train", "acc/val", "loss/train_epoch")
-
-
-def write_hparams_experiment(root: Path) -> Path | None:
-    """One HParams experiment for the whole sweep, at ``root/_hparams``.
-
-    TensorBoard uses the first experiment summary it finds, so there is exactly one, listing
-    every hyperparameter with the values the runs took (discrete domains make the table
-    filterable) and the metric tags above. Rewritten from the runs' summary.json each time.
-    """
-    from runner.aggregate import find_runs
-
-    values: dict[str, set[Any]] = {}
-    for run in find_runs(root):
-        summary = json.loads((run / "summary.json").read_text())
-        for name, value in (summary.get("hparams") or {}).items():
-            values.setdefault(name, set()).add(value)
-    if not values:
-        return None
-    experiment = api_pb2.Experiment()
-    for name in sorted(values):
-        info = experiment.hparam_infos.add(name=name)
-        seen = values[name]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen):
-            info.type = api_pb2.DATA_TYPE_FLOAT64
-            info.domain_discrete.extend(sorted(float(v) for v in seen))
-        else:
-            info.type = api_pb2.DATA_TYPE_STRING
-            info.domain_discrete.extend(sorted(str(v) for v in seen))
-    for tag in METRIC_TAGS:
-        experiment.metric_infos.add(name=api_pb2.MetricName(tag=tag))
-    data = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
-
-    folder = root / HPARAMS_DIR
-    for old in folder.glob("events.out.tfevents.*"):
-        old.unlink()
-    with EventWriter(folder) as writer:
-        writer.add_summary(hparams_pb(metadata.EXPERIMENT_TAG, data), step=0)
-    return folder
-
 
 def finish(root: Path) -> Path:
-    """Seed aggregates, TensorBoard layout, HParams experiment and report for ``root``."""
-    from runner.aggregate import write_layout, write_seed_aggregates
+    """Seed aggregates and report for ``root``.
+
+    Nothing else is written for TensorBoard: every run's own event file carries the
+    custom-scalars layout and its HParams session, and TensorBoard infers the HParams
+    experiment (which hyperparameters differ) from the sessions it finds.
+    """
+    from runner.aggregate import write_seed_aggregates
     from runner.report import write_report
 
     write_seed_aggregates(root)
-    write_layout(root)
-    write_hparams_experiment(root)
     return write_report(root)
 
 
@@ -93,6 +52,50 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
     return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def _gives_several_values(override: Override) -> bool:
+    if not override.is_sweep_override():
+        return False
+    if override.is_interval_sweep():
+        return True  # a search space (Optuna): every trial takes its own value
+    try:
+        return len(set(override.sweep_string_iterator())) > 1
+    except Exception:  # noqa: BLE001 - a sweep form we cannot enumerate here (glob) is a sweep
+        return True
+
+
+def split_sweep_keys(config: DictConfig) -> tuple[list[str], list[str]]:
+    """(swept, constant) override keys of a sweep, from the preset's ``hydra.sweeper.params``
+    and the command line: a key is swept when it is given several values (``batch_size=1,8``,
+    ``range(3)``, an Optuna interval) and constant when given one. As the basic sweeper does,
+    a later override of a key replaces an earlier one."""
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    final: dict[str, Override] = {}
+    for override in OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task)):
+        final[override.key_or_group] = override
+    swept = sorted(key for key, override in final.items() if _gives_several_values(override))
+    return swept, sorted(set(final) - set(swept))
+
+
+def name_jobs_by_swept_keys(config: DictConfig) -> list[str]:
+    """Leave the overrides every job shares out of the job directories' names.
+
+    Each job's config is composed again from ``hydra.overrides.hydra`` plus its own
+    overrides, so adding an ``exclude_keys`` override there names every job (in this process
+    or a launcher's worker) by the swept keys only: ``batch_size=8/seed=1``, not
+    ``batch_size=8,epochs=5,experiment=gd_compare/seed=1``. A sweep with nothing swept keeps
+    its overrides in the name. Returns the keys left out.
+    """
+    swept, constant = split_sweep_keys(config)
+    if not swept or not constant:
+        return []
+    exclude = list(config.hydra.job.config.override_dirname.exclude_keys)
+    exclude += [key for key in constant if key not in exclude]
+    quoted = ",".join("'" + key.replace("\\", "\\\\").replace("'", "\\'") + "'" for key in exclude)
+    with read_write(config.hydra):
+        config.hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{quoted}]")
+    return constant
 
 
 def validate_sweep(config: DictConfig) -> int:
@@ -128,23 +131,24 @@ def status_line(root: Path) -> str:
 
 
 class SweepCallback(Callback):
-    """Hydra callback. Before a sweep: validate every point. After every run and sweep: the
-    report, aggregates and TensorBoard extras next to the results.
+    """Hydra callback. Before a sweep: validate every point and name jobs by the swept keys.
+    After every run and sweep: the report and seed aggregates next to the results.
 
     A failure while reporting is logged, never raised: it must not turn finished results
     into an error.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.sweeper._target_ != BASIC_SWEEPER:
-            return  # other sweepers (Optuna) choose their points as they go
-        try:
-            log.info("Validated all %d sweep points.", validate_sweep(config))
-        except SweepConfigError as err:
-            # Hydra turns a callback's exception into a warning and carries on; a sweep with
-            # an impossible point must not start at all, so leave the process instead.
-            print(f"Error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        # Other sweepers (Optuna) choose their points as they go: nothing to validate upfront.
+        if config.hydra.sweeper._target_ == BASIC_SWEEPER:
+            try:
+                log.info("Validated all %d sweep points.", validate_sweep(config))
+            except SweepConfigError as err:
+                # Hydra turns a callback's exception into a warning and carries on; a sweep with
+                # an impossible point must not start at all, so leave the process instead.
+                print(f"Error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+        name_jobs_by_swept_keys(config)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish(Path(config.hydra.runtime.output_dir))

@@ -16,11 +16,13 @@ import random
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.optim import Optimizer
 
@@ -29,6 +31,7 @@ from runner.board import board_command, dashboard_dir
 from runner.data.memmap import MemmapSplit, load_memmap_parts
 from runner.device import resolve_device
 from runner.memory import check_fits
+from runner.aggregate import event_files
 from runner.loggers import MetricLogger, TensorBoardLogger
 from runner.budget import Plan, make_plan
 from runner.errors import ConfigError
@@ -51,7 +54,7 @@ from runner.validate import check_combination, check_config, resolve_batch_size
 
 log = logging.getLogger(__name__)
 
-TB_DIR, SUMMARY_FILE, WEIGHTS_FILE, CHECKPOINT_DIR = "tb", "summary.json", "model.pt", "checkpoints"
+SUMMARY_FILE, WEIGHTS_FILE, CHECKPOINT_DIR = "summary.json", "model.pt", "checkpoints"
 RESUME_MODES = ("auto", "must", "never")
 LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
 
@@ -208,22 +211,69 @@ def _scheduler_steps(cfg: DictConfig, plan: Plan, per_iteration: bool) -> int:
     return plan.total_iterations if per_iteration else len(plan.iterations)
 
 
-def hparams_of(run: Run) -> dict[str, Any]:
-    """The hyperparameters a sweep varies, flattened for TensorBoard's HParams tab."""
+# Overrides that say where or how a run goes, never what it computes: not hyperparameters.
+NOT_HPARAMS = frozenset({"output_dir", "progress", "resume", "device", "checkpoint_every", "eval_batch_size"})
+
+
+def _hparam_value(value: Any) -> Any:
+    """A config value as TensorBoard can show it: scalars as they are, lists as their text."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return str(OmegaConf.to_container(value, resolve=True))
+    return value
+
+
+def _group_fields(group: str, node: DictConfig) -> dict[str, Any]:
+    """``optimizer.momentum``, ``scheduler.gamma`` ...: every field of a group's config but its target."""
+    return {f"{group}.{key}": _hparam_value(value) for key, value in node.items() if not str(key).startswith("_")}
+
+
+def hparams_of(run: Run, choices: Mapping[str, Any] | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The hyperparameters that tell runs apart, flattened for TensorBoard's HParams tab.
+
+    The group choices by name (``optimizer=momentum``, not the class both it and ``sgd``
+    build), every field of the optimizer and scheduler (``optimizer.lr`` is the base
+    learning rate, ``lr`` the one used after ``lr_scaling``), the batch size and regime as
+    run, and every key the job overrode (so every swept key), with the value it took.
+
+    Args:
+        run: the built run.
+        choices: Hydra's group choices (``HydraConfig.get().runtime.choices``); without
+            them the names come from the config (dataset name, class names).
+        overrides: the job's overrides (``HydraConfig.get().overrides.task``).
+    """
     cfg = run.cfg
-    return {
-        "dataset": cfg.dataset.name,
-        "model": cfg.model._target_.rsplit(".", 1)[-1],
-        "loss": cfg.loss._target_.rsplit(".", 1)[-1],
-        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
-        "lr": run.lr,
-        "scheduler": cfg.scheduler._target_.rsplit(".", 1)[-1],
+    choices = {k: v for k, v in (choices or {}).items() if v is not None}
+    target = {group: cfg[group]._target_.rsplit(".", 1)[-1] for group in ("model", "loss", "optimizer", "scheduler")}
+    hparams: dict[str, Any] = {
+        "dataset": choices.get("dataset", cfg.dataset.name),
+        **{group: choices.get(group, name) for group, name in target.items()},
         "regime": run.regime,
         "batch_size": run.batch_size,
+        "lr": run.lr,
+        "lr_scaling": cfg.lr_scaling,
+        "lr_scaling_base_batch": cfg.lr_scaling_base_batch,
+        **_group_fields("optimizer", cfg.optimizer),
+        **_group_fields("scheduler", cfg.scheduler),
         "budget": cfg.budget,
         "budget_amount": cfg.epochs if cfg.budget == "epochs" else cfg.budget_amount,
         "seed": cfg.seed,
     }
+    if "experiment" in choices:
+        hparams["experiment"] = choices["experiment"]
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key in hparams or key in NOT_HPARAMS or override.is_delete():
+            continue
+        hparams[key] = choices[key] if key in choices else _hparam_value(OmegaConf.select(cfg, key))
+    return hparams
+
+
+def _hydra_job() -> tuple[dict[str, Any], list[str]]:
+    """This job's group choices and overrides when Hydra's CLI runs it, else nothing."""
+    if not HydraConfig.initialized():
+        return {}, []
+    hydra_cfg = HydraConfig.get()
+    return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -296,7 +346,8 @@ def _restore(run: Run, payload: dict[str, Any]) -> TrainState:
 
 def _set_aside(out: Path, reason: str) -> None:
     """Move a previous attempt's files into ``out/.attempts/<n>-<reason>/``: nothing is deleted."""
-    leftovers = [p for p in (out / TB_DIR, out / CHECKPOINT_DIR, out / SUMMARY_FILE, out / WEIGHTS_FILE) if p.exists()]
+    # The event files sit in the run directory itself: they go with the attempt they belong to.
+    leftovers = [p for p in (*event_files(out), out / CHECKPOINT_DIR, out / SUMMARY_FILE, out / WEIGHTS_FILE) if p.exists()]
     if not leftovers:
         return
     attempts = out / ".attempts"
@@ -331,7 +382,8 @@ def _prior_attempt(cfg: DictConfig, out: Path) -> tuple[str, dict[str, Any] | No
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment and write ``tb/``, ``summary.json`` and ``model.pt`` to ``cfg.output_dir``.
+    """Run one experiment and write its TensorBoard event file, ``summary.json`` and ``model.pt``
+    to ``cfg.output_dir`` (the event file directly in it: the directory is TensorBoard's run).
 
     Re-running into the same directory (``resume=auto``) returns a finished run's summary
     untouched, resumes an interrupted or killed one from its checkpoint, and starts a failed
@@ -350,7 +402,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.dataset.name, run.device, run.regime, len(run.train), len(run.val) if run.val else 0,
         run.batch_size, run.iterations_per_epoch, length,
     )
-    logger = TensorBoardLogger(out / TB_DIR, resume_from=tuple(prior["tensorboard"]) if prior else None)
+    logger = TensorBoardLogger(out, resume_from=tuple(prior["tensorboard"]) if prior else None)
+    hparams = hparams_of(run, *_hydra_job())
 
     def save_checkpoint(current: TrainState) -> None:
         save_checkpoint_file(out / CHECKPOINT_DIR, _checkpoint_payload(run, current, logger.position()))
@@ -359,7 +412,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         if state is None:
             logger.log_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
-            logger.log_hparams(hparams_of(run))
+            logger.log_hparams(hparams)
             save_checkpoint(TrainState())  # so a kill before the first boundary still resumes cleanly
         summary = fit(run, logger, state, save_checkpoint)
         status = summary["status"]
@@ -367,7 +420,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if status != "interrupted":
             logger.log_status(status)
         logger.close()
-    summary["hparams"] = hparams_of(run)
+    summary["hparams"] = hparams
 
     weights_finite = all(torch.isfinite(p).all() for p in run.model.parameters())
     if weights_finite and status != "interrupted":

@@ -17,9 +17,10 @@ from runner.aggregate import (
     find_runs,
     read_scalar_series,
     seed_groups,
-    write_layout,
+    layout_summary,
     write_seed_aggregates,
 )
+from runner.tbwriter import EventWriter
 from runner.train import train
 
 from conftest import compose_cfg, read_scalars
@@ -67,8 +68,8 @@ def test_find_runs_and_seed_groups_on_a_constructed_layout(tmp_path):
     expected = [
         _touch_run(root / "a=1,b=2" / f"seed={k}") for k in (0, 1, 2, 10)
     ] + [_touch_run(root / "plain_run"), _touch_run(root / "seed=0"), _touch_run(root / "seed=x")]
-    # None of these is a run: generated directories, Hydra's and TensorBoard's folders.
-    for ignored in ("a=1,b=2/seed_aggregate", "_report/x", "_layout", "report", "seed=0/tb", "plain_run/.hydra"):
+    # None of these is a run: generated directories, Hydra's folder, a set-aside attempt.
+    for ignored in ("a=1,b=2/seed_aggregate", "report", "plain_run/.hydra", "seed=0/.attempts/1-failed"):
         _touch_run(root / ignored)
     (root / "empty").mkdir()
 
@@ -103,8 +104,8 @@ def test_aggregate_is_exactly_the_seed_statistics(sweep):
     assert sorted(written) == [sweep / "batch_size=8" / AGGREGATE_DIR, sweep / "regime=bgd" / AGGREGATE_DIR]
 
     for agg_dir, seeds in ((sweep / "batch_size=8" / AGGREGATE_DIR, (0, 1, 2)), (sweep / "regime=bgd" / AGGREGATE_DIR, (0, 1))):
-        members = [read_scalars(agg_dir.parent / f"seed={k}" / "tb") for k in seeds]
-        aggregate = read_scalars(agg_dir / "tb")
+        members = [read_scalars(agg_dir.parent / f"seed={k}") for k in seeds]
+        aggregate = read_scalars(agg_dir)
         tags = set(members[0]).intersection(*members[1:])
         assert {"loss/train_iter", "loss/train_full", "lr", "by_samples/loss/train_full"} <= tags
         for tag in tags - {t for t in tags if t.startswith("by_time_ms/")}:
@@ -124,8 +125,8 @@ def test_aggregate_is_exactly_the_seed_statistics(sweep):
 
 def test_time_tags_pair_the_kth_epoch_of_each_seed(sweep):
     write_seed_aggregates(sweep)
-    members = [read_scalars(sweep / "batch_size=8" / f"seed={k}" / "tb") for k in (0, 1, 2)]
-    aggregate = read_scalars(sweep / "batch_size=8" / AGGREGATE_DIR / "tb")
+    members = [read_scalars(sweep / "batch_size=8" / f"seed={k}") for k in (0, 1, 2)]
+    aggregate = read_scalars(sweep / "batch_size=8" / AGGREGATE_DIR)
     tag = "by_time_ms/loss/train_full"
     steps = np.array([[s for s, _ in m[tag]] for m in members])
     values = np.array([[v for _, v in m[tag]] for m in members], np.float32)
@@ -146,7 +147,7 @@ def test_aggregate_json_lists_members_and_leaves_out_the_diverged_seed(sweep):
 
 def test_regenerating_replaces_the_aggregate(sweep):
     write_seed_aggregates(sweep)
-    tb = sweep / "batch_size=8" / AGGREGATE_DIR / "tb"
+    tb = sweep / "batch_size=8" / AGGREGATE_DIR
     first = read_scalars(tb)
     write_seed_aggregates(sweep)
     assert len(_event_files(tb)) == 1
@@ -166,17 +167,17 @@ def test_a_group_left_with_one_finished_seed_loses_its_aggregate(tmp_path):
 
 
 # --------------------------------------------------------------------------- layout
-def _read_layout(layout_dir: Path) -> layout_pb2.Layout:
-    acc = EventAccumulator(str(layout_dir), size_guidance={"tensors": 0})
+def _read_layout(run_dir: Path) -> layout_pb2.Layout:
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     acc.Reload()
     (event,) = acc.Tensors("custom_scalars__config__")
     return layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
 
 
 def test_layout_has_the_categories_and_anchored_regexes(tmp_path):
-    path = write_layout(tmp_path)
-    assert path.parent == tmp_path / "_layout"
-    layout = _read_layout(tmp_path / "_layout")
+    with EventWriter(tmp_path) as writer:
+        writer.add_summary(layout_summary(), step=0)
+    layout = _read_layout(tmp_path)
     categories = {c.title: c for c in layout.category}
     assert list(categories) == [
         "Loss by iteration",
@@ -207,17 +208,21 @@ def test_layout_has_the_categories_and_anchored_regexes(tmp_path):
     ]
 
 
-def test_layout_is_idempotent(tmp_path):
-    write_layout(tmp_path)
-    first = _read_layout(tmp_path / "_layout")
-    write_layout(tmp_path)
-    assert len(_event_files(tmp_path / "_layout")) == 1
-    assert _read_layout(tmp_path / "_layout") == first
+def test_every_run_and_aggregate_carries_the_same_layout_and_no_layout_directory_exists(sweep, tmp_path):
+    write_seed_aggregates(sweep)
+    with EventWriter(tmp_path) as writer:
+        writer.add_summary(layout_summary(), step=0)
+    reference = _read_layout(tmp_path)
+    carriers = [run for run in find_runs(sweep)] + [sweep / "batch_size=8" / AGGREGATE_DIR, sweep / "regime=bgd" / AGGREGATE_DIR]
+    assert len(carriers) == 8
+    for run in carriers:
+        assert _read_layout(run) == reference, run
+    assert not (sweep / "_layout").exists()
 
 
-def test_layout_rejects_a_margin_chart_without_three_tags(tmp_path):
+def test_layout_rejects_a_margin_chart_without_three_tags():
     with pytest.raises(ValueError, match="value, lower, upper"):
-        write_layout(tmp_path, tags={"Bands": {"bad": ("Margin", ["loss/val", "loss/val/min"])}})
+        layout_summary(tags={"Bands": {"bad": ("Margin", ["loss/val", "loss/val/min"])}})
 
 
 # --------------------------------------------------------------------------- the reader
@@ -227,8 +232,8 @@ def _as_lists(series) -> dict[str, list[tuple[int, float]]]:
 
 def test_reader_matches_event_accumulator_on_a_real_run(sweep):
     for run in (sweep / "batch_size=8" / "seed=0", sweep / "regime=bgd" / "seed=7"):
-        expected = read_scalars(run / "tb")
-        got = _as_lists(read_scalar_series(run / "tb"))
+        expected = read_scalars(run)
+        got = _as_lists(read_scalar_series(run))
         assert set(got) == set(expected)
         for tag in expected:
             np.testing.assert_array_equal(np.array(got[tag]), np.array(expected[tag]), err_msg=tag)

@@ -42,7 +42,7 @@ def test_a_single_run_that_cannot_fit_exits_with_the_estimate(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"})
     assert result.returncode == 2 and "Set micro_batch_size" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "r" / "tb").exists() and not (tmp_path / "r" / "summary.json").exists()
+    assert not list((tmp_path / "r").glob("events.out.tfevents.*")) and not (tmp_path / "r" / "summary.json").exists()
 
 
 def test_in_a_sweep_it_records_status_oom_and_the_others_run(tmp_path):

@@ -12,10 +12,9 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from runner import report
-from runner.aggregate import Series, read_summary
+from runner.aggregate import Series, find_runs, read_summary
 from runner.report import PLOTS, Labels, write_report
 from runner.tbwriter import EventWriter
 from runner.train import train
@@ -146,21 +145,23 @@ def test_plots_are_real_pngs_with_content(reported):
         assert len(colours) > 50, png.name
 
 
-def test_plots_go_to_tensorboard_as_images(reported):
-    acc = EventAccumulator(str(reported / "_report"), size_guidance={"images": 0})
-    acc.Reload()
-    assert set(acc.Tags()["images"]) == {f"report/{name}" for name in ALL_PLOTS}
-    for name in ALL_PLOTS:
-        (image,) = acc.Images(f"report/{name}")
-        assert image.step == 0
-        assert (image.width, image.height) == (900, 500)
-        assert image.encoded_image_string == (reported / "report" / f"{name}.png").read_bytes()
+def _event_dirs(root: Path) -> set[Path]:
+    return {p.parent for p in root.rglob("events.out.tfevents.*")}
+
+
+def test_the_report_adds_no_run_to_tensorboard(reported):
+    # Every directory holding events is a training run: the plots stay out of TensorBoard,
+    # whose Scalars tab draws the same curves.
+    runs_with_events = {run for run in find_runs(reported) if list(run.glob("events.out.tfevents.*"))}
+    assert _event_dirs(reported) == runs_with_events and len(runs_with_events) == 7
+    assert not (reported / "_report").exists()
 
 
 def test_regenerating_replaces_images_and_leaves_the_backend_alone(reported):
     backend = matplotlib.rcParams["backend"]
+    before = _event_dirs(reported)
     write_report(reported)
-    assert len(list((reported / "_report").glob("events.out.tfevents.*"))) == 1
+    assert _event_dirs(reported) == before
     assert {p.stem for p in (reported / "report").glob("*.png")} == ALL_PLOTS
     assert matplotlib.rcParams["backend"] == backend
 
@@ -190,7 +191,7 @@ def test_labels_drop_what_every_configuration_shares():
 
 
 def _long_run(directory: Path, points: int) -> report.RunRecord:
-    writer = EventWriter(directory / "tb")
+    writer = EventWriter(directory)
     steps = np.arange(points)
     writer.add_scalars("loss/train_iter", steps, 1.0 / (1.0 + steps) + 0.1 * (steps % 3))
     writer.close()
@@ -218,14 +219,17 @@ def test_diverged_curves_stop_at_their_last_finite_value():
 
 
 # --------------------------------------------------------------------------- command line
-def test_command_line_writes_aggregates_layout_and_report(sweep):
+def test_command_line_writes_aggregates_and_report(sweep):
     done = subprocess.run(
         [sys.executable, "-m", "runner.report", str(sweep)], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(sweep / "report.md")
-    assert (sweep / "dataset=iris,epochs=2,regime=sgd" / "seed_aggregate" / "tb").is_dir()
-    assert len(list((sweep / "_layout").glob("events.out.tfevents.*"))) == 1
+    aggregate = sweep / "dataset=iris,epochs=2,regime=sgd" / "seed_aggregate"
+    assert len(list(aggregate.glob("events.out.tfevents.*"))) == 1 and (aggregate / "aggregate.json").is_file()
+    # Nothing but runs and aggregates holds events: no _layout, _hparams or _report pseudo-runs.
+    assert {p.parent.name for p in sweep.rglob("events.out.tfevents.*")} <= {"seed=0", "seed=1", "seed_aggregate"}
+    assert not any((sweep / name).exists() for name in ("_layout", "_hparams", "_report"))
 
 
 def test_command_line_rejects_a_missing_directory(tmp_path):

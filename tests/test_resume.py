@@ -48,7 +48,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 def assert_same_run(out: Path, reference: Path) -> None:
-    got, want = read_scalars(out / "tb"), read_scalars(reference / "tb")
+    got, want = read_scalars(out), read_scalars(reference)
     steps = [s for s, _ in got["loss/train_iter"]]
     assert steps == list(range(TOTAL))  # every step exactly once
     assert got["loss/train_iter"] == want["loss/train_iter"]  # bit for bit
@@ -108,7 +108,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and 100 <= summary["iterations"] < TOTAL
     assert not (out / "model.pt").exists()
-    steps = [s for s, _ in read_scalars(out / "tb")["loss/train_iter"]]
+    steps = [s for s, _ in read_scalars(out)["loss/train_iter"]]
     assert steps == list(range(summary["iterations"]))  # flushed up to where it stopped
     resumed = finished(out)
     assert resumed["status"] == "done"
@@ -134,7 +134,7 @@ def test_resume_refuses_a_different_config_but_allows_more_epochs(make_cfg, tmp_
     assert "optimizer.lr: 0.1 -> 0.5" in str(info.value)
     longer = train(make_cfg("dataset=iris", "epochs=3", output_dir=out))
     assert longer["status"] == "done" and longer["epochs"] == 3 and longer["iterations"] == 12
-    assert [s for s, _ in read_scalars(out / "tb")["loss/train_full"]] == [1, 2, 3]
+    assert [s for s, _ in read_scalars(out)["loss/train_full"]] == [1, 2, 3]
 
 
 def test_resume_must_without_a_checkpoint_is_an_error(make_cfg, tmp_path):
@@ -218,4 +218,4 @@ def test_sigusr1_stops_a_run_at_an_iteration_boundary_with_a_checkpoint(make_cfg
     resumed = train(make_cfg(*overrides, output_dir=tmp_path / "r"))
     reference = train(make_cfg(*overrides, output_dir=tmp_path / "ref"))
     assert resumed["status"] == "done" and resumed["train_loss"] == reference["train_loss"]
-    assert [s for s, _ in read_scalars(tmp_path / "r" / "tb")["loss/train_iter"]] == list(range(3600))
+    assert [s for s, _ in read_scalars(tmp_path / "r")["loss/train_iter"]] == list(range(3600))

@@ -160,7 +160,7 @@ def test_reruns_are_bit_identical(make_cfg, tmp_path):
     overrides = ("dataset=iris", "epochs=3", "batch_size=8")
     first = train(make_cfg(*overrides, output_dir=tmp_path / "a"))
     second = train(make_cfg(*overrides, output_dir=tmp_path / "b"))
-    losses_a, losses_b = read_scalars(tmp_path / "a" / "tb"), read_scalars(tmp_path / "b" / "tb")
+    losses_a, losses_b = read_scalars(tmp_path / "a"), read_scalars(tmp_path / "b")
     assert [v for _, v in losses_a["loss/train_iter"]] == [v for _, v in losses_b["loss/train_iter"]]
     weights_a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
     weights_b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
@@ -176,7 +176,7 @@ def test_run_directory_contract(make_cfg, tmp_path):
     out = tmp_path / "run"
     summary = train(make_cfg("dataset=iris", "epochs=2", "batch_size=16", output_dir=out))
     ipe = math.ceil(120 / 16)
-    scalars = read_scalars(out / "tb")
+    scalars = read_scalars(out)
     assert [s for s, _ in scalars["loss/train_iter"]] == list(range(2 * ipe))
     assert [s for s, _ in scalars["lr"]] == list(range(2 * ipe))
     assert [s for s, _ in scalars["grad_norm"]] == list(range(2 * ipe))
@@ -204,14 +204,14 @@ def test_run_directory_contract(make_cfg, tmp_path):
 def test_regression_run_has_no_accuracy(make_cfg, tmp_path):
     summary = train(make_cfg(*LINREG_103, "val_fraction=0.2", output_dir=tmp_path / "r"))
     assert summary["train_acc"] is None and summary["val_acc"] is None
-    scalars = read_scalars(tmp_path / "r" / "tb")
+    scalars = read_scalars(tmp_path / "r")
     assert "acc/train" not in scalars and "loss/val" in scalars
 
 
 def test_val_fraction_zero_turns_validation_off(make_cfg, tmp_path):
     summary = train(make_cfg("dataset=iris", "val_fraction=0", output_dir=tmp_path / "r"))
     assert summary["n_val"] == 0 and summary["val_loss"] is None and summary["n_train"] == 150
-    assert "loss/val" not in read_scalars(tmp_path / "r" / "tb")
+    assert "loss/val" not in read_scalars(tmp_path / "r")
 
 
 def test_log_every_thins_the_per_iteration_series(make_cfg):
@@ -248,5 +248,5 @@ def test_early_stopping_keeps_the_best_epoch(make_cfg, tmp_path):
                              "early_stopping_patience=5", output_dir=tmp_path / "r"))
     assert summary["stopped_early"] is True and summary["status"] == "done"
     assert summary["epochs"] == summary["best_epoch"] + 5
-    val = [v for _, v in read_scalars(tmp_path / "r" / "tb")["loss/val"]]
+    val = [v for _, v in read_scalars(tmp_path / "r")["loss/val"]]
     assert min(val) == pytest.approx(summary["best_loss"], rel=1e-6) and val.index(min(val)) + 1 == summary["best_epoch"]
