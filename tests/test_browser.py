@@ -76,6 +76,11 @@ if (!box) return false;
 if (box.checked) box.click();
 return !box.checked;
 """
+SHOW_METRICS = DEEP_ALL + """
+const boxes = deepAll(document, 'paper-checkbox.metric-checkbox').filter(b => arguments[0].includes(b.textContent.trim()));
+boxes.forEach(b => { if (!b.checked) b.click(); });
+return boxes.length === arguments[0].length;
+"""
 HPARAMS_TABLE = DEEP_ALL + """
 const grid = deepAll(document, 'vaadin-grid#sessionGroupsTable')[0];
 if (!grid) return null;
@@ -239,13 +244,23 @@ def test_hparams_lists_every_run_with_its_metrics(dashboard, driver, shots):
         found = wait_for(table, f"a table row for each of {sorted(runs)}", driver)
     finally:
         screenshot(driver, "board_hparams", shots)
+    # Every column shown holds a value in every row (no run without its metrics).
+    for row in found["rows"]:
+        empty = [h for h, cell in zip(found["headers"], row) if h != "Show Metrics" and not cell]
+        assert not empty, (row[0], empty, found["headers"])
+    # The metrics a comparison reads, ticked in the side pane as a person would (TensorBoard
+    # shows only the first few metrics by default).
+    metrics = (("loss/train_full", "train_loss"), ("loss/val", "val_loss"), ("acc/val", "val_acc"))
+    wanted = [metric for metric, _ in metrics]
+    found = wait_for(lambda: driver.execute_script(SHOW_METRICS, wanted) and (t := table()) and set(wanted) <= set(t["headers"]) and t,
+                     f"the metric columns {wanted}", driver)
     headers = found["headers"]
     assert headers[0] == "Trial ID" and "batch_size" in headers
     for row in found["rows"]:
         cells = dict(zip(headers, row))
         summary = runs[row[0]].summary
         # TensorBoard prints 5 significant digits.
-        for metric, key in (("loss/train_full", "train_loss"), ("loss/val", "val_loss"), ("acc/val", "val_acc")):
+        for metric, key in metrics:
             assert float(cells[metric]) == pytest.approx(summary[key], rel=1e-4), (row[0], metric)
         batch = summary["n_train"] if summary["regime"] == "bgd" else summary["batch_size"]
         assert float(cells["batch_size"]) == batch
