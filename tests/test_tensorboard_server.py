@@ -94,6 +94,12 @@ def test_board_refuses_a_directory_that_does_not_exist(tmp_path):
         assert proc.returncode == 2
         assert proc.stdout == ""
         assert proc.stderr.splitlines() == [f"Error: board DIR={name} {what}: give a run or sweep directory, e.g. outputs"]
+    (tmp_path / "outputs").mkdir()
+    for flag, allowed in (("--port=70000", "0 (a free port) or 1..65535"), ("--max-points=0", "an integer >= 1")):
+        proc = _board(flag, cwd=tmp_path)
+        assert (proc.returncode, proc.stdout) == (2, "")
+        assert proc.stderr.splitlines() == [f"Error: {flag} is not allowed: {allowed}"]
+    (tmp_path / "outputs").rmdir()
     # The default DIR is ./outputs, which does not exist here either.
     proc = _board(cwd=tmp_path)
     assert (proc.returncode, proc.stderr.splitlines()) == (2, ["Error: board DIR=outputs does not exist: give a run or sweep directory, e.g. outputs"])
@@ -103,7 +109,7 @@ def test_board_help_explains_it(tmp_path):
     proc = _board("--help", cwd=tmp_path)
     assert proc.returncode == 0 and proc.stderr == ""
     text = " ".join(proc.stdout.split())
-    assert text.startswith("usage: python -m runner board [-h] [--port PORT] [DIR]")
-    for words in ("127.0.0.1 only", "keeps every logged point", "until Ctrl-C", "(default: outputs)", "--port PORT"):
+    assert text.startswith("usage: python -m runner board [-h] [--port PORT] [--max-points N] [DIR]")
+    for words in ("127.0.0.1 only", "keeps every logged point by default", "until Ctrl-C", "(default: outputs)", "--port PORT"):
         assert words in text
     assert not (tmp_path / "outputs").exists()  # Hydra never saw the command line
