@@ -268,11 +268,14 @@ def test_hparams_lists_every_run_with_its_metrics(dashboard, driver, shots):
 
 # ------------------------------------------------------------------------- docs screenshots
 def save_screenshots(sweep: Path, out: Path) -> None:
-    """Start the board on ``sweep`` and save the Time Series, Custom Scalars and HParams tabs."""
-    from boardutil import printed_commands  # noqa: F401  (same helpers as the tests)
+    """Start the board on ``sweep`` as a run prints it and save the Time Series (loss tags),
+    Custom Scalars and HParams tabs to ``out``."""
+    import shlex
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     from runner.board import board_command
-    import shlex
 
     with board(shlex.split(board_command(sweep)), cwd=sweep) as (_, url):
         chrome = make_driver()
@@ -285,7 +288,15 @@ def save_screenshots(sweep: Path, out: Path) -> None:
             ):
                 open_tab(chrome, url, fragment)
                 wait_for(lambda: chrome.execute_script(DEEP_ALL + ready), fragment, chrome)
-                time.sleep(8)  # let every chart load and draw
+                if fragment == "timeseries":  # the loss charts, without the settings pane
+                    chrome.find_element(By.CSS_SELECTOR, "metrics-tag-filter input").send_keys("^loss/train_(iter|full)$", Keys.ESCAPE)
+                    chrome.find_element(By.XPATH, "//metrics-main-view//button[normalize-space()='Settings']").click()
+                if fragment == "hparams":  # the swept keys and the compared metrics in view
+                    chrome.execute_script(DEEP_ALL + """
+                      for (const box of deepAll(document, 'paper-checkbox.hparam-checkbox, paper-checkbox.metric-checkbox')) {
+                        if (box.checked !== arguments[0].includes(box.textContent.trim())) box.click();
+                      }""", ["batch_size", "regime", "seed", "loss/train_full", "loss/val", "acc/val"])
+                time.sleep(10)  # let every chart load and draw
                 screenshot(chrome, name, [out])
         finally:
             chrome.quit()
