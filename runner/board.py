@@ -130,7 +130,7 @@ def _stop_on_signals() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``hpr board [DIR] [--port P]``; returns the exit status."""
+    """``hpr board [DIR] [--port P] [--max-points N]``; returns the exit status."""
     args = parser().parse_args(argv)
     logdir = Path(args.dir)
     if not logdir.is_dir():
@@ -148,13 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_on_signals()
     try:
         url = start(logdir.resolve(), args.port, args.max_points)
-    except TensorBoardServerException as err:
+        print(f"TensorBoard on {logdir.resolve()}: {url}  (Ctrl-C to stop)", flush=True)
+        threading.Event().wait()  # the server runs in a daemon thread; wait for Ctrl-C
+    except TensorBoardServerException as err:  # e.g. --port taken
         print(f"Error: TensorBoard could not start: {err.msg}", file=sys.stderr)
         return 1
-    print(f"TensorBoard on {logdir.resolve()}: {url}  (Ctrl-C to stop)", flush=True)
-    try:
-        threading.Event().wait()  # the server runs in a daemon thread; wait for Ctrl-C
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # also while still starting
         print("TensorBoard stopped.", flush=True)
     return 0
 
