@@ -53,7 +53,9 @@ def test_in_a_sweep_it_records_status_oom_and_the_others_run(tmp_path):
         env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    statuses = {p.parent.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/seed=0/summary.json")}
+    # Jobs are named by the swept key only: model.hidden=[4096,4096] and model.hidden=[8].
+    statuses = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert sorted(statuses) == ["model.hidden=[4096,4096]", "model.hidden=[8]"]
     big = next(s for name, s in statuses.items() if "4096" in name)
     small = next(s for name, s in statuses.items() if "4096" not in name)
     assert big["status"] == "oom" and "micro_batch_size" in big["error"]
