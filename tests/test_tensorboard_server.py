@@ -11,6 +11,7 @@ TensorBoard 2.21).
 from __future__ import annotations
 
 import math
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ def test_every_job_and_the_sweep_print_one_command_for_the_sweep(sweep):
     bin_dir = Path(sys.executable).parent
     assert command[:-1] in ([str(bin_dir / "hpr"), "board"], [sys.executable, "-m", "runner", "board"])
     assert Path(command[-1]).is_absolute() and len(jobs_of(root)) == len(BATCH_SIZES)
+    assert f"`{shlex.join(command)}`" in (root / "report.md").read_text()  # the report names it too
 
 
 def test_the_printed_command_serves_every_point_of_every_run(sweep, tmp_path):
