@@ -44,6 +44,7 @@ from runner.aggregate import (
     seed_of,
     write_seed_aggregates,
 )
+from runner.board import board_command
 from runner.errors import RunnerError
 
 __all__ = ["PLOTS", "Labels", "PlotSpec", "ReportError", "main", "write_report"]
@@ -127,7 +128,7 @@ minimum and maximum. Time is training time only (evaluation excluded). Dashed li
 runs that did not finish (diverged, interrupted, failed), drawn on their own; a diverged
 run stops at its last finite value and may leave the top of the frame. TensorBoard draws the
 same curves, one run per job, and its Custom Scalars tab groups them the same way:
-`tensorboard --logdir {root}`."""
+`{board}`."""
 
 
 # --------------------------------------------------------------------------- the runs
@@ -645,7 +646,7 @@ def _markdown(root: Path, records: Sequence[RunRecord], configs: dict[str, list[
     ]
     if labels.common and len(configs) > 1:
         parts += ["", "Settings shared by every run (left out of the labels): " + ", ".join(f"`{t}`" for t in labels.common) + "."]
-    parts += ["", "## How to read this", "", HOW_TO_READ.format(root=root)]
+    parts += ["", "## How to read this", "", HOW_TO_READ.format(board=board_command(root))]
     no_curves = [labels.run(r) for r in records if not r.has_events]
     if no_curves:
         parts += ["", "Runs without TensorBoard logs (not plotted): " + ", ".join(f"`{n}`" for n in no_curves) + "."]

@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from runner.board import board_command
 from runner.errors import RunnerError
 from runner.memory import OutOfMemory
 from runner.text import plural
@@ -165,6 +166,7 @@ class SweepCallback(Callback):
         self._finish(root)
         if root.is_dir():
             log.info("Sweep finished: %s", status_line(root))
+            log.info("Open in TensorBoard: %s", board_command(root))
 
     @staticmethod
     def _finish(root: Path) -> None:
@@ -176,4 +178,3 @@ class SweepCallback(Callback):
             log.exception("Could not write the report for %s (the results themselves are complete).", root)
             return
         log.info("Report: %s", report)
-        log.info("TensorBoard: tensorboard --logdir %s --host 127.0.0.1 --samples_per_plugin scalars=0", root)

@@ -27,6 +27,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from runner import data as datasets
+from runner.board import board_command, dashboard_dir
 from runner.data.memmap import MemmapSplit, load_memmap_parts
 from runner.device import resolve_device
 from runner.memory import check_fits, check_model_fits
@@ -488,5 +489,5 @@ def train(cfg: DictConfig, run: Run | None = None) -> dict[str, Any]:
     summary["weights_saved"] = bool(weights_finite and status != "interrupted")
     _write_json_atomic(out / SUMMARY_FILE, summary)
     log.info("Status: %s. Results in %s", summary["status"], out)
-    log.info("TensorBoard logs: %s  —  open with: tensorboard --logdir %s --host 127.0.0.1 --samples_per_plugin scalars=0", out, out.parent)
+    log.info("Open in TensorBoard: %s", board_command(dashboard_dir(out)))
     return summary

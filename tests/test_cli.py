@@ -27,7 +27,7 @@ def test_help_lists_every_group_and_option(tmp_path):
         for option in (CONF_DIR / group).glob("*.yaml"):
             assert option.stem in result.stdout, (group, option.stem)
     assert "schema_" not in result.stdout  # schemas are not user-facing options
-    assert "tensorboard --logdir outputs --host 127.0.0.1" in result.stdout
+    assert "python -m runner board [DIR]" in result.stdout
 
 
 def test_console_script_is_installed(tmp_path):
@@ -46,7 +46,7 @@ def test_cli_run_writes_the_run_directory_and_says_where(tmp_path):
     assert summary["status"] == "done" and summary["iterations"] == 240 and summary["batch_size"] == 1
     assert len(read_scalars(out)["loss/train_iter"]) == 240
     assert (out / "model.pt").is_file()
-    assert f"tensorboard --logdir {tmp_path} --host 127.0.0.1" in result.stdout
+    assert result.stdout.count("Open in TensorBoard: ") == 1 and f" board {out.resolve()}\n" in result.stdout
     assert (out / "cli.log").read_text().count("epoch ") >= 2  # Hydra keeps a log file per job
 
 

@@ -1,194 +1,117 @@
-"""End to end: a sweep's run directories, served by a real TensorBoard over HTTP.
+"""End to end: the dashboard command a run or sweep prints, run as printed, over HTTP.
 
-The other TensorBoard tests read event files with ``EventAccumulator``; this one checks what
-a user actually gets from ``tensorboard --logdir <sweep>``: one run per run directory, named
-by its path relative to the logdir, each with every documented scalar tag, and the
-per-iteration loss with one point per update. The server only ever listens on, and is only
-ever asked on, 127.0.0.1; every request has a timeout, the wait for the server has a deadline,
-and the server is stopped in a ``finally``.
+A user runs a sweep, copies the ``Open in TensorBoard:`` command from its output and runs it.
+These tests do exactly that (from another directory, to show the command stands alone) and
+ask the TensorBoard it starts, through the HTTP API its charts use, for every run's
+per-iteration loss: every update must come back (steps 0..T-1, the values on disk), not
+TensorBoard's default 1000 sampled points, nor none (``--samples_per_plugin scalars=0`` in
+TensorBoard 2.21).
 """
 
 from __future__ import annotations
 
-import json
-import socket
+import math
+import shlex
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
 
-from runner.train import train
+from boardutil import board, gd_compare_sweep, get_json, jobs_of, printed_commands, run_runner, wait_for_every_point
+from conftest import read_scalars
 
-from conftest import compose_cfg, read_scalars
-
-HOST = "127.0.0.1"
-BATCH_SIZES = ("full", "1", "8")  # BGD, SGD, mini-batch
-RUNS = {b: f"batch_size={b}/seed=0" for b in BATCH_SIZES}  # TensorBoard's run names
-
-EPOCH_TAGS = ("loss/train_epoch", "loss/train_full", "loss/val", "acc/train", "acc/val")
-ITERATION_TAGS = ("loss/train_iter", "lr", "grad_norm")
-EXPECTED_TAGS = {
-    *ITERATION_TAGS,
-    *EPOCH_TAGS,
-    *(f"{axis}/{tag}" for axis in ("by_iteration", "by_samples", "by_time_ms") for tag in EPOCH_TAGS),
-}
-
-REQUEST_TIMEOUT_S = 2.0
-READY_DEADLINE_S = 60.0
-START_ATTEMPTS = 3  # a fresh port each time, in case another process took ours meanwhile
-STOP_TIMEOUT_S = 10.0
-
-# Talk to the server directly, never through an http(s)_proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+BATCH_SIZES = {"full", 1, 8, 32, 128}  # experiment=gd_compare
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> tuple[Path, list[str], str]:
+    """``python -m runner -m experiment=gd_compare epochs=2`` run in a fresh directory."""
+    return gd_compare_sweep(tmp_path_factory.mktemp("user"))
 
 
-def _get_json(port: int, path: str, **params: str) -> Any:
-    query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    with _OPENER.open(f"http://{HOST}:{port}{path}{query}", timeout=REQUEST_TIMEOUT_S) as response:
-        return json.loads(response.read().decode("utf-8"))
+def test_every_job_and_the_sweep_print_one_command_for_the_sweep(sweep):
+    root, command, output = sweep
+    commands = printed_commands(output)
+    # Each of the five jobs, then the sweep's end: all the same command, naming the sweep.
+    assert commands == [command] * (len(BATCH_SIZES) + 1)
+    bin_dir = Path(sys.executable).parent
+    assert command[:-1] in ([str(bin_dir / "hpr"), "board"], [sys.executable, "-m", "runner", "board"])
+    assert Path(command[-1]).is_absolute() and len(jobs_of(root)) == len(BATCH_SIZES)
+    assert f"`{shlex.join(command)}`" in (root / "report.md").read_text()  # the report names it too
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT_S)
+def test_the_printed_command_serves_every_point_of_every_run(sweep, tmp_path):
+    root, command, _ = sweep
+    jobs = jobs_of(root)
+    # The exact number of updates: epochs x ceil(N / B), BGD one per epoch.
+    for job in jobs:
+        s = job.summary
+        batch = s["n_train"] if s["regime"] == "bgd" else s["batch_size"]
+        assert job.iterations == 2 * math.ceil(s["n_train"] / batch) > 0, job
+    assert max(job.iterations for job in jobs) > 1000  # SGD: more than TensorBoard keeps by default
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with board(command, cwd=elsewhere) as (started, url):
+        assert url.startswith("http://127.0.0.1:")
+        points = wait_for_every_point(url, jobs, started)
+        assert {job.run for job in jobs} <= set(get_json(url, "/data/runs"))
+        for job in jobs:
+            served = points[job.run]
+            assert [step for _, step, _ in served] == list(range(job.iterations)), job.run
+            on_disk = read_scalars(root / job.run)["loss/train_iter"]
+            assert [value for _, _, value in served] == pytest.approx([v for _, v in on_disk], rel=1e-6)
+        data_server = started.children()
+    # Ctrl-C: a clean exit, and TensorBoard's data server (if it started one) goes with it.
+    assert started.proc.returncode == 0, started.log()
+    assert "TensorBoard stopped." in started.log()
+    for pid in data_server:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid
 
 
-@contextmanager
-def tensorboard_server(logdir: Path, log_path: Path) -> Iterator[tuple[int, subprocess.Popen]]:
-    """A TensorBoard on a free loopback port, serving ``logdir``; always stopped on exit.
+def test_a_single_run_prints_the_command_that_opens_it(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    output = run_runner(["dataset=iris", "epochs=1", "progress=false"], cwd=user)
+    (command,) = printed_commands(output)  # exactly one
+    (run_dir,) = (p.parent for p in (user / "outputs").rglob("summary.json"))
+    assert Path(command[-1]) == run_dir.resolve()
+    (job,) = jobs_of(run_dir)
+    assert job.iterations == math.ceil(120 / 32)  # iris: 120 training samples, batch size 32
 
-    ``--load_fast=false``: the pure-Python loader, in this one process. With the default
-    ``auto`` (or ``true``) TensorBoard instead spawns the Rust ``tensorboard_data_server``
-    binary from the optional ``tensorboard-data-server`` wheel and talks to it over gRPC on a
-    second port. Both work offline here (the wheel is installed), but the Python loader needs
-    nothing platform-specific, leaves exactly one process to terminate (the Rust child only
-    exits once it sees its parent's stdin close), honours ``--reload_interval`` (the Rust
-    server is passed its own ``--reload``), and served the first complete answer sooner on
-    this machine (~0.9 s against ~1.4 s). The HTTP API checked below is the same in both modes.
-    """
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", HOST]
-    command += ["--load_fast=false", "--reload_interval", "1"]
-    for attempt in range(1, START_ATTEMPTS + 1):
-        port = _free_port()
-        with open(log_path, "ab") as log:
-            log.write(f"--- attempt {attempt}: port {port}\n".encode())
-            log.flush()
-            proc = subprocess.Popen([*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            # The port was free a moment ago; if TensorBoard still could not bind it, it exits
-            # at once ("could not bind to port"): try again on another one.
-            deadline = time.monotonic() + 5.0
-            while proc.poll() is None and time.monotonic() < deadline:
-                try:
-                    _get_json(port, "/data/runs")
-                    break
-                except (urllib.error.URLError, OSError, ValueError):
-                    time.sleep(0.2)
-            if proc.poll() is not None and "could not bind" in log_path.read_text(errors="replace"):
-                continue
-            yield port, proc
-            return
-        finally:
-            _stop(proc)
-    raise AssertionError(f"TensorBoard found no free port in {START_ATTEMPTS} tries:\n{log_path.read_text()}")
+    with board(command, cwd=tmp_path) as (started, url):
+        points = wait_for_every_point(url, [job], started)
+        assert [step for _, step, _ in points[job.run]] == list(range(job.iterations))
 
 
-def wait_until_served(port: int, proc: subprocess.Popen, log_path: Path, runs: set[str]) -> dict[str, dict]:
-    """Poll until ``/data/runs`` lists exactly ``runs`` and every one has every expected tag.
-
-    Both conditions: the Python loader lists a run as soon as it discovers its directory, and
-    its tags only once the run's events are read, so an early answer can have runs but no tags.
-    Returns the last ``/data/plugin/scalars/tags`` answer.
-    """
-    deadline = time.monotonic() + READY_DEADLINE_S
-    served_runs: Any = None
-    tags: dict[str, dict] = {}
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"TensorBoard exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            served_runs = _get_json(port, "/data/runs")
-            if set(served_runs) == runs:
-                tags = _get_json(port, "/data/plugin/scalars/tags")
-                if all(EXPECTED_TAGS <= set(tags.get(run, {})) for run in runs):
-                    return tags
-        except (urllib.error.URLError, OSError, ValueError) as err:  # not up yet, or a slow answer
-            last_error = err
-        time.sleep(0.25)
-    raise AssertionError(
-        f"TensorBoard did not serve every run and tag within {READY_DEADLINE_S:.0f} s.\n"
-        f"runs: {served_runs}\ntags: { {run: sorted(t) for run, t in tags.items()} }\n"
-        f"last error: {last_error!r}\nserver log:\n{log_path.read_text()}"
-    )
+def _board(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runner", "board", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture
-def sweep(tmp_path) -> Path:
-    """``<sweep>/batch_size=<b>/seed=0`` for BGD, SGD and mini-batch on iris, 2 epochs, in-process.
+def test_board_refuses_a_directory_that_does_not_exist(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    for name, what in (("no_such_dir", "does not exist"), ("a_file", "is not a directory")):
+        proc = _board(name, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert proc.stdout == ""
+        assert proc.stderr.splitlines() == [f"Error: board DIR={name} {what}: give a run or sweep directory, e.g. outputs"]
+    (tmp_path / "outputs").mkdir()
+    for flag, allowed in (("--port=70000", "0 (a free port) or 1..65535"), ("--max-points=0", "an integer >= 1")):
+        proc = _board(flag, cwd=tmp_path)
+        assert (proc.returncode, proc.stdout) == (2, "")
+        assert proc.stderr.splitlines() == [f"Error: {flag} is not allowed: {allowed}"]
+    (tmp_path / "outputs").rmdir()
+    # The default DIR is ./outputs, which does not exist here either.
+    proc = _board(cwd=tmp_path)
+    assert (proc.returncode, proc.stderr.splitlines()) == (2, ["Error: board DIR=outputs does not exist: give a run or sweep directory, e.g. outputs"])
 
-    The same ``<overrides>/seed=<k>`` nesting a Hydra multirun gives its jobs, built without
-    a subprocess (a real ``-m`` sweep with ``seed=0,1`` names them the same way).
-    """
-    root = tmp_path / "sweep"
-    try:
-        for b in BATCH_SIZES:
-            out = root / f"batch_size={b}" / "seed=0"
-            # Quoted: a bare '=' in the path is not valid in a Hydra override value.
-            train(compose_cfg(["dataset=iris", "epochs=2", f"batch_size={b}"], output_dir=f"'{out}'"))
-            assert (out / "summary.json").is_file()
-    finally:
-        GlobalHydra.instance().clear()
-    return root
 
-
-def test_tensorboard_serves_every_run_and_tag_of_a_sweep(sweep, tmp_path):
-    summaries = {b: json.loads((sweep / f"batch_size={b}/seed=0/summary.json").read_text()) for b in BATCH_SIZES}
-    assert {b: s["status"] for b, s in summaries.items()} == dict.fromkeys(BATCH_SIZES, "done")
-    assert summaries["full"]["iterations"] == 2  # BGD: one update per epoch
-
-    log_path = tmp_path / "tensorboard.log"
-    try:
-        with tensorboard_server(sweep, log_path) as (port, proc):
-            tags = wait_until_served(port, proc, log_path, set(RUNS.values()))
-
-            # Exact run names: each run directory, relative to the logdir, '/'-separated.
-            assert sorted(_get_json(port, "/data/runs")) == sorted(RUNS.values())
-            for b, run in RUNS.items():
-                missing = EXPECTED_TAGS - set(tags[run])
-                assert not missing, f"{run} is served without {sorted(missing)}"
-
-            # The per-iteration loss: one point per update, steps 0..T-1, the values on disk.
-            for b, run in RUNS.items():
-                points = _get_json(port, "/data/plugin/scalars/scalars", run=run, tag="loss/train_iter")
-                iterations = summaries[b]["iterations"]
-                assert len(points) == iterations, run
-                assert [step for _, step, _ in points] == list(range(iterations)), run
-                on_disk = read_scalars(sweep / run)["loss/train_iter"]
-                assert [value for _, _, value in points] == pytest.approx([v for _, v in on_disk], rel=1e-6)
-            # iris: 120 training samples, 2 epochs.
-            assert {b: s["iterations"] for b, s in summaries.items()} == {"full": 2, "1": 240, "8": 30}
-        assert proc.returncode is not None  # stopped on leaving the block
-    except BaseException:
-        if log_path.exists():
-            print(f"TensorBoard log ({log_path}):\n{log_path.read_text(errors='replace')}")
-        raise
+def test_board_help_explains_it(tmp_path):
+    proc = _board("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == ""
+    text = " ".join(proc.stdout.split())
+    assert text.startswith("usage: python -m runner board [-h] [--port PORT] [--max-points N] [DIR]")
+    for words in ("127.0.0.1 only", "keeps every logged point by default", "until Ctrl-C", "(default: outputs)", "--port PORT"):
+        assert words in text
+    assert not (tmp_path / "outputs").exists()  # Hydra never saw the command line
