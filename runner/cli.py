@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
 from runner.errors import ConfigError, RunnerError
 from runner.memory import OutOfMemory, release_device_memory
+from runner.rundir import DiskFull, RunDirRefused
 from runner.train import record_failure, train
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def main(cfg: DictConfig) -> float:
         print(f"Error: {err}", file=sys.stderr)
         if not in_sweep:
             raise SystemExit(2) from None
-        record_failure(cfg.output_dir, str(err), status="oom" if isinstance(err, OutOfMemory) else "failed")
+        if not isinstance(err, RunDirRefused):  # a refused job's directory holds another run's results
+            record_failure(cfg.output_dir, str(err), status="oom" if isinstance(err, OutOfMemory) else "failed", resumable=isinstance(err, DiskFull))
         return math.inf
     except torch.OutOfMemoryError as err:
         if not in_sweep:
