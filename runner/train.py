@@ -407,23 +407,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run = build_run(cfg)
     out = Path(cfg.output_dir)
     check_usable(out)
-    with exclusive(out):
-        try:
-            kind, prior = _prior_attempt(run, out)
-        except RunnerError:
-            restore_record(out)
-            raise
-        if kind == "finished":
-            restore_record(out)  # the record stays that of the results
-            log.info("%s already holds a finished run (status %s); nothing to do.", out, prior["status"])
-            return prior
-        keep_record(out)
-        try:
+    try:
+        with exclusive(out):
+            try:
+                kind, prior = _prior_attempt(run, out)
+            except RunnerError:
+                restore_record(out)
+                raise
+            if kind == "finished":
+                restore_record(out)  # the record stays that of the results
+                log.info("%s already holds a finished run (status %s); nothing to do.", out, prior["status"])
+                return prior
+            keep_record(out)
             return _train_into(run, out, *(prior if kind == "resumable" else (None, None)))
-        except OSError as err:
-            if is_disk_full(err):
-                raise DiskFull(out) from None
-            raise
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(out) from None
+        raise
 
 
 def _train_into(run: Run, out: Path, state: TrainState | None, log_position: tuple[Path, int] | None) -> dict[str, Any]:
