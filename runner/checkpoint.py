@@ -4,22 +4,25 @@ A checkpoint is written to a temporary file in the same directory, fsynced, then
 over ``last.ckpt`` (the previous one becomes ``prev.ckpt``): a kill during the write leaves
 the old files whole. Loading always passes ``weights_only=True`` explicitly, so a malicious
 pickle is refused even when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set, and a ``last``
-that will not load falls back to ``prev`` with a warning.
+that will not load — or loads but does not fit the run — falls back to ``prev`` with a warning.
+A write that fails (a full disk) removes its temporary file.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import pickle
 import random
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from runner.errors import DataError
+from runner.errors import DataError, RunnerError
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,14 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` atomically as ``folder/last.ckpt``, keeping the previous one as ``prev.ckpt``."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{_TMP_PREFIX}{os.getpid()}.ckpt"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        raise _as_os_error(err, folder) from err
     _maybe_inject_fault()
     last = folder / LAST
     if last.exists():
@@ -65,11 +72,38 @@ def _maybe_inject_fault() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def load_checkpoint(folder: Path) -> tuple[dict[str, Any], Path] | None:
-    """The newest loadable checkpoint in ``folder`` and its path; ``None`` if there is none at all.
+def _as_os_error(err: BaseException, folder: Path) -> BaseException:
+    """torch's zip writer reports a failed ``write`` (``ENOSPC``) as a RuntimeError; give it
+    back its errno so that callers can tell a full disk from a bug."""
+    if isinstance(err, RuntimeError) and "file write failed" in str(err):
+        usage = os.statvfs(folder)
+        if usage.f_bavail * usage.f_frsize < 1 << 20:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    return err
+
+
+def _describe(err: Exception) -> str:
+    """Why a file did not load, in words — never torch's advice to load it with
+    ``weights_only=False``, which is the wrong advice for a file nobody vouches for."""
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds objects that only load by running code (refused)"
+    first = str(err).splitlines()[0] if str(err) else ""
+    if "weights_only" in first or "weights only" in first.lower():
+        first = "not a weights-only file"
+    return f"{type(err).__name__}: {first}"
+
+
+def load_checkpoint(folder: Path, accept: Callable[[Any, Path], Any] | None = None) -> tuple[Any, Path] | None:
+    """The newest usable checkpoint in ``folder`` and its path; ``None`` if there is none at all.
+
+    ``accept(payload, path)`` checks a loaded payload against the run (and may restore it),
+    returning what this function then returns in place of the payload. If it raises a
+    :class:`RunnerError` (the user's mistake, e.g. another config) that is raised as is; any
+    other exception (wrong keys, shapes, types) counts as a damaged file and the previous
+    checkpoint is tried.
 
     Raises:
-        DataError: checkpoint files exist but none of them loads.
+        DataError: checkpoint files exist but none of them is usable.
     """
     for stale in folder.glob(f"{_TMP_PREFIX}*"):
         stale.unlink()  # a write that was killed half-way; last/prev are intact
@@ -77,12 +111,23 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, Any], Path] | None:
     problems = []
     for path in found:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True), path
+            payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # truncated, corrupt, or not weights-only: never executed
-            problems.append(f"{path.name}: {type(err).__name__}: {str(err).splitlines()[0]}")
-            log.warning("Checkpoint %s cannot be loaded (%s); trying the previous one.", path, problems[-1])
+            problems.append(f"{path.name}: {_describe(err)}")
+        else:
+            try:
+                return (accept(payload, path) if accept else payload), path
+            except RunnerError:
+                raise
+            except Exception as err:  # loads, but is not a checkpoint of this run
+                problems.append(f"{path.name}: does not fit this run ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+        log.warning("Checkpoint %s cannot be loaded (%s); trying the previous one.", path, problems[-1])
     if found:
-        raise DataError(folder, "no checkpoint here can be loaded: " + "; ".join(problems))
+        raise DataError(
+            folder,
+            "no checkpoint here can be loaded (" + "; ".join(problems) + "): they are damaged or not checkpoints this runner wrote. "
+            "Start over with resume=never in a new output directory",
+        )
     return None
 
 

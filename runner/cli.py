@@ -36,6 +36,7 @@ import runner.schema  # noqa: F401  (registers the schemas the YAML files extend
 from runner import preflight
 from runner.errors import ConfigError, RunnerError
 from runner.memory import OutOfMemory, release_device_memory
+from runner.rundir import DiskFull, RunDirRefused
 from runner.train import Run, build_run, record_failure, train
 from runner.validate import nearest_keys
 
@@ -86,7 +87,8 @@ def hydra_main(cfg: DictConfig) -> float:
         if not in_sweep:
             preflight.remove_fresh_run_dir(hydra_cfg)
             raise SystemExit(2) from None
-        record_failure(cfg.output_dir, str(err), status="oom" if isinstance(err, OutOfMemory) else "failed")
+        if not isinstance(err, RunDirRefused):  # a refused job's directory holds another run's results
+            record_failure(cfg.output_dir, str(err), status="oom" if isinstance(err, OutOfMemory) else "failed", resumable=isinstance(err, DiskFull))
         return math.inf
     except torch.OutOfMemoryError as err:
         if not in_sweep:

@@ -144,6 +144,12 @@ def _run_segment(run: Any, logger: MetricLogger, state: TrainState, source: Any,
     losses = trace.losses.double().cpu().numpy()
     grad_norms = trace.grad_norms.double().cpu().numpy()
     state.train_seconds += time.perf_counter() - started
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if len(bad):
+        # The run ends at the first non-finite loss. The updates after it in this segment
+        # were issued without waiting for the device (a check per update would cost a sync
+        # each); they only moved already-poisoned weights, and are not counted or logged.
+        losses, grad_norms, trace = losses[: bad[0] + 1], grad_norms[: bad[0] + 1], _first(trace, bad[0] + 1)
 
     steps = np.arange(state.iteration, state.iteration + len(losses))
     _log_iterations(logger, steps, losses, grad_norms, trace, run.cfg.log_every)
@@ -158,6 +164,11 @@ def _run_segment(run: Any, logger: MetricLogger, state: TrainState, source: Any,
         state.divergence = {"iteration": int(steps[first]), "epoch": state.epoch, "lr": trace.lrs[first], "batch_size": run.batch_size}
         log.warning("Diverged: non-finite loss at iteration %d (epoch %d, lr %g); stopping.", steps[first], state.epoch, trace.lrs[first])
     return losses
+
+
+def _first(trace: EpochTrace, n: int) -> EpochTrace:
+    """The first ``n`` updates of a segment's trace."""
+    return EpochTrace(trace.losses[:n], trace.grad_norms[:n], trace.lrs[:n], trace.batch_sizes[:n], trace.wall_times[:n])
 
 
 def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState) -> None:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError
 
-CALLBACKS = ("runner.sweep.SweepCallback",)
+CALLBACKS = ("runner.sweep.SweepCallback", "runner.rundir.RunDirCallback")
 LAUNCHERS = (
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",

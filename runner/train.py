@@ -34,7 +34,7 @@ from runner.memory import check_fits, check_model_fits
 from runner.aggregate import event_files
 from runner.loggers import MetricLogger, TensorBoardLogger
 from runner.budget import Plan, make_plan
-from runner.errors import ConfigError
+from runner.errors import ConfigError, RunnerError
 from runner.batches import InMemorySplit, Split
 from runner.loop import (
     EpochScheduler,
@@ -49,6 +49,7 @@ from runner.checkpoint import load_checkpoint, restore_rng_state, rng_state
 from runner.checkpoint import save_checkpoint as save_checkpoint_file
 from runner.epochs import TrainState, run_epochs, summary_of
 from runner.registry import build
+from runner.rundir import DiskFull, RunDirRefused, check_usable, event_file, exclusive, is_disk_full, keep_record, restore_record
 from runner.schedulers import NEEDS_RUN_LENGTH
 from runner.text import plural
 from runner.validate import check_combination, check_config, resolve_batch_size
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE, WEIGHTS_FILE, CHECKPOINT_DIR = "summary.json", "model.pt", "checkpoints"
 RESUME_MODES = ("auto", "must", "never")
+CHECKPOINT_FORMAT = 2  # 2: the event file by name; 1 stored its path
 LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
 
 
@@ -339,10 +341,20 @@ def standardization_line(run: Run) -> str:
     return line
 
 
+def _write_atomic(path: Path, write: Any) -> None:
+    """``write(tmp)``, then rename over ``path``: a reader sees the old file or the new one,
+    and a failed write (a full disk) leaves no temporary file behind."""
+    tmp = path.with_name(f".writing-{path.name}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
 
 
 RESUMABLE_KEYS = {"epochs", "budget_amount", "progress", "resume", "checkpoint_every", "device", "output_dir", "eval_batch_size"}
@@ -353,12 +365,19 @@ def fit(run: Run, logger: MetricLogger, state: TrainState | None = None, save_ch
     return summary_of(run, run_epochs(run, logger, state, save_checkpoint))
 
 
-def record_failure(output_dir: str | Path, error: str, trace: str | None = None, status: str = "failed") -> None:
+def record_failure(output_dir: str | Path, error: str, trace: str | None = None, status: str = "failed", resumable: bool = False) -> None:
     """Leave ``summary.json`` with the status (``failed``, ``oom``) and the error, so a sweep's
-    report shows the job. No weights and no events: nothing that looks like a result."""
+    report shows the job. No weights and no events: nothing that looks like a result.
+
+    ``resumable``: the checkpoint is still good (a full disk), so a rerun continues from it
+    instead of starting over. Best effort: on a full disk even this may not fit.
+    """
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / SUMMARY_FILE, {"status": status, "error": error, "traceback": trace})
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(out / SUMMARY_FILE, {"status": status, "error": error, "traceback": trace, "resumable": resumable})
+    except OSError as err:
+        log.error("Could not record the failure in %s: %s", out, err)
 
 
 def _comparable_config(cfg: DictConfig) -> dict[str, Any]:
@@ -378,33 +397,77 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: 
 
 
 def _checkpoint_payload(run: Run, state: TrainState, log_position: tuple[str, int]) -> dict[str, Any]:
+    event_path, size = log_position
     return {
-        "format": 1,
+        "format": CHECKPOINT_FORMAT,
         "config": _comparable_config(run.cfg),
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "state": state.to_dict(),
         "rng": rng_state(run.order_generator),
-        "tensorboard": list(log_position),
+        # The event file's name only, never a path: a copied or moved run continues its own file.
+        "tensorboard": [Path(event_path).name, size],
     }
 
 
-def _restore(run: Run, payload: dict[str, Any]) -> TrainState:
-    """Put a checkpoint back into ``run``; refuse one made with a different config."""
-    diffs = _config_differences(payload["config"], _comparable_config(run.cfg))
+def _refuse_other_config(out: Path, saved: Any, cfg: DictConfig) -> None:
+    """A directory holds the results of one config: a rerun may only change the keys that
+    continue or extend a run (``RESUMABLE_KEYS``)."""
+    if not isinstance(saved, dict):
+        return  # nothing recorded to compare with (a run made before configs were recorded)
+    diffs = _config_differences(saved, _comparable_config(cfg))
     if diffs:
-        raise ConfigError(
-            "resume", run.cfg.resume,
-            f"the config the checkpoint was made with (differences: {'; '.join(diffs)}); "
-            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change. Use resume=never in a new output directory to start over",
+        raise RunDirRefused(
+            out,
+            f"holds a run made with a different config (differences: {'; '.join(diffs)}); only "
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change. Use resume=never in a new output directory to start over",
         )
+
+
+def _restore(run: Run, payload: dict[str, Any]) -> TrainState:
+    """Put a checkpoint back into ``run``. Raises on a payload of the wrong shape (wrong keys,
+    tensor shapes, types): the caller then tries the previous checkpoint."""
     run.model.load_state_dict(payload["model"])
     run.optimizer.load_state_dict(payload["optimizer"])
     run.scheduler.load_state_dict(payload["scheduler"])
     restore_rng_state(payload["rng"], run.order_generator)
     # A checkpoint saved on the way out of a stop says "interrupted"; resumed, it runs again.
-    return TrainState(**{**payload["state"], "status": "running"})
+    state = TrainState(**{**payload["state"], "status": "running"})
+    if not (isinstance(state.iteration, int) and isinstance(state.epoch, int) and state.iteration >= 0 and state.epoch >= 1):
+        raise ValueError(f"impossible position: epoch {state.epoch!r}, iteration {state.iteration!r}")
+    return state
+
+
+def _resume_point(run: Run, out: Path, payload: Any, path: Path) -> tuple[TrainState, tuple[Path, int]]:
+    """Check one loaded checkpoint against this run and restore it: the state and where the
+    event file is cut back to. A different config is refused; anything malformed raises."""
+    _refuse_other_config(out, payload["config"], run.cfg)
+    state = _restore(run, payload)
+    stored, size = payload["tensorboard"]
+    if payload.get("format") == 1 and isinstance(stored, str):
+        stored = Path(stored).name  # format 1 stored the path it was written at
+    path = event_file(out, stored)
+    if not isinstance(size, int) or not 0 < size <= path.stat().st_size:
+        raise RunDirRefused(path, f"is shorter than the checkpoint says ({size!r} bytes); restore it, or use resume=never in a new output directory")
+    return state, (path, size)
+
+
+def _read_summary(out: Path) -> dict[str, Any] | None:
+    path = out / SUMMARY_FILE
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        problem = f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    else:
+        if isinstance(summary, dict) and isinstance(summary.get("status"), str):
+            return summary
+        problem = "is not a run summary (no status)"
+    raise RunDirRefused(
+        path, f"{problem}; it is damaged or not written by this runner. Move it away to resume from the checkpoint, or use resume=never in a new output directory"
+    )
 
 
 def _set_aside(out: Path, reason: str) -> None:
@@ -421,23 +484,26 @@ def _set_aside(out: Path, reason: str) -> None:
     log.warning("Moved the previous attempt's files (%s) to %s", reason, target)
 
 
-def _prior_attempt(cfg: DictConfig, out: Path) -> tuple[str, dict[str, Any] | None]:
+def _prior_attempt(run: Run, out: Path) -> tuple[str, Any]:
     """What the output directory already holds: ``finished`` (with its summary), ``resumable``
-    (with the checkpoint), or ``fresh``. Applies ``resume`` (auto|must|never)."""
+    (with the restored state and event-file position), or ``fresh``. Applies ``resume``
+    (auto|must|never)."""
+    cfg = run.cfg
     if cfg.resume not in RESUME_MODES:
         raise ConfigError("resume", cfg.resume, f"one of {', '.join(RESUME_MODES)}")
-    summary = json.loads((out / SUMMARY_FILE).read_text()) if (out / SUMMARY_FILE).exists() else None
+    summary = _read_summary(out)
     status = summary["status"] if summary else None
     if status in ("done", "diverged"):
         if cfg.resume == "never":
             raise ConfigError("output_dir", str(out), "a directory without a finished run (or resume=auto to keep its result)")
+        _refuse_other_config(out, summary.get("config"), cfg)
         return "finished", summary
-    restartable = cfg.resume != "never" and status not in ("failed", "oom")
-    checkpoint = load_checkpoint(out / CHECKPOINT_DIR) if restartable else None
-    if checkpoint is not None:
-        payload, path = checkpoint
-        log.info("Resuming from %s (iteration %d).", path, payload["state"]["iteration"])
-        return "resumable", payload
+    restartable = cfg.resume != "never" and (status not in ("failed", "oom") or summary.get("resumable") is True)
+    resumed = load_checkpoint(out / CHECKPOINT_DIR, partial(_resume_point, run, out)) if restartable else None
+    if resumed is not None:
+        (state, position), path = resumed
+        log.info("Resuming from %s (iteration %d).", path, state.iteration)
+        return "resumable", (state, position)
     if cfg.resume == "must":
         raise ConfigError("resume", "must", f"a run to resume, and {out} has no loadable checkpoint (use resume=auto)")
     _set_aside(out, status or "incomplete")
@@ -450,19 +516,38 @@ def train(cfg: DictConfig, run: Run | None = None) -> dict[str, Any]:
 
     Re-running into the same directory (``resume=auto``) returns a finished run's summary
     untouched, resumes an interrupted or killed one from its checkpoint, and starts a failed
-    one over (the failed attempt's files are kept under ``.attempts/``). ``run``: this
-    config already built by :func:`build_run` (the command line's preflight does that).
+    one over (the failed attempt's files are kept under ``.attempts/``). A rerun with a
+    different config, or while another process uses the directory, is refused and changes
+    nothing (:mod:`runner.rundir`). ``run``: this config already built by :func:`build_run`
+    (the command line's preflight does that).
     """
     run = build_run(cfg) if run is None else replace(run, cfg=cfg)
     out = Path(cfg.output_dir)
-    kind, prior = _prior_attempt(cfg, out)
-    if kind == "finished":
-        log.info("%s already holds a finished run (status %s); nothing to do.", out, prior["status"])
-        return prior
-    state = _restore(run, prior) if kind == "resumable" else None
+    check_usable(out)
+    try:
+        with exclusive(out):
+            try:
+                kind, prior = _prior_attempt(run, out)
+            except RunnerError:
+                restore_record(out)
+                raise
+            if kind == "finished":
+                restore_record(out)  # the record stays that of the results
+                log.info("%s already holds a finished run (status %s); nothing to do.", out, prior["status"])
+                return prior
+            keep_record(out)
+            return _train_into(run, out, *(prior if kind == "resumable" else (None, None)))
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(out) from None
+        raise
+
+
+def _train_into(run: Run, out: Path, state: TrainState | None, log_position: tuple[Path, int] | None) -> dict[str, Any]:
+    cfg = run.cfg
     log.info("Training %s", describe_run(run))
     log.info("%s", standardization_line(run))
-    logger = TensorBoardLogger(out, resume_from=tuple(prior["tensorboard"]) if prior else None)
+    logger = TensorBoardLogger(out, resume_from=log_position)
     hparams = hparams_of(run, *_hydra_job())
 
     def save_checkpoint(current: TrainState) -> None:
@@ -477,15 +562,19 @@ def train(cfg: DictConfig, run: Run | None = None) -> dict[str, Any]:
         summary = fit(run, logger, state, save_checkpoint)
         status = summary["status"]
     finally:
-        if status != "interrupted":
-            logger.log_status(status)
-        logger.close()
+        try:
+            if status != "interrupted":
+                logger.log_status(status)
+        finally:
+            logger.close()
     summary["hparams"] = hparams
     summary["standardized"] = standardization_of(run)
+    summary["config"] = _comparable_config(cfg)  # what a rerun into this directory is compared with
 
     weights_finite = all(torch.isfinite(p).all() for p in run.model.parameters())
     if weights_finite and status != "interrupted":
-        torch.save({k: v.detach().cpu() for k, v in run.model.state_dict().items()}, out / WEIGHTS_FILE)
+        weights = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+        _write_atomic(out / WEIGHTS_FILE, partial(torch.save, weights))
     summary["weights_saved"] = bool(weights_finite and status != "interrupted")
     _write_json_atomic(out / SUMMARY_FILE, summary)
     log.info("Status: %s. Results in %s", summary["status"], out)

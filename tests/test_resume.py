@@ -129,7 +129,7 @@ def test_resume_refuses_a_different_config_but_allows_more_epochs(make_cfg, tmp_
     cfg = make_cfg("dataset=iris", "epochs=2", output_dir=out)
     train(cfg)
     (out / "summary.json").unlink()  # as if killed after its last checkpoint
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(DataError) as info:
         train(make_cfg("dataset=iris", "epochs=2", "optimizer.lr=0.5", output_dir=out))
     assert "optimizer.lr: 0.1 -> 0.5" in str(info.value)
     longer = train(make_cfg("dataset=iris", "epochs=3", output_dir=out))
@@ -219,3 +219,66 @@ def test_sigusr1_stops_a_run_at_an_iteration_boundary_with_a_checkpoint(make_cfg
     reference = train(make_cfg(*overrides, output_dir=tmp_path / "ref"))
     assert resumed["status"] == "done" and resumed["train_loss"] == reference["train_loss"]
     assert [s for s, _ in read_scalars(tmp_path / "r")["loss/train_iter"]] == list(range(3600))
+
+
+# ------------------------------------------------------------------ a self-contained run directory
+def hashes(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (relative path -> sha256): 'untouched' means byte for byte."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def killed_mid_run(out: Path) -> None:
+    proc = cli(out, env={FAULT_ENV: "3"})  # SIGKILLed inside its 3rd checkpoint write: iteration 100
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_copy_of_an_interrupted_run_resumes_in_the_copy_and_leaves_the_original_untouched(reference, tmp_path):
+    original, copy = tmp_path / "run", tmp_path / "copy" / "run"
+    killed_mid_run(original)
+    copy.parent.mkdir()
+    subprocess.run(["cp", "-a", str(original), str(copy)], check=True)
+    before = hashes(original)
+    summary = finished(copy)
+    assert summary["status"] == "done" and summary["iterations"] == TOTAL
+    assert_same_run(copy, reference)  # the copy's own event file holds every step once
+    assert hashes(original) == before
+
+
+def test_a_moved_interrupted_run_resumes_where_it_now_is(reference, tmp_path):
+    first, moved = tmp_path / "run", tmp_path / "elsewhere" / "run"
+    killed_mid_run(first)
+    moved.parent.mkdir()
+    os.replace(first, moved)
+    summary = finished(moved)
+    assert summary["status"] == "done" and summary["iterations"] == TOTAL
+    assert_same_run(moved, reference)
+    assert not first.exists()
+
+
+def interrupted_in_process(make_cfg, out: Path) -> None:
+    """A finished 2-epoch run made to look interrupted after its last checkpoint."""
+    train(make_cfg("dataset=iris", "epochs=2", output_dir=out))
+    (out / "summary.json").unlink()
+
+
+@pytest.mark.parametrize("stored", ["{victim}", "../../victim", "events.out.tfevents.x/../../../victim", 7])
+def test_a_checkpoint_cannot_name_a_file_outside_its_run(stored, make_cfg, tmp_path):
+    out, victim = tmp_path / "a" / "b", tmp_path / "victim"
+    victim.write_text("the user's file")
+    interrupted_in_process(make_cfg, out)
+    for name in (LAST, PREV):
+        payload = torch.load(out / "checkpoints" / name, weights_only=True)
+        payload["tensorboard"] = [stored.format(victim=victim) if isinstance(stored, str) else stored, 3]
+        torch.save(payload, out / "checkpoints" / name)
+    with pytest.raises(DataError, match="not a checkpoint this runner wrote"):
+        train(make_cfg("dataset=iris", "epochs=2", output_dir=out))
+    assert victim.read_text() == "the user's file"
+
+
+def test_checkpoints_store_the_event_file_by_name(make_cfg, tmp_path):
+    interrupted_in_process(make_cfg, tmp_path / "r")
+    name, size = torch.load(tmp_path / "r" / "checkpoints" / LAST, weights_only=True)["tensorboard"]
+    assert "/" not in name and (tmp_path / "r" / name).stat().st_size >= size > 0

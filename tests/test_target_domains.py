@@ -22,7 +22,7 @@ from conftest import compose_cfg
 
 REGRESSION_LOSSES = sorted(cls.option for cls in LOSSES.values() if not cls.needs_classes)
 DOMAIN_LOSSES = {"poisson", "msle", "mape"}
-RESULT_FILES = ("summary.json", "model.pt", "tb", "checkpoints")
+RESULT_FILES = ("summary.json", "model.pt", "checkpoints")
 
 
 @pytest.fixture(scope="module")

@@ -231,6 +231,26 @@ def test_divergence_stops_the_run_and_saves_no_weights(make_cfg, tmp_path):
     assert on_disk["status"] == "diverged" and on_disk["train_loss"] is None
 
 
+@pytest.mark.parametrize("checkpoint_every", [0, 1000])
+def test_divergence_stops_at_the_first_non_finite_loss(make_cfg, tmp_path, checkpoint_every):
+    """Boundaries far apart (one segment per epoch): nothing after the first non-finite loss
+    is counted or logged. The oracle is the same run checked after every update."""
+    lr_1e6 = (*LINREG_103, "batch_size=1", "epochs=3", "optimizer.lr=1e6")
+    oracle = train(make_cfg(*lr_1e6, "checkpoint_every=1", output_dir=tmp_path / "every"))
+    first = oracle["divergence"]["iteration"]
+    assert oracle["iterations"] == first + 1 and 0 < first < 100  # diverges inside the first epoch
+
+    out = tmp_path / "far"
+    summary = train(make_cfg(*lr_1e6, f"checkpoint_every={checkpoint_every}", output_dir=out))
+    assert summary["status"] == "diverged" and summary["divergence"]["iteration"] == first
+    assert summary["iterations"] == first + 1 and summary["samples_seen"] == first + 1
+    scalars = read_scalars(out)
+    for tag in ("loss/train_iter", "grad_norm", "lr"):
+        assert [s for s, _ in scalars[tag]] == list(range(first + 1)), tag
+    losses = [v for _, v in scalars["loss/train_iter"]]
+    assert all(math.isfinite(v) for v in losses[:-1]) and not math.isfinite(losses[-1])
+
+
 def test_grad_clip_caps_the_update_but_logs_the_raw_norm(make_cfg):
     run = build_run(make_cfg(*LINREG_103, "regime=bgd", "shuffle=false", "grad_clip=0.01", "optimizer.lr=1.0"))
     before = [p.detach().clone() for p in run.model.parameters()]
