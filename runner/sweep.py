@@ -138,7 +138,9 @@ def sweep_outcome(root: Path) -> tuple[str, int]:
     counts = Counter(summary.get("status", "unknown") for summary in summaries)
     grew = sum(1 for summary in summaries if summary.get("loss_grew"))
     jobs = f"{len(summaries)} job" + ("" if len(summaries) == 1 else "s")
-    line = f"{jobs}: " + ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    order = [*RESULT_STATUSES, "failed", "oom", "interrupted"]
+    statuses = sorted(counts, key=lambda status: (order.index(status) if status in order else len(order), status))
+    line = f"{jobs}: " + ", ".join(f"{counts[status]} {status}" for status in statuses)
     if grew:
         line += f" ({grew} of them with a loss that grew by >= {LOSS_GREW_FACTOR:g}x; see report.md)"
     code = 0 if set(counts) <= set(RESULT_STATUSES) else EXIT_JOBS_FAILED
