@@ -61,9 +61,10 @@ SMOOTH_ABOVE = 1_000
 # At most this many raw points are drawn under a smoothed line (every k-th): more is a
 # solid block of ink at 900 pixels wide, and slow to draw.
 RAW_POINTS = 20_000
-# The moving mean's window as a fraction of the iteration it ends at: about a thousand
-# points over five decades, plenty for a 900-pixel-wide log axis.
-SMOOTH_WINDOW = 0.01
+# The moving mean's window as a fraction of the iteration it ends at: about 25 points per
+# decade, smooth enough that SGD's noise (one sample per update) no longer hides the trend,
+# fine enough for a 900-pixel-wide log axis. (At 1% the first hundred updates stayed raw.)
+SMOOTH_WINDOW = 0.1
 # Curves with at most this many points get markers, so one-update-per-epoch runs show their points.
 MARKERS_UP_TO = 30
 FIGSIZE, DPI = (9.0, 5.0), 100
@@ -146,8 +147,8 @@ loss *before* the epoch's single update and lags one update behind `loss/train_f
 `loss/train_iter` is the loss of the batch each update was computed from: noisy for SGD
 and small batches{smooth}. Time is training time only (evaluation excluded)."""
 READ_SMOOTH = """\
-; above {count} updates it is drawn as a moving mean (its window 1% of the iteration) over
-the faint raw values"""
+; above {count} updates it is drawn as a moving mean (its window {window:.0%} of the iteration)
+over the faint raw values"""
 READ_BANDS = "A line with a shaded band is the mean over seeds, the band their minimum and maximum."
 READ_DASHED = """\
 Dashed lines are runs that did not finish well (diverged, interrupted, failed, or a loss that
@@ -728,8 +729,8 @@ def _display_name(root: Path) -> str:
 def _how_to_read(root: Path, records: Sequence[RunRecord], configs: dict[str, list[RunRecord]], pngs: Sequence[Path]) -> str:
     """The reading notes that apply: a single run hears nothing of seeds, bands or comparisons."""
     several = len(records) > 1
-    smoothed = any(len(r.scalars.get("loss/train_iter", ())) > SMOOTH_ABOVE for r in records if r.problem is None)
-    tags = READ_TAGS.format(smooth=READ_SMOOTH.format(count=SMOOTH_ABOVE) if smoothed else "")
+    smoothed = any(len(r.scalars.get("loss/train_iter", ())) > SMOOTH_ABOVE for r in records if r.has_events)
+    tags = READ_TAGS.format(smooth=READ_SMOOTH.format(count=SMOOTH_ABOVE, window=SMOOTH_WINDOW) if smoothed else "")
     full = READ_FULL.format(fair=READ_FAIR if len(configs) > 1 else "", shared=READ_SHARED if several else "")
     paragraphs = [READ_TERMS + "\n" + full + "\n" + tags]
     if several and any(len([r for r in members if r.problem is None]) > 1 for members in configs.values()):
