@@ -29,9 +29,15 @@ from conftest import CONF_DIR, REPO, read_scalars
 README = REPO / "README.md"
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 BIN = Path(sys.executable).parent
-# Appended to a README command to make it small. epochs=1 for most; the schedulers need
-# more scheduler steps than warmup_cosine's 2 warm-up epochs; budgets shrink to 2000 samples.
-SHRINK = {"schedulers": ("epochs=3",), None: ("epochs=1",)}
+# Appended to a README command to make it small. epochs=1 for most; gd_compare (SGD, three
+# seeds) also trains on 20% of digits; the schedulers need more scheduler steps than
+# warmup_cosine's 2 warm-up epochs; sample budgets shrink to 2000 samples.
+SHRINK = {
+    "gd_compare": ("epochs=1", "val_fraction=0.8"),
+    "schedulers": ("epochs=3",),
+    "lr_batch_scaling": ("budget_amount=2000",),
+    None: ("epochs=1",),
+}
 SHRINK_BUDGET = "budget_amount=2000"
 QUIET = ("progress=false",)
 
@@ -132,13 +138,14 @@ def assert_all_healthy(root: Path) -> dict[str, dict]:
 # --------------------------------------------------------------------------- what each preset shows
 def check_gd_compare(root: Path, runs: dict[str, dict]) -> None:
     """Five batch sizes, none blowing up at the preset's lr, all from the same initial loss."""
-    assert {s["batch_size"] for s in runs.values()} == {1438, 1, 8, 32, 128}
+    assert {s["batch_size"] for s in runs.values()} == {next(iter(runs.values()))["n_train"], 1, 8, 32, 128}
     assert len({s["initial_train_loss"] for s in runs.values() if s["seed"] == 0}) == 1
 
 
 def check_schedulers(root: Path, runs: dict[str, dict]) -> None:
     """Per-epoch stepping: the lr is constant within an epoch, and changes between epochs for the
-    schedules that change it every epoch (step changes only after 10)."""
+    schedules that change it every epoch (step changes only after 10; warmup_cosine is at its
+    peak both at the end of the warm-up and at the start of the cosine)."""
     for name, summary in runs.items():
         lrs = [v for _, v in read_scalars(root / name / "tb")["lr"]]
         per_epoch = [lrs[i : i + summary["iterations_per_epoch"]] for i in range(0, len(lrs), summary["iterations_per_epoch"])]
@@ -148,7 +155,8 @@ def check_schedulers(root: Path, runs: dict[str, dict]) -> None:
         if scheduler in ("none", "step"):
             assert len(set(starts)) == 1, (name, starts)
         else:
-            assert all(a != b for a, b in zip(starts, starts[1:])), (name, starts)
+            repeats = sum(a == b for a, b in zip(starts, starts[1:]))
+            assert repeats == (1 if scheduler == "warmup_cosine" else 0), (name, starts)
 
 
 def check_lr_search(root: Path, runs: dict[str, dict]) -> None:

@@ -265,7 +265,7 @@ def test_natural_key_orders_decimal_and_scientific_numbers_by_value(style):
     rng = np.random.default_rng(len(style))
     values = np.concatenate([10 ** rng.uniform(-8, 8, 300), [0.0, 0.00495, 0.0151, 0.0157, 0.716, 0.0726, 1.0, 10.0]])
     fmt = _formats()[style]
-    names = [f"batch_size=8,optimizer.lr={fmt(v)}" for v in rng.permutation(values)]
+    names = [f"batch_size=8,optimizer.lr={fmt(float(v))}" for v in rng.permutation(values)]
     ordered = [float(name.rsplit("=", 1)[1]) for name in sorted(names, key=natural_key)]
     assert ordered == sorted(ordered)
 
@@ -291,7 +291,7 @@ SWEEP_ONLY_WORDS = ("seed", "band", "Dashed", "dashed", "regimes", "mean of", "R
 def test_a_single_run_report_speaks_of_a_single_run(sweep):
     run = sweep / "dataset=iris,epochs=2,regime=bgd" / "seed=0"
     text = write_report(run).read_text()
-    how_to_read = text.split("## How to read this")[1].split("## Plots")[0]
+    how_to_read = text.split("## How to read this")[1].split("## Plots")[0].replace(str(run), "<run>")
     assert "from the run in" in text and "1 run(s)" not in text
     for word in SWEEP_ONLY_WORDS:
         assert word not in how_to_read, word
@@ -327,4 +327,5 @@ def test_a_noisy_iteration_curve_is_a_smoothed_line_over_its_faint_raw_values(tm
     assert len(raw) == 1 and len(raw[0].get_xdata()) == 5_000 and raw[0].get_alpha() < 0.5
     smoothed = labelled["batch_size=1 [moving mean]"]
     assert len(smoothed.get_xdata()) < 1_000 and smoothed.get_zorder() > raw[0].get_zorder()
-    assert np.ptp(smoothed.get_ydata()[-100:]) < np.ptp(raw[0].get_ydata()[-100:])  # the noise averaged out
+    late = lambda line: np.asarray(line.get_ydata())[np.asarray(line.get_xdata()) > 1_000]  # noqa: E731
+    assert np.ptp(late(smoothed)) < 0.1 * np.ptp(late(raw[0]))  # the period-3 noise averaged out
