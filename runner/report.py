@@ -458,7 +458,10 @@ def _scale_y(ax: Any, spec: PlotSpec, drawn: list[tuple[Line, Curve]]) -> None:
         narrow = math.log10(float(values.max()) / float(values.min())) < 1.3
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
-    if healthy and len(healthy) < len(drawn):
+    # The faint raw values under a smoothed line reach far below it (single-sample losses
+    # near 0): the frame follows the drawn lines, not the noise.
+    under_smoothed = any(c.raw is not None for _, c in drawn)
+    if (healthy and len(healthy) < len(drawn)) or under_smoothed:
         # A diverging run climbs by tens of orders of magnitude; let it leave the frame
         # instead of flattening everyone else's curve.
         low, high = float(values.min()), float(values.max())
