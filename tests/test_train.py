@@ -254,5 +254,6 @@ def test_early_stopping_keeps_the_best_epoch(make_cfg, tmp_path):
                              "early_stopping_patience=5", output_dir=tmp_path / "r"))
     assert summary["stopped_early"] is True and summary["status"] == "done"
     assert summary["epochs"] == summary["best_epoch"] + 5
-    val = [v for _, v in read_scalars(tmp_path / "r" / "tb")["loss/val"]]
-    assert min(val) == pytest.approx(summary["best_loss"], rel=1e-6) and val.index(min(val)) + 1 == summary["best_epoch"]
+    val = dict(read_scalars(tmp_path / "r" / "tb")["loss/val"])  # epoch -> loss, from epoch 0
+    best = min(val, key=val.get)
+    assert val[best] == pytest.approx(summary["best_loss"], rel=1e-6) and best == summary["best_epoch"]
