@@ -152,11 +152,15 @@ def check_schedulers(root: Path, runs: dict[str, dict]) -> None:
         assert all(len(set(epoch)) == 1 for epoch in per_epoch), name
         starts = [epoch[0] for epoch in per_epoch]
         scheduler = re.search(r"scheduler=(\w+)", name).group(1)
-        if scheduler in ("none", "step"):
+        if scheduler == "none":
             assert len(set(starts)) == 1, (name, starts)
+        elif scheduler == "step":  # x0.1 after every 10 epochs
+            assert starts == pytest.approx([starts[0] * 0.1 ** (epoch // 10) for epoch in range(len(starts))]), starts
         else:
             repeats = sum(a == b for a, b in zip(starts, starts[1:]))
             assert repeats == (1 if scheduler == "warmup_cosine" else 0), (name, starts)
+        if scheduler in ("step", "exponential"):
+            assert starts[-1] >= 1e-3 * starts[0], (name, starts)  # still learning at the end
 
 
 def check_lr_search(root: Path, runs: dict[str, dict]) -> None:
