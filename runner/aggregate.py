@@ -76,16 +76,28 @@ def event_files(run: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- discovery
+# A decimal number: digits with an optional fraction and exponent (0.00495, 1e-3, 2.5E+4).
+# Splitting on digit runs alone would read 0.00495 as 0 "." 495, after 0.0151 (0 "." 151).
+# A sign belongs to the number only at the start or after "=" or "," (``seed=-1``), never
+# inside a word or a date (``2026-11-30``).
+_NUMBER = re.compile(r"((?:(?<![^=,])[-+])?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
+
+
 def natural_key(text: str) -> tuple:
-    """Sort key that orders embedded integers by value (``seed=2`` before ``seed=10``).
+    """Sort key that orders embedded numbers by value (``seed=2`` before ``seed=10``,
+    ``lr=0.00495`` before ``lr=0.0151``, ``lr=1e-4`` before ``lr=0.001``).
 
     Args:
         text: any string, typically a relative path.
 
     Returns:
-        A tuple comparing numbers numerically and the rest as text.
+        A tuple comparing numbers numerically (ties broken by their text) and the rest as text.
     """
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
+    return tuple(
+        (0, float(part), part) if index % 2 else (1, 0.0, part)
+        for index, part in enumerate(_NUMBER.split(text))
+        if part
+    )
 
 
 def _path_key(path: Path) -> tuple:

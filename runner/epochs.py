@@ -49,6 +49,7 @@ class TrainState:
     best_epoch: int | None = None  # lowest monitored loss so far (validation, else full training)
     best_loss: float | None = None
     stopped_early: bool = False
+    initial_metrics: dict[str, float] | None = None  # epoch 0: at the initial weights, before any update
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,8 +100,11 @@ def _segment_end(state: TrainState, n_iterations: int, checkpoint_every: int) ->
     return min(n_iterations, state.position + to_boundary)
 
 
-def _epoch_metrics(run: Any, train_epoch_loss: float) -> dict[str, float]:
-    """Epoch-end losses and accuracies, fetched from the device in one transfer."""
+def _epoch_metrics(run: Any, train_epoch_loss: float | None) -> dict[str, float]:
+    """Epoch-end losses and accuracies, fetched from the device in one transfer.
+
+    ``train_epoch_loss`` is None at epoch 0, which has no batches to average.
+    """
     parts = {"train": evaluate(run.model, run.loss_fn, run.train, run.cfg.eval_batch_size)}
     if run.val is not None:
         parts["val"] = evaluate(run.model, run.loss_fn, run.val, run.cfg.eval_batch_size)
@@ -112,12 +116,13 @@ def _epoch_metrics(run: Any, train_epoch_loss: float) -> dict[str, float]:
             names.append(f"acc/{split}")
             tensors.append(acc)
     values = torch.stack(tensors).tolist()
-    return {"loss/train_epoch": train_epoch_loss, **dict(zip(names, values))}
+    epoch_loss = {} if train_epoch_loss is None else {"loss/train_epoch": train_epoch_loss}
+    return {**epoch_loss, **dict(zip(names, values))}
 
 
-def _log_epoch(logger: MetricLogger, metrics: dict[str, float], state: TrainState) -> None:
+def _log_epoch(logger: MetricLogger, metrics: dict[str, float], state: TrainState, epoch: int) -> None:
     """Epoch-level scalars against epoch (their main tags) and against the other three x-axes."""
-    logger.log_dict(metrics, step=state.epoch)
+    logger.log_dict(metrics, step=epoch)
     for name, value in metrics.items():
         logger.log(f"by_iteration/{name}", value, state.iteration)
         logger.log(f"by_samples/{name}", value, state.samples)
@@ -175,7 +180,7 @@ def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState) -> None:
     """Evaluate, log the epoch-level scalars, step the epoch scheduler, and move to the next epoch."""
     started = time.perf_counter()
     state.metrics = _epoch_metrics(run, float(np.average(state.epoch_losses, weights=state.epoch_batch_sizes)))
-    _log_epoch(logger, state.metrics, state)
+    _log_epoch(logger, state.metrics, state, state.epoch)
     run.epoch_scheduler.step(state.metrics)
     monitored = state.metrics.get("loss/val", state.metrics["loss/train_full"])
     if state.best_loss is None or monitored < state.best_loss:
@@ -185,6 +190,15 @@ def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState) -> None:
     state.position = 0
     state.order = None
     state.epoch_losses, state.epoch_batch_sizes = [], []
+
+
+def _log_initial(run: Any, logger: MetricLogger, state: TrainState) -> None:
+    """Epoch 0: the losses and accuracies at the initial weights, logged at epoch, iteration,
+    sample and time 0. Runs of a sweep with one seed share their initial weights, so every
+    regime's curve starts from this same point; it is also what ``loss_grew`` compares to."""
+    state.initial_metrics = _epoch_metrics(run, None)
+    _log_epoch(logger, state.initial_metrics, state, 0)
+    log.info("epoch 0  %s  (initial weights)", "  ".join(f"{k}={v:.4g}" for k, v in state.initial_metrics.items()))
 
 
 def _no_longer_improving(run: Any, state: TrainState) -> bool:
@@ -209,6 +223,8 @@ def run_epochs(
     save = save_checkpoint or (lambda _state: None)
     progress = make_progress(str(run.cfg.progress).lower(), run.plan.total_iterations)
     n_epochs = len(run.plan.iterations) if run.plan.iterations is not None else None
+    if state.initial_metrics is None and state.iteration == 0:
+        _log_initial(run, logger, state)  # a resumed run has logged it already
     with StopFlag() as stop:
         try:
             for epoch, n_iterations in enumerate(_epoch_lengths(run), start=1):
@@ -250,9 +266,36 @@ def run_epochs(
     return state
 
 
+# A run whose final whole-training-set loss is at least this many times its initial one (at
+# epoch 0, before any update) ended an order of magnitude worse than not training at all: it
+# blew up without reaching a non-finite value, so its status alone ("done") would hide it.
+LOSS_GREW_FACTOR = 10.0
+
+
+def loss_growth(initial: float | None, final: float | None) -> float | None:
+    """final / initial when the loss grew by at least :data:`LOSS_GREW_FACTOR`, else None.
+
+    Only for a positive initial loss: a ratio of losses that can be negative (cosine
+    similarity) or zero says nothing about growth.
+    """
+    if initial is None or final is None or not initial > 0 or not math.isfinite(final):
+        return None
+    ratio = final / initial
+    return ratio if ratio >= LOSS_GREW_FACTOR else None
+
+
 def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
     """The run's ``summary.json`` (without the keys :func:`runner.train.train` adds)."""
     cfg, metrics = run.cfg, state.metrics
+    initial_loss = (state.initial_metrics or {}).get("loss/train_full")
+    growth = loss_growth(initial_loss, metrics.get("loss/train_full"))
+    warnings = []
+    if growth is not None:
+        warnings.append(
+            f"loss grew {growth:.3g}x: whole-training-set loss {metrics['loss/train_full']:.4g} at the end, "
+            f"{initial_loss:.4g} at the initial weights (flagged at >= {LOSS_GREW_FACTOR:g}x); lower optimizer.lr"
+        )
+        log.warning("The %s", warnings[-1])
     n_per_epoch = sum(b.stop - b.start for b in run.slices)
     epochs_begun = state.epoch - (1 if state.position == 0 and not state.epoch_losses else 0)
     return {
@@ -269,6 +312,9 @@ def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
         "n_train": len(run.train),
         "n_val": len(run.val) if run.val is not None else 0,
         "train_loss": _finite_or_none(metrics.get("loss/train_full")),
+        "initial_train_loss": _finite_or_none(initial_loss),
+        "loss_grew": growth is not None,
+        "warnings": warnings,
         "train_epoch_loss": _finite_or_none(metrics.get("loss/train_epoch")),
         "val_loss": _finite_or_none(metrics.get("loss/val")),
         "train_acc": metrics.get("acc/train"),

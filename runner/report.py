@@ -51,15 +51,25 @@ __all__ = ["PLOTS", "Labels", "PlotSpec", "ReportError", "main", "write_report"]
 
 REPORT_FILE = "report.md"
 IMAGES_DIR = "report"
-# Above this many points a per-iteration curve is drawn as a moving mean: raw SGD batch
-# losses at that density are a solid block of ink, and slow to draw.
-SMOOTH_ABOVE = 20_000
-# The moving mean's window as a fraction of the iteration it ends at: about a thousand
-# points over five decades, plenty for a 900-pixel-wide log axis.
-SMOOTH_WINDOW = 0.01
+# Above this many points a per-iteration curve is drawn as a moving mean over a faint copy
+# of the raw batch losses: raw SGD or small-batch losses are a band of noise that buries
+# every other line (gd_compare's batch 8 already has 1800 points, SGD 14380).
+SMOOTH_ABOVE = 1_000
+# At most this many raw points are drawn under a smoothed line (every k-th): more is a
+# solid block of ink at 900 pixels wide, and slow to draw.
+RAW_POINTS = 20_000
+# The moving mean's window as a fraction of the iteration it ends at: about 25 points per
+# decade, smooth enough that SGD's noise (one sample per update) no longer hides the trend,
+# fine enough for a 900-pixel-wide log axis. (At 1% the first hundred updates stayed raw.)
+SMOOTH_WINDOW = 0.1
 # Curves with at most this many points get markers, so one-update-per-epoch runs show their points.
 MARKERS_UP_TO = 30
 FIGSIZE, DPI = (9.0, 5.0), 100
+
+
+LOSS_GREW = "loss grew"
+# Runs whose curves climb out of the others' range: the y-limits come from the rest.
+BLOWN_UP = ("diverged", LOSS_GREW)
 
 
 class ReportError(RunnerError):
@@ -115,20 +125,34 @@ PLOTS: tuple[PlotSpec, ...] = (
     PlotSpec("val_acc_vs_epoch", "acc/val", "Validation accuracy at each epoch end", "epoch", is_loss=False, integer_x=True),
 )
 
-HOW_TO_READ = """\
+# "How to read this": the sentences that apply to what the report shows (a single run is
+# not told about seed bands, dashed lines or comparing regimes).
+READ_TERMS = """\
 An **epoch** is one pass over the training set; an **iteration** is one parameter update.
 Batch gradient descent (BGD) makes 1 update per epoch, SGD (batch size 1) makes N, and
-mini-batch makes ceil(N / batch size). `loss/train_full` is the loss on the *whole*
-training set at the weights at each epoch end: the fair curve for comparing regimes.
+mini-batch makes ceil(N / batch size)."""
+READ_FULL = """\
+`loss/train_full` is the loss on the *whole* training set at the weights at each epoch end{fair};
+epoch 0 is the initial weights, before any update{shared}."""
+READ_FAIR = ": the fair curve for comparing regimes"
+READ_SHARED = ", so runs with the same seed start from the same point"
+READ_TAGS = """\
 `loss/train_epoch` averages the batch losses seen during the epoch, so under BGD it is the
 loss *before* the epoch's single update and lags one update behind `loss/train_full`.
 `loss/train_iter` is the loss of the batch each update was computed from: noisy for SGD
-and small batches. A line with a shaded band is the mean over seeds, the band their
-minimum and maximum. Time is training time only (evaluation excluded). Dashed lines are
-runs that did not finish (diverged, interrupted, failed), drawn on their own; a diverged
-run stops at its last finite value and may leave the top of the frame. TensorBoard draws the
-same curves, one run per job, and its Custom Scalars tab groups them the same way:
-`{board}`."""
+and small batches{smooth}. Time is training time only (evaluation excluded)."""
+READ_SMOOTH = """\
+; above {count} updates it is drawn as a moving mean (its window {window:.0%} of the iteration)
+over the faint raw values"""
+READ_BANDS = "A line with a shaded band is the mean over seeds, the band their minimum and maximum."
+READ_DASHED = """\
+Dashed lines are runs that did not finish well (diverged, interrupted, failed, or a loss that
+grew by orders of magnitude), drawn on their own; a diverged run stops at its last finite
+value and may leave the top of the frame."""
+READ_PROBLEM = "The run did not finish well ({status}): its curves are dashed."
+READ_TB = """\
+TensorBoard draws the same curves, one run per job, and its Custom Scalars tab groups them the
+same way: `{board}`."""
 
 
 # --------------------------------------------------------------------------- the runs
@@ -146,6 +170,14 @@ class RunRecord:
     @property
     def status(self) -> str:
         return str(self.summary.get("status"))
+
+    @property
+    def problem(self) -> str | None:
+        """Why the run is not a healthy result: its status, or "loss grew" for a ``done`` run
+        whose loss grew by orders of magnitude (see :func:`runner.epochs.loss_growth`)."""
+        if self.status != "done":
+            return self.status
+        return LOSS_GREW if self.summary.get("loss_grew") else None
 
     @property
     def has_events(self) -> bool:
@@ -285,9 +317,21 @@ def _divergence_note(summary: dict[str, Any]) -> str:
     return "diverged"
 
 
+def _growth_note(summary: dict[str, Any]) -> str:
+    initial, final = summary.get("initial_train_loss"), summary.get("train_loss")
+    if isinstance(initial, (int, float)) and isinstance(final, (int, float)) and initial > 0:
+        return f"loss grew {final / initial:.3g}x"
+    return LOSS_GREW
+
+
 def _problem_suffix(record: RunRecord) -> str:
     seed = f"seed={record.seed} " if record.seed is not None else ""
-    note = _divergence_note(record.summary) if record.status == "diverged" else record.status
+    if record.problem == "diverged":
+        note = _divergence_note(record.summary)
+    elif record.problem == LOSS_GREW:
+        note = _growth_note(record.summary)
+    else:
+        note = record.status
     return f"{seed}({note})"
 
 
@@ -295,7 +339,7 @@ def _lines(configs: dict[str, list[RunRecord]], labels: Labels) -> list[Line]:
     colors = dict(zip(configs, _palette(len(configs))))
     lines = []
     for config, members in configs.items():
-        finished = [r for r in members if r.status == "done" and r.has_events]
+        finished = [r for r in members if r.problem is None and r.has_events]
         if finished:
             seeds = [r.seed for r in finished if r.seed is not None]
             if len(finished) > 1:
@@ -306,7 +350,7 @@ def _lines(configs: dict[str, list[RunRecord]], labels: Labels) -> list[Line]:
             lines.append(Line(labels.config(config, suffix), finished, colors[config]))
         for record in members:
             if record not in finished and record.has_events:
-                lines.append(Line(labels.config(config, _problem_suffix(record)), [record], colors[config], record.status))
+                lines.append(Line(labels.config(config, _problem_suffix(record)), [record], colors[config], record.problem))
     return lines
 
 
@@ -320,6 +364,7 @@ class Curve:
     low: np.ndarray | None = None
     high: np.ndarray | None = None
     note: str = ""
+    raw: Curve | None = None  # the unsmoothed values under a smoothed curve
 
 
 def _finite_prefix(series: Series) -> Series:
@@ -353,7 +398,8 @@ def _smoothed(curve: Curve) -> Curve:
         y=mean(curve.y),
         low=mean(curve.low),
         high=mean(curve.high),
-        note=f"moving mean, window {SMOOTH_WINDOW:.0%} of the iteration",
+        note="moving mean",
+        raw=curve,
     )
 
 
@@ -389,7 +435,7 @@ def _curve_values(curve: Curve) -> np.ndarray:
 
 def _scale_y(ax: Any, spec: PlotSpec, drawn: list[tuple[Line, Curve]]) -> None:
     """Log y for non-negative losses (zeros are masked); limits from the other runs when some diverged."""
-    healthy = [c for line, c in drawn if line.problem != "diverged"]
+    healthy = [c for line, c in drawn if line.problem not in BLOWN_UP]
     reference = healthy or [c for _, c in drawn]
     values = np.concatenate([_curve_values(c) for c in reference])
     if not len(values):
@@ -407,7 +453,10 @@ def _scale_y(ax: Any, spec: PlotSpec, drawn: list[tuple[Line, Curve]]) -> None:
         narrow = math.log10(float(values.max()) / float(values.min())) < 1.3
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain if narrow else NullFormatter())
-    if healthy and len(healthy) < len(drawn):
+    # The faint raw values under a smoothed line reach far below it (single-sample losses
+    # near 0): the frame follows the drawn lines, not the noise.
+    under_smoothed = any(c.raw is not None for _, c in drawn)
+    if (healthy and len(healthy) < len(drawn)) or under_smoothed:
         # A diverging run climbs by tens of orders of magnitude; let it leave the frame
         # instead of flattening everyone else's curve.
         low, high = float(values.min()), float(values.max())
@@ -451,6 +500,13 @@ def _mark_best_epoch(ax: Any, spec: PlotSpec, line: Line, curve: Curve) -> None:
     ax.plot([best], [y], marker="o", markersize=10, markerfacecolor="none", markeredgecolor=line.color, linestyle="none")
 
 
+def _draw_raw(ax: Any, curve: Curve, color: Any) -> None:
+    """The raw values under a smoothed line: faint and thin, every k-th point when there are many."""
+    raw = curve.raw
+    stride = max(1, math.ceil(len(raw.x) / RAW_POINTS))
+    ax.plot(raw.x[::stride], raw.y[::stride], color=color, linewidth=0.5, alpha=0.18, zorder=1)
+
+
 def _draw(spec: PlotSpec, lines: Sequence[Line], subtitle: str, ylabel: str) -> Figure | None:
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -465,15 +521,18 @@ def _draw(spec: PlotSpec, lines: Sequence[Line], subtitle: str, ylabel: str) -> 
             continue
         label = f"{line.label} [{curve.note}]" if curve.note else line.label
         few = len(curve.x) <= MARKERS_UP_TO
+        if curve.raw is not None:
+            _draw_raw(ax, curve, line.color)
         ax.plot(
             curve.x,
             curve.y,
             color=line.color,
             linestyle="--" if line.problem else "-",
-            linewidth=1.0 if spec.smooth and not few else 1.6,
+            linewidth=1.6,
             marker="o" if few else None,
             markersize=3.5,
             label=label,
+            zorder=3,
         )
         if curve.low is not None and spec.bands:
             ax.fill_between(curve.x, curve.low, curve.high, color=line.color, alpha=0.18, linewidth=0)
@@ -563,7 +622,7 @@ def _notes(summary: dict[str, Any]) -> str:
         return "non-finite loss"
     if summary.get("error"):
         return _cell(_shorten(str(summary["error"]).strip(), 200))
-    notes = []
+    notes = [_cell(str(w)) for w in summary.get("warnings") or []]
     if summary.get("stopped_early"):
         notes.append("stopped early")
     best, epochs = summary.get("best_epoch"), summary.get("epochs")
@@ -592,6 +651,8 @@ COLUMNS = (
 def _row(name: str, summary: dict[str, Any], notes: str) -> str:
     cells = [f"`{name}`"]
     cells += [_fmt(summary.get(key)) for title, key in COLUMNS[1:-1]]
+    if summary.get("loss_grew"):
+        cells[1] += f" ({LOSS_GREW})"
     cells.append(notes)
     return "| " + " | ".join(cells) + " |"
 
@@ -617,7 +678,7 @@ def _table(configs: dict[str, list[RunRecord]], labels: Labels) -> str:
     for config, members in configs.items():
         for record in members:
             rows.append(_row(labels.run(record), record.summary, _notes(record.summary)))
-        finished = [r for r in members if r.status == "done"]
+        finished = [r for r in members if r.problem is None]
         if len(finished) > 1 and all(r.seed is not None for r in finished):
             seeds = _compact_ints([r.seed for r in finished])
             rows.append(_mean_row(labels.config(config, f"mean of seeds {seeds}"), finished))
@@ -628,7 +689,9 @@ def _status_counts(records: Sequence[RunRecord]) -> str:
     counts: dict[str, int] = {}
     for record in records:
         counts[record.status] = counts.get(record.status, 0) + 1
-    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    text = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    grew = sum(1 for record in records if record.problem == LOSS_GREW)
+    return text + (f" ({grew} of them with a loss that grew by orders of magnitude)" if grew else "")
 
 
 def _display_name(root: Path) -> str:
@@ -637,16 +700,34 @@ def _display_name(root: Path) -> str:
     return f"{resolved.parent.name}/{resolved.name}" if seed_of(resolved) is not None else resolved.name
 
 
+def _how_to_read(root: Path, records: Sequence[RunRecord], configs: dict[str, list[RunRecord]], pngs: Sequence[Path]) -> str:
+    """The reading notes that apply: a single run hears nothing of seeds, bands or comparisons."""
+    several = len(records) > 1
+    smoothed = any(len(r.scalars.get("loss/train_iter", ())) > SMOOTH_ABOVE for r in records if r.has_events)
+    tags = READ_TAGS.format(smooth=READ_SMOOTH.format(count=SMOOTH_ABOVE, window=SMOOTH_WINDOW) if smoothed else "")
+    full = READ_FULL.format(fair=READ_FAIR if len(configs) > 1 else "", shared=READ_SHARED if several else "")
+    paragraphs = [READ_TERMS + "\n" + full + "\n" + tags]
+    if several and any(len([r for r in members if r.problem is None]) > 1 for members in configs.values()):
+        paragraphs.append(READ_BANDS)
+    problems = [r for r in records if r.problem is not None and r.has_events]
+    if several and problems:
+        paragraphs.append(READ_DASHED)
+    elif problems:
+        paragraphs.append(READ_PROBLEM.format(status=_problem_suffix(problems[0]).strip("()")))
+    paragraphs.append(READ_TB.format(board=board_command(root)))
+    return "\n\n".join(paragraphs)
+
+
 def _markdown(root: Path, records: Sequence[RunRecord], configs: dict[str, list[RunRecord]], labels: Labels, pngs: Sequence[Path]) -> str:
     title = _display_name(root)
-    parts = [
-        f"# Report: {title}",
-        "",
-        f"Generated {datetime.now():%Y-%m-%d %H:%M} from {len(records)} run(s) in `{root}`: {_status_counts(records)}.",
-    ]
+    if len(records) == 1:
+        source = f"the run in `{root}`: {records[0].status}" + (f" ({_growth_note(records[0].summary)})" if records[0].problem == LOSS_GREW else "")
+    else:
+        source = f"{len(records)} runs in `{root}`: {_status_counts(records)}"
+    parts = [f"# Report: {title}", "", f"Generated {datetime.now():%Y-%m-%d %H:%M} from {source}."]
     if labels.common and len(configs) > 1:
         parts += ["", "Settings shared by every run (left out of the labels): " + ", ".join(f"`{t}`" for t in labels.common) + "."]
-    parts += ["", "## How to read this", "", HOW_TO_READ.format(board=board_command(root))]
+    parts += ["", "## How to read this", "", _how_to_read(root, records, configs, pngs)]
     no_curves = [labels.run(r) for r in records if not r.has_events]
     if no_curves:
         parts += ["", "Runs without TensorBoard logs (not plotted): " + ", ".join(f"`{n}`" for n in no_curves) + "."]
@@ -656,7 +737,7 @@ def _markdown(root: Path, records: Sequence[RunRecord], configs: dict[str, list[
         parts += [f"### {titles[png.stem]}", "", f"![{titles[png.stem]}]({IMAGES_DIR}/{png.name})", ""]
     if not pngs:
         parts += ["No run has finite logged values to plot.", ""]
-    parts += ["## Runs", "", _table(configs, labels), ""]
+    parts += ["## Runs" if len(records) > 1 else "## The run", "", _table(configs, labels), ""]
     return "\n".join(parts)
 
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from runner.board import board_command
+from runner.epochs import LOSS_GREW_FACTOR
 from runner.errors import RunnerError
 from runner.memory import OutOfMemory
 from runner.text import plural
@@ -123,12 +124,32 @@ def validate_sweep(config: DictConfig) -> int:
     return len(jobs)
 
 
-def status_line(root: Path) -> str:
-    """``10 jobs: 8 done, 1 diverged, 1 failed`` for the runs under ``root``."""
+# Statuses that are results: a diverged run answers the question "does this lr work?".
+RESULT_STATUSES = ("done", "diverged")
+# The sweep's exit code when any job failed or ran out of memory (its results are incomplete).
+EXIT_JOBS_FAILED = 1
+
+
+def sweep_outcome(root: Path) -> tuple[str, int]:
+    """The sweep's final line and exit code, from the runs' summary.json under ``root``.
+
+    ``15 jobs: 14 done, 1 diverged`` and 0 when every job is a result (done or diverged);
+    ``... 1 failed — exit 1`` when any job failed or ran out of memory. Done runs whose loss
+    grew by orders of magnitude are counted in the line, not in the exit code.
+    """
     from runner.aggregate import find_runs
 
-    counts = Counter(json.loads((run / "summary.json").read_text()).get("status", "unknown") for run in find_runs(root))
-    return f"{plural(sum(counts.values()), 'job')}: " + ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    summaries = [json.loads((run / "summary.json").read_text()) for run in find_runs(root)]
+    counts = Counter(summary.get("status", "unknown") for summary in summaries)
+    grew = sum(1 for summary in summaries if summary.get("loss_grew"))
+    jobs = plural(len(summaries), "job")
+    order = [*RESULT_STATUSES, "failed", "oom", "interrupted"]
+    statuses = sorted(counts, key=lambda status: (order.index(status) if status in order else len(order), status))
+    line = f"{jobs}: " + ", ".join(f"{counts[status]} {status}" for status in statuses)
+    if grew:
+        line += f" ({grew} of them with a loss that grew by >= {LOSS_GREW_FACTOR:g}x; see report.md)"
+    code = 0 if set(counts) <= set(RESULT_STATUSES) else EXIT_JOBS_FAILED
+    return (line if code == 0 else f"{line} — exit {code}"), code
 
 
 class SweepCallback(Callback):
@@ -164,9 +185,15 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(config.hydra.sweep.dir)
         self._finish(root)
-        if root.is_dir():
-            log.info("Sweep finished: %s", status_line(root))
-            log.info("Open in TensorBoard: %s", board_command(root))
+        if not root.is_dir():
+            return
+        line, code = sweep_outcome(root)
+        if code == 0:
+            log.info("Sweep finished: %s", line)
+            return
+        log.error("Sweep finished: %s", line)
+        # Not an exception: Hydra would turn it into a warning and exit 0.
+        raise SystemExit(code)
 
     @staticmethod
     def _finish(root: Path) -> None:

@@ -141,7 +141,7 @@ def test_aggregate_json_lists_members_and_leaves_out_the_diverged_seed(sweep):
     assert info["group"] == "regime=bgd"
     assert info["seeds"] == [0, 1]
     assert info["excluded"] == [{"run": "seed=7", "status": "diverged"}]
-    assert info["tags"]["loss/train_full"] == {"points": 2, "first_step": 1, "last_step": 2, "aligned_by": "step"}
+    assert info["tags"]["loss/train_full"] == {"points": 3, "first_step": 0, "last_step": 2, "aligned_by": "step"}
     assert info["tags"]["by_time_ms/loss/train_full"]["aligned_by"].startswith("position")
 
 

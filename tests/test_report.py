@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import matplotlib.image as mpimg
@@ -14,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner import report
-from runner.aggregate import Series, find_runs, read_summary
+from runner.aggregate import Series, find_runs, natural_key, read_summary
 from runner.report import PLOTS, Labels, write_report
 from runner.tbwriter import EventWriter
 from runner.train import train
@@ -247,3 +248,88 @@ def test_a_directory_without_runs_is_refused_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path) in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "_layout").exists()
+
+
+# --------------------------------------------------------------------------- numeric order
+def _formats() -> dict[str, Any]:
+    return {
+        "repr": repr,
+        "g": lambda v: f"{v:g}",
+        "4g": lambda v: f"{v:.4g}",
+        "e": lambda v: f"{v:.3e}",
+        "E": lambda v: f"{v:E}",
+        "fixed": lambda v: f"{v:.12f}",
+    }
+
+
+@pytest.mark.parametrize("style", sorted(_formats()))
+def test_natural_key_orders_decimal_and_scientific_numbers_by_value(style):
+    """Sweep directories named by floats (Optuna's lrs, 1e-4, 0.00495) sort by value, not as text
+    and not by their digit runs (0.00495 is 0 "." 495, which came after 0.0151 = 0 "." 151)."""
+    rng = np.random.default_rng(len(style))
+    values = np.concatenate([10 ** rng.uniform(-8, 8, 300), [0.0, 0.00495, 0.0151, 0.0157, 0.716, 0.0726, 1.0, 10.0]])
+    fmt = _formats()[style]
+    names = [f"batch_size=8,optimizer.lr={fmt(float(v))}" for v in rng.permutation(values)]
+    ordered = [float(name.rsplit("=", 1)[1]) for name in sorted(names, key=natural_key)]
+    assert ordered == sorted(ordered)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["seed=-2", "seed=-1", "seed=0", "seed=2", "seed=10"],
+        ["lr=1e-05", "lr=0.0001", "lr=0.001", "lr=0.01", "lr=1e+00", "lr=2.5E1"],
+        ["2026-01-02_03-04-05", "2026-01-02_03-04-06", "2026-01-10_00-00-00"],  # dates: no minus signs
+        ["layer.2", "layer.10"],
+        ["batch_size=1,seed=0", "batch_size=8,seed=0", "batch_size=32,seed=0", "batch_size=full,seed=0"],
+    ],
+)
+def test_natural_key_keeps_integers_signs_and_dates_in_order(names):
+    assert sorted(reversed(names), key=natural_key) == names
+
+
+# --------------------------------------------------------------------------- single run, epoch 0, smoothing
+SWEEP_ONLY_WORDS = ("seed", "band", "Dashed", "dashed", "regimes", "mean of", "Runs without")
+
+
+def test_a_single_run_report_speaks_of_a_single_run(sweep):
+    run = sweep / "dataset=iris,epochs=2,regime=bgd" / "seed=0"
+    text = write_report(run).read_text()
+    how_to_read = text.split("## How to read this")[1].split("## Plots")[0].replace(str(run), "<run>")
+    assert "from the run in" in text and "1 run(s)" not in text
+    for word in SWEEP_ONLY_WORDS:
+        assert word not in how_to_read, word
+    assert "## The run" in text and "## Runs" not in text
+
+
+def test_a_sweep_report_explains_bands_and_dashed_lines(reported):
+    text = (reported / "report.md").read_text()
+    assert "mean over seeds" in text and "Dashed lines are runs" in text
+    assert "from 8 runs in" in text
+
+
+def test_every_regime_starts_from_the_same_initial_loss_at_epoch_0(sweep):
+    runs = {regime: sweep / f"dataset=iris,epochs=2,regime={regime}" / "seed=0" for regime in REGIMES}
+    records = {r: report.RunRecord(path=p, rel=r, summary=read_summary(p), config=r, seed=0) for r, p in runs.items()}
+    for name in ("loss_vs_epoch", "loss_vs_samples", "val_loss_vs_epoch"):
+        spec = next(s for s in PLOTS if s.name == name)
+        curves = [report._curve(report.Line(r, [rec], color="C0"), spec) for r, rec in records.items()]
+        assert [c.x[0] for c in curves] == [0.0, 0.0, 0.0], name
+        assert curves[0].y[0] == curves[1].y[0] == curves[2].y[0], name
+        assert [len(c.x) for c in curves] == [3, 3, 3], name  # epochs 0, 1, 2
+
+
+def test_a_noisy_iteration_curve_is_a_smoothed_line_over_its_faint_raw_values(tmp_path):
+    spec = next(s for s in PLOTS if s.name == "loss_vs_iteration")
+    noisy = report.Line("batch_size=1", [_long_run(tmp_path / "sgd", 5_000)], color="C0")
+    quiet = report.Line("batch_size=full", [_long_run(tmp_path / "bgd", 20)], color="C1")
+    fig = report._draw(spec, [noisy, quiet], "", "loss")
+    lines = fig.axes[0].get_lines()
+    labelled = {line.get_label(): line for line in lines if not line.get_label().startswith("_")}
+    assert set(labelled) == {"batch_size=1 [moving mean]", "batch_size=full"}
+    raw = [line for line in lines if line.get_label().startswith("_")]
+    assert len(raw) == 1 and len(raw[0].get_xdata()) == 5_000 and raw[0].get_alpha() < 0.5
+    smoothed = labelled["batch_size=1 [moving mean]"]
+    assert len(smoothed.get_xdata()) < 1_000 and smoothed.get_zorder() > raw[0].get_zorder()
+    late = lambda line: np.asarray(line.get_ydata())[np.asarray(line.get_xdata()) > 1_000]  # noqa: E731
+    assert np.ptp(late(smoothed)) < 0.1 * np.ptp(late(raw[0]))  # the period-3 noise averaged out

@@ -134,7 +134,7 @@ def test_resume_refuses_a_different_config_but_allows_more_epochs(make_cfg, tmp_
     assert "optimizer.lr: 0.1 -> 0.5" in str(info.value)
     longer = train(make_cfg("dataset=iris", "epochs=3", output_dir=out))
     assert longer["status"] == "done" and longer["epochs"] == 3 and longer["iterations"] == 12
-    assert [s for s, _ in read_scalars(out)["loss/train_full"]] == [1, 2, 3]
+    assert [s for s, _ in read_scalars(out)["loss/train_full"]] == [0, 1, 2, 3]
 
 
 def test_resume_must_without_a_checkpoint_is_an_error(make_cfg, tmp_path):

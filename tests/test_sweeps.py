@@ -21,13 +21,13 @@ from runner.train import build_run
 from conftest import CONF_DIR, read_scalars
 
 
-def multirun(sweep_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def multirun(sweep_dir: Path, *overrides: str, env: dict | None = None, exit_code: int = 0) -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", "runner", "-m", "progress=false", f"hydra.sweep.dir={sweep_dir}", *overrides],
         cwd=sweep_dir.parent, env=env, capture_output=True, text=True, timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == exit_code, result.stderr[-3000:]
     return result
 
 
@@ -97,7 +97,7 @@ def test_gd_compare_hparams_are_in_the_event_files(gd_compare):
 def test_a_diverging_and_a_crashing_job_do_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     # Job #2 (batch_size=8, lr=0.05) raises as if it crashed; job #1 diverges.
-    result = multirun(sweep, "dataset=iris", "epochs=2", "batch_size=1,8", "optimizer.lr=0.05,1e6", env={FAULT_ENV: "2"})
+    result = multirun(sweep, "dataset=iris", "epochs=2", "batch_size=1,8", "optimizer.lr=0.05,1e6", env={FAULT_ENV: "2"}, exit_code=1)
     runs = summaries(sweep)
     by_cell = {name.split("/")[0]: s for name, s in runs.items()}
     assert by_cell["batch_size=1,optimizer.lr=0.05"]["status"] == "done"
@@ -107,7 +107,7 @@ def test_a_diverging_and_a_crashing_job_do_not_stop_the_sweep(tmp_path):
     assert by_cell["batch_size=8,optimizer.lr=1000000.0"]["status"] == "diverged"
     report = (sweep / "report.md").read_text()
     assert report.count("| diverged |") == 2 and report.count("| failed |") == 1
-    assert "4 jobs: 2 diverged, 1 done, 1 failed" in result.stdout + result.stderr
+    assert "4 jobs: 1 done, 2 diverged, 1 failed — exit 1" in result.stdout + result.stderr
 
 
 def test_every_sweep_point_is_validated_before_the_first_job(tmp_path):
@@ -126,7 +126,7 @@ def test_every_sweep_point_is_validated_before_the_first_job(tmp_path):
 def test_rerunning_a_sweep_skips_finished_resumes_interrupted_and_reruns_failed(tmp_path):
     sweep = tmp_path / "sweep"
     overrides = ("dataset=iris", "epochs=3", "batch_size=8,16,32")
-    multirun(sweep, *overrides, env={FAULT_ENV: "2"})  # batch 32 crashes
+    multirun(sweep, *overrides, env={FAULT_ENV: "2"}, exit_code=1)  # batch 32 crashes
     first = summaries(sweep)
     done_dir = sweep / "batch_size=8"
     killed_dir = sweep / "batch_size=16"
@@ -160,7 +160,7 @@ def test_seed_axis_is_aggregated(tmp_path):
         assert sorted(p.name for p in group.glob("seed=*")) == ["seed=0", "seed=1", "seed=2"]
         mean = read_scalars(group / "seed_aggregate")["loss/train_full"]
         members = [read_scalars(group / f"seed={k}")["loss/train_full"] for k in range(3)]
-        assert [s for s, _ in mean] == [1, 2]
+        assert [s for s, _ in mean] == [0, 1, 2]  # epoch 0: the initial weights
         for i, (_, value) in enumerate(mean):
             assert value == pytest.approx(sum(m[i][1] for m in members) / 3, rel=1e-5)
 

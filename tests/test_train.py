@@ -97,7 +97,8 @@ def test_bgd_epoch_loss_lags_one_update_and_train_full_does_not(make_cfg):
     full_loss = [v for _, v in logger.scalars["loss/train_full"]]
     iter_loss = [v for _, v in logger.scalars["loss/train_iter"]]
     assert_close(epoch_loss, iter_loss)  # one batch per epoch
-    assert_close(epoch_loss[1:], full_loss[:-1], rtol=1e-5, atol=1e-7)
+    # full_loss[0] is epoch 0, the initial weights: the loss the first update starts from.
+    assert_close(epoch_loss, full_loss[:-1], rtol=1e-5, atol=1e-7)
     assert all(b < a for a, b in zip(full_loss, full_loss[1:]))  # gradient descent on a convex loss
 
 
@@ -180,17 +181,22 @@ def test_run_directory_contract(make_cfg, tmp_path):
     assert [s for s, _ in scalars["loss/train_iter"]] == list(range(2 * ipe))
     assert [s for s, _ in scalars["lr"]] == list(range(2 * ipe))
     assert [s for s, _ in scalars["grad_norm"]] == list(range(2 * ipe))
+    # Evaluations start at epoch 0 (the initial weights, at iteration, sample and time 0);
+    # the mean of an epoch's batch losses exists from epoch 1.
     for tag in ("loss/train_epoch", "loss/train_full", "loss/val", "acc/train", "acc/val"):
-        assert [s for s, _ in scalars[tag]] == [1, 2], tag
-        assert [s for s, _ in scalars[f"by_iteration/{tag}"]] == [ipe, 2 * ipe]
-        assert [s for s, _ in scalars[f"by_samples/{tag}"]] == [120, 240]
-        assert len(scalars[f"by_time_ms/{tag}"]) == 2
+        first = 1 if tag == "loss/train_epoch" else 0
+        assert [s for s, _ in scalars[tag]] == [0, 1, 2][first:], tag
+        assert [s for s, _ in scalars[f"by_iteration/{tag}"]] == [0, ipe, 2 * ipe][first:]
+        assert [s for s, _ in scalars[f"by_samples/{tag}"]] == [0, 120, 240][first:]
+        assert len(scalars[f"by_time_ms/{tag}"]) == 3 - first
+        assert first == 1 or scalars[f"by_time_ms/{tag}"][0][0] == 0
+    assert scalars["loss/train_full"][0][1] == pytest.approx(summary["initial_train_loss"], rel=1e-6)
     assert scalars["loss/train_full"][-1][1] == pytest.approx(summary["train_loss"], rel=1e-6)
     assert scalars["acc/val"][-1][1] == pytest.approx(summary["val_acc"], rel=1e-6)
 
     on_disk = json.loads((out / "summary.json").read_text())
     for key in ("status", "epochs", "iterations", "iterations_per_epoch", "samples_seen", "train_loss", "val_loss",
-                "train_acc", "val_acc", "seconds_per_epoch", "device", "torch_version", "seed"):
+                "train_acc", "val_acc", "seconds_per_epoch", "device", "torch_version", "seed", "initial_train_loss", "loss_grew", "warnings"):
         assert key in on_disk, key
     assert on_disk["status"] == "done" and on_disk["epochs"] == 2 and on_disk["iterations"] == 2 * ipe
     assert on_disk["iterations_per_epoch"] == ipe and on_disk["samples_seen"] == 240
@@ -268,5 +274,6 @@ def test_early_stopping_keeps_the_best_epoch(make_cfg, tmp_path):
                              "early_stopping_patience=5", output_dir=tmp_path / "r"))
     assert summary["stopped_early"] is True and summary["status"] == "done"
     assert summary["epochs"] == summary["best_epoch"] + 5
-    val = [v for _, v in read_scalars(tmp_path / "r")["loss/val"]]
-    assert min(val) == pytest.approx(summary["best_loss"], rel=1e-6) and val.index(min(val)) + 1 == summary["best_epoch"]
+    val = dict(read_scalars(tmp_path / "r")["loss/val"])  # epoch -> loss, from epoch 0
+    best = min(val, key=val.get)
+    assert val[best] == pytest.approx(summary["best_loss"], rel=1e-6) and best == summary["best_epoch"]
