@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import ConfigError
+from runner.rundir import LOCK_FILE
 
 CALLBACKS = ("runner.sweep.SweepCallback", "runner.rundir.RunDirCallback")
 LAUNCHERS = (
@@ -186,7 +187,8 @@ def remove_fresh_run_dir(hydra_cfg: DictConfig) -> None:
     out = Path(hydra_cfg.runtime.output_dir).absolute()
     if _existed.get(str(out), True) or not out.is_dir():
         return
-    hydra_files = {f"{hydra_cfg.job.name}.log"}
+    # Hydra's log, and the lock this process took (released: the run was refused).
+    hydra_files = {f"{hydra_cfg.job.name}.log", LOCK_FILE}
     subdir = hydra_cfg.output_subdir
     config_files = {"config.yaml", "hydra.yaml", "overrides.yaml"}
     for entry in out.iterdir():

@@ -128,14 +128,26 @@ def event_file(out: Path, stored: Any) -> Path:
 
 
 # ------------------------------------------------------------------ Hydra's record of the run
-def hydra_record_dir(out: Path) -> Path | None:
-    """Where Hydra wrote this process's ``config.yaml`` etc. (``None`` outside Hydra)."""
+def hydra_job_of(out: Path) -> Any:
+    """Hydra's config of the job writing into ``out``, or ``None`` when no Hydra job does: outside
+    Hydra, after a plain ``compose`` (no run directory), or when the last job Hydra ran in this
+    process was another run (its choices and record are not this one's)."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.output_subdir is None or Path(hydra_cfg.runtime.output_dir).resolve() != out.resolve():
+    job_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None)
+    if job_dir is None or Path(job_dir).resolve() != out.resolve():
+        return None
+    return hydra_cfg
+
+
+def hydra_record_dir(out: Path) -> Path | None:
+    """Where Hydra wrote this job's ``config.yaml`` etc. (``None`` outside a Hydra job)."""
+    hydra_cfg = hydra_job_of(out)
+    if hydra_cfg is None or hydra_cfg.output_subdir is None:
         return None
     return out / hydra_cfg.output_subdir
 

@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
@@ -49,7 +48,7 @@ from runner.checkpoint import load_checkpoint, restore_rng_state, rng_state
 from runner.checkpoint import save_checkpoint as save_checkpoint_file
 from runner.epochs import TrainState, run_epochs, summary_of
 from runner.registry import build
-from runner.rundir import DiskFull, RunDirRefused, check_usable, event_file, exclusive, is_disk_full, keep_record, restore_record
+from runner.rundir import DiskFull, RunDirRefused, check_usable, event_file, exclusive, hydra_job_of, is_disk_full, keep_record, restore_record
 from runner.schedulers import NEEDS_RUN_LENGTH
 from runner.text import plural
 from runner.validate import check_combination, check_config, resolve_batch_size
@@ -57,7 +56,6 @@ from runner.validate import check_combination, check_config, resolve_batch_size
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE, WEIGHTS_FILE, CHECKPOINT_DIR = "summary.json", "model.pt", "checkpoints"
-RESUME_MODES = ("auto", "must", "never")
 CHECKPOINT_FORMAT = 2  # 2: the event file by name; 1 stored its path
 LR_SCALING = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
 
@@ -274,11 +272,11 @@ def hparams_of(run: Run, choices: Mapping[str, Any] | None = None, overrides: Se
     return hparams
 
 
-def _hydra_job() -> tuple[dict[str, Any], list[str]]:
+def _hydra_job(out: Path) -> tuple[dict[str, Any], list[str]]:
     """This job's group choices and overrides when Hydra's CLI runs it, else nothing."""
-    if not HydraConfig.initialized():
+    hydra_cfg = hydra_job_of(out)
+    if hydra_cfg is None:
         return {}, []
-    hydra_cfg = HydraConfig.get()
     return dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task)
 
 
@@ -489,8 +487,6 @@ def _prior_attempt(run: Run, out: Path) -> tuple[str, Any]:
     (with the restored state and event-file position), or ``fresh``. Applies ``resume``
     (auto|must|never)."""
     cfg = run.cfg
-    if cfg.resume not in RESUME_MODES:
-        raise ConfigError("resume", cfg.resume, f"one of {', '.join(RESUME_MODES)}")
     summary = _read_summary(out)
     status = summary["status"] if summary else None
     if status in ("done", "diverged"):
@@ -548,7 +544,7 @@ def _train_into(run: Run, out: Path, state: TrainState | None, log_position: tup
     log.info("Training %s", describe_run(run))
     log.info("%s", standardization_line(run))
     logger = TensorBoardLogger(out, resume_from=log_position)
-    hparams = hparams_of(run, *_hydra_job())
+    hparams = hparams_of(run, *_hydra_job(out))
 
     def save_checkpoint(current: TrainState) -> None:
         save_checkpoint_file(out / CHECKPOINT_DIR, _checkpoint_payload(run, current, logger.position()))

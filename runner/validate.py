@@ -26,6 +26,7 @@ from runner.schema import RunConfig
 from runner.schedulers import EPOCH_ONLY, INTERVALS
 
 PROGRESS_MODES = ("auto", "true", "false")
+RESUME_MODES = ("auto", "must", "never")
 # np.random.seed and scikit-learn's random_state take [0, 2**32 - 1]; torch and random take more.
 SEED_RANGE = (0, 2**32 - 1)
 # Synthetic data: generated in float64, converted to float32, then split and standardised
@@ -108,6 +109,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0 = at each epoch end only)")
     if cfg.eval_batch_size < 1:
         raise ConfigError("eval_batch_size", cfg.eval_batch_size, "an integer >= 1")
+    if cfg.resume not in RESUME_MODES:
+        raise ConfigError("resume", cfg.resume, f"one of {', '.join(RESUME_MODES)}")
     if str(cfg.progress).lower() not in PROGRESS_MODES:
         raise ConfigError("progress", cfg.progress, f"one of {', '.join(PROGRESS_MODES)}")
     for group in ("model", "loss", "optimizer", "scheduler"):

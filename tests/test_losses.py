@@ -605,7 +605,7 @@ def test_config_targets_are_registered_losses():
 
 def test_each_loss_option_is_named_after_its_config_file():
     """``Loss.option`` is what error messages tell the user to type: ``loss=<option>``."""
-    conf = Path(__file__).resolve().parents[1] / "conf" / "loss"
+    conf = CONF_DIR / "loss"
     by_file = {}
     for path in sorted(conf.glob("*.yaml")):
         target = [line.split(":", 1)[1].strip() for line in path.read_text().splitlines() if line.startswith("_target_:")]

@@ -59,7 +59,7 @@ def test_counts_of_one_are_singular_in_messages(tmp_path, caplog):
     from runner.data.files import load_npz
     from runner.errors import ConfigError, DataError
     from runner.schedulers import warmup_cosine
-    from runner.sweep import status_line
+    from runner.sweep import sweep_outcome
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     with pytest.raises(ConfigError, match=r"\(the run has 1 scheduler step\)"):
@@ -69,7 +69,7 @@ def test_counts_of_one_are_singular_in_messages(tmp_path, caplog):
         load_npz(tmp_path / "d.npz")
     (tmp_path / "sweep" / "a").mkdir(parents=True)
     (tmp_path / "sweep" / "a" / "summary.json").write_text('{"status": "done"}')
-    assert status_line(tmp_path / "sweep") == "1 job: 1 done"
+    assert sweep_outcome(tmp_path / "sweep") == ("1 job: 1 done", 0)
     # lr 0: the loss cannot improve after the first epoch, so patience 1 stops at epoch 2.
     caplog.set_level(logging.INFO, logger="runner.epochs")
     train(compose_cfg(["dataset=iris", "optimizer.lr=0", "early_stopping_patience=1", "epochs=5"], tmp_path / "run"))
@@ -229,12 +229,12 @@ def test_log_lines_do_not_land_on_the_progress_bar(tmp_path):
     assert rc == 0, stream
     screen = render(stream)
     epoch_lines = [line for line in screen if "[runner.epochs][INFO] - epoch " in line]
-    # Each epoch's line is logged while the bar is on screen (it closes after the last).
-    assert len(epoch_lines) == 3, screen
+    # Each epoch's line (epoch 0: the initial weights) is logged while the bar is on screen.
+    assert len(epoch_lines) == 4, screen
     for line in epoch_lines:
         assert line.startswith("[") and "%|" not in line and "it/s" not in line, line
     bars = [line for line in screen if "%|" in line]
     assert bars and bars[-1].startswith("epoch 3/3: 100%|"), screen
     # Only the console handler is rerouted: Hydra's log file still gets every line.
     (log_file,) = (tmp_path / "run").glob("*.log")
-    assert log_file.read_text().count("[runner.epochs][INFO] - epoch ") == 3
+    assert log_file.read_text().count("[runner.epochs][INFO] - epoch ") == 4

@@ -103,7 +103,7 @@ def test_a_run_directory_that_is_a_file_is_one_line(tmp_path):
     out = tmp_path / "run"
     out.write_text("notes")
     line = one_line_error(run_cli(out, *SMALL))
-    assert str(out) in line and "not a directory" in line
+    assert str(out) in line and "existing file" in line
     assert out.read_text() == "notes"
     line = one_line_error(run_cli(out / "sub", *SMALL))
     assert str(out) in line
