@@ -188,12 +188,11 @@ class SweepCallback(Callback):
         if not root.is_dir():
             return
         line, code = sweep_outcome(root)
-        if code == 0:
-            log.info("Sweep finished: %s", line)
-            return
-        log.error("Sweep finished: %s", line)
-        # Not an exception: Hydra would turn it into a warning and exit 0.
-        raise SystemExit(code)
+        log.log(logging.INFO if code == 0 else logging.ERROR, "Sweep finished: %s", line)
+        log.info("Open in TensorBoard: %s", board_command(root))
+        if code:
+            # Not an exception: Hydra would turn it into a warning and exit 0.
+            raise SystemExit(code)
 
     @staticmethod
     def _finish(root: Path) -> None:

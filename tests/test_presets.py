@@ -186,7 +186,10 @@ def test_readme_parsing_finds_runner_commands_and_skips_others():
     assert len(readme_commands()) >= len(PRESETS) + 4
 
 
-@pytest.mark.parametrize("argv", readme_commands(), ids=" ".join)
+# The README's sweeps take minutes together: they run with the slow tests (CI runs those too).
+@pytest.mark.parametrize(
+    "argv", [pytest.param(a, marks=pytest.mark.slow if "-m" in a else (), id=" ".join(a)) for a in readme_commands()]
+)
 def test_readme_command_runs_and_shows_what_it_is_for(argv, tmp_path):
     done = run_cli(shrunk(argv), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -19,6 +19,9 @@ import torch
 from runner.checkpoint import LAST, PREV
 from runner.rundir import LOCK_FILE, exclusive
 
+# Real processes into real run directories, minutes together: with the slow tests (CI runs them).
+pytestmark = pytest.mark.slow
+
 SMALL = ("dataset=iris", "epochs=2", "progress=false")
 
 

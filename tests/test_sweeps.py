@@ -123,6 +123,7 @@ def test_every_sweep_point_is_validated_before_the_first_job(tmp_path):
     assert not sweep.exists()  # not a single job ran
 
 
+@pytest.mark.slow
 def test_rerunning_a_sweep_skips_finished_resumes_interrupted_and_reruns_failed(tmp_path):
     sweep = tmp_path / "sweep"
     overrides = ("dataset=iris", "epochs=3", "batch_size=8,16,32")
@@ -165,6 +166,7 @@ def test_seed_axis_is_aggregated(tmp_path):
             assert value == pytest.approx(sum(m[i][1] for m in members) / 3, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_joblib_launcher_gives_the_same_results_as_the_basic_launcher(tmp_path):
     overrides = ("dataset=iris", "epochs=2", "batch_size=4,16,full")
     multirun(tmp_path / "basic", *overrides)

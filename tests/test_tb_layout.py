@@ -187,7 +187,7 @@ def test_a_single_run_is_one_tensorboard_run(tmp_path):
     assert event_dirs(tmp_path / "outputs") == {f"runs/{run.name}"}
     assert len(list(run.glob(EVENTS))) == 1
     assert session_hparams(run)["optimizer"] == "sgd"
-    assert [s for s, _ in read_scalars(run)["loss/train_full"]] == [1]
+    assert [s for s, _ in read_scalars(run)["loss/train_full"]] == [0, 1]  # epoch 0: the initial weights
 
 
 # --------------------------------------------------------------------------- pieces
