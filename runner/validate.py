@@ -47,6 +47,16 @@ def _number(key: str, value: Any, low: float, high: float = math.inf, *, low_ope
         raise ConfigError(key, value, f"a finite number in {left}{low}, {high}{right}")
 
 
+# Counts become int64 arithmetic (numpy step arrays, torch indices): a larger one overflows.
+INT64_MAX = 2**63 - 1
+
+
+def _count(key: str, value: Any, low: int, meaning: str) -> None:
+    """An integer count in ``[low, 2**63 - 1]``; ``meaning`` says what the key does."""
+    if not (_is_int(value) and low <= value <= INT64_MAX):
+        raise ConfigError(key, value, f"an integer in [{low}, 2**63 - 1] ({meaning})")
+
+
 def _seed(key: str, value: Any) -> None:
     low, high = SEED_RANGE
     if not (_is_int(value) and low <= value <= high):
@@ -97,18 +107,15 @@ def check_config(cfg: DictConfig) -> None:
     if not (batch_size == "full" or (_is_int(batch_size) and batch_size >= 1)):
         raise ConfigError("batch_size", batch_size, "an integer >= 1, or 'full' for the whole training set")
     _number("val_fraction", cfg.val_fraction, 0, 1, high_open=True)
-    if cfg.log_every < 1:
-        raise ConfigError("log_every", cfg.log_every, "an integer >= 1 (1 = every iteration)")
-    if cfg.micro_batch_size is not None and cfg.micro_batch_size < 1:
-        raise ConfigError("micro_batch_size", cfg.micro_batch_size, "an integer >= 1, or null for whole batches")
+    _count("log_every", cfg.log_every, 1, "1 = every iteration")
+    if cfg.micro_batch_size is not None:
+        _count("micro_batch_size", cfg.micro_batch_size, 1, "or null for whole batches")
     if cfg.grad_clip is not None:
         _number("grad_clip", cfg.grad_clip, 0, low_open=True)
-    if cfg.early_stopping_patience is not None and cfg.early_stopping_patience < 1:
-        raise ConfigError("early_stopping_patience", cfg.early_stopping_patience, "an integer >= 1, or null")
-    if cfg.checkpoint_every < 0:
-        raise ConfigError("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0 = at each epoch end only)")
-    if cfg.eval_batch_size < 1:
-        raise ConfigError("eval_batch_size", cfg.eval_batch_size, "an integer >= 1")
+    if cfg.early_stopping_patience is not None:
+        _count("early_stopping_patience", cfg.early_stopping_patience, 1, "epochs without improvement, or null")
+    _count("checkpoint_every", cfg.checkpoint_every, 0, "0 = at each epoch end only")
+    _count("eval_batch_size", cfg.eval_batch_size, 1, "samples per evaluation chunk")
     if cfg.resume not in RESUME_MODES:
         raise ConfigError("resume", cfg.resume, f"one of {', '.join(RESUME_MODES)}")
     if str(cfg.progress).lower() not in PROGRESS_MODES:

@@ -82,6 +82,10 @@ BAD_CONFIGS = [
     (["val_fraction=-0.1"], "val_fraction", "-0.1", ConfigError),
     (["device=tpu"], "device", "tpu", ConfigError),
     (["log_every=0"], "log_every", "0", ConfigError),
+    # Found by the fuzz: counts past int64 overflowed numpy's step arithmetic mid-run.
+    (["log_every=18446744073709551616"], "log_every", "18446744073709551616", ConfigError),
+    (["eval_batch_size=18446744073709551616"], "eval_batch_size", "18446744073709551616", ConfigError),
+    (["checkpoint_every=9223372036854775808"], "checkpoint_every", "9223372036854775808", ConfigError),
     (["progress=maybe"], "progress", "maybe", ConfigError),
     (["dataset=diabetes", "loss=categorical_crossentropy"], "loss", "CategoricalCrossentropy", ConfigError),
     (["dataset=diabetes", "loss=hinge"], "loss", "Hinge", ConfigError),
