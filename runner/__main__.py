@@ -7,17 +7,24 @@ override; training's imports (torch, Hydra) are not loaded for it.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["board"]:
-        from runner.board import main as board
+    try:
+        if sys.argv[1:2] == ["board"]:
+            from runner.board import main as board
 
-        raise SystemExit(board(sys.argv[2:]))
-    from runner.cli import main as train
+            raise SystemExit(board(sys.argv[2:]))
+        from runner.cli import main as train
 
-    train()
+        train()
+    except BrokenPipeError:
+        # The reader went away (`hpr --help | head`): not an error worth a traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

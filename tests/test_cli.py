@@ -62,3 +62,11 @@ def test_default_experiment_runs_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["status"] == "done" and summary["val_acc"] > 0.9
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    """``hpr --help | head`` closes the pipe early: exit 1 quietly, as other tools do."""
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # no reader left: the first write fails with EPIPE
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and "Traceback" not in stderr, stderr
