@@ -46,6 +46,7 @@ from runner.aggregate import (
 )
 from runner.board import board_command
 from runner.errors import RunnerError
+from runner.schema import split_items
 
 __all__ = ["PLOTS", "Labels", "PlotSpec", "ReportError", "main", "write_report"]
 
@@ -222,31 +223,10 @@ def _configurations(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
 
 
 # --------------------------------------------------------------------------- labels
-def _split_overrides(part: str) -> list[str]:
-    """``a=1,b=[2,3]`` → ``["a=1", "b=[2,3]"]``: commas inside brackets or quotes stay."""
-    tokens, depth, quote, current = [], 0, "", []
-    for char in part:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[({":
-            depth += 1
-        elif char in "])}":
-            depth = max(depth - 1, 0)
-        elif char == "," and depth == 0:
-            tokens.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    tokens.append("".join(current))
-    return [t for t in tokens if t]
-
-
 def _tokens(config: str) -> list[str]:
     if config == ".":
         return []
-    return [token for part in config.split("/") for token in _split_overrides(part)]
+    return [token for part in config.split("/") for token in split_items(part) if token]
 
 
 def _compact_ints(values: Sequence[int]) -> str:

@@ -389,7 +389,7 @@ _SCHEMAS = {
 }
 
 
-def _split_items(dirname: str, sep: str = ",") -> list[str]:
+def split_items(dirname: str, sep: str = ",") -> list[str]:
     """``a=1,b=[2,3]`` → ``["a=1", "b=[2,3]"]``: separators inside brackets or quotes stay."""
     items, depth, quote, current = [], 0, "", ""
     for char in dirname:
@@ -400,7 +400,7 @@ def _split_items(dirname: str, sep: str = ",") -> list[str]:
         elif char in "[{(":
             depth += 1
         elif char in "]})":
-            depth -= 1
+            depth = max(depth - 1, 0)
         elif char == sep and depth == 0:
             items.append(current)
             current = ""
@@ -419,7 +419,7 @@ def sweep_subdir(override_dirname: str, seed: int) -> str:
     override value (a file path) is replaced so the name cannot escape the sweep
     directory or nest unexpectedly. A job with no overrides at all is ``seed=<seed>``.
     """
-    items = _split_items(override_dirname)
+    items = split_items(override_dirname)
     seeds = [item for item in items if item.split("=", 1)[0] == "seed"]
     name = ",".join(item for item in items if item not in seeds).replace("/", "_").replace("\\", "_")
     parts = [part for part in (name, *seeds) if part]
