@@ -51,7 +51,7 @@ from runner.registry import build
 from runner.rundir import DiskFull, RunDirRefused, check_usable, event_file, exclusive, hydra_job_of, is_disk_full, keep_record, restore_record
 from runner.schedulers import NEEDS_RUN_LENGTH
 from runner.text import plural
-from runner.validate import check_combination, check_config, resolve_batch_size
+from runner.validate import FLOAT32_MAX, check_combination, check_config, resolve_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,10 @@ def scaled_lr(lr: float, rule: str, batch_size: int, base_batch: int) -> float:
         raise ConfigError("lr_scaling", rule, f"one of {', '.join(LR_SCALING)}")
     if base_batch < 1:
         raise ConfigError("lr_scaling_base_batch", base_batch, "an integer >= 1")
-    return lr * LR_SCALING[rule](batch_size / base_batch)
+    scaled = lr * LR_SCALING[rule](batch_size / base_batch)
+    if scaled > FLOAT32_MAX:
+        raise ConfigError("optimizer.lr", lr, f"a learning rate that stays within float32 after lr_scaling={rule} (here {scaled:g})")
+    return scaled
 
 
 def _scheduler_steps(cfg: DictConfig, plan: Plan, per_iteration: bool) -> int:

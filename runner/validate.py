@@ -47,6 +47,7 @@ def _number(key: str, value: Any, low: float, high: float = math.inf, *, low_ope
         raise ConfigError(key, value, f"a finite number in {left}{low}, {high}{right}")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Counts become int64 arithmetic (numpy step arrays, torch indices): a larger one overflows.
 INT64_MAX = 2**63 - 1
 
@@ -128,14 +129,16 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check_optimizer(opt: DictConfig) -> None:
-    _number("optimizer.lr", opt.lr, 0)
-    _number("optimizer.weight_decay", opt.weight_decay, 0)
+    # The weights are float32 and these factors meet them in float32 kernels (LARS's
+    # ``add_(alpha=lr)`` raises past float32's range): larger values are not "large", they are unusable.
+    _number("optimizer.lr", opt.lr, 0, FLOAT32_MAX)
+    _number("optimizer.weight_decay", opt.weight_decay, 0, FLOAT32_MAX)
     for key in ("momentum", "alpha", "dampening"):
         if key in opt:
             _number(f"optimizer.{key}", opt[key], 0, 1)
     for key in ("eps", "trust_coefficient"):
         if key in opt:
-            _number(f"optimizer.{key}", opt[key], 0, low_open=True)
+            _number(f"optimizer.{key}", opt[key], 0, FLOAT32_MAX, low_open=True)
     if "betas" in opt:
         betas = list(opt.betas)
         if len(betas) != 2:

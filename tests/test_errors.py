@@ -84,6 +84,9 @@ BAD_CONFIGS = [
     (["log_every=0"], "log_every", "0", ConfigError),
     # Found by the fuzz: counts past int64 overflowed numpy's step arithmetic mid-run.
     (["log_every=18446744073709551616"], "log_every", "18446744073709551616", ConfigError),
+    # Found by the fuzz: LARS's float32 kernel raised on a learning rate past float32's range.
+    (["optimizer=lars", "optimizer.lr=1e300"], "optimizer.lr", "1e+300", ConfigError),
+    (["optimizer.eps=1e300", "optimizer=adam"], "optimizer.eps", "1e+300", ConfigError),
     (["eval_batch_size=18446744073709551616"], "eval_batch_size", "18446744073709551616", ConfigError),
     (["checkpoint_every=9223372036854775808"], "checkpoint_every", "9223372036854775808", ConfigError),
     (["progress=maybe"], "progress", "maybe", ConfigError),
