@@ -1,0 +1,1 @@
+"""Measurements beyond the loss: gradient noise, parameter trajectories, statistics over seeds."""
