@@ -35,6 +35,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
 from runner import preflight
 from runner.errors import ConfigError, RunnerError
+from runner.launchers import distributed
 from runner.memory import OutOfMemory, release_device_memory
 from runner.rundir import DiskFull, RunDirRefused
 from runner.train import Run, build_run, record_failure, train
@@ -152,8 +153,9 @@ def _given(key: str, overrides: list[str]) -> str | None:
     return given[-1] if given else None
 
 
-def _preflight(args: Any) -> None:
-    """Compose the command line as Hydra will and check it; for a single run, also build it."""
+def _preflight(args: Any, session: distributed.Session | None = None) -> None:
+    """Compose the command line as Hydra will and check it; for a single run, also build it
+    (under torchrun: as this rank trains it)."""
     calling_file, calling_module = detect_calling_file_or_module_from_task_function(hydra_main)
     search_path = create_automatic_config_search_path(calling_file, calling_module, str(CONF_DIR) if args.config_path is None else args.config_path)
     if args.config_dir is not None:
@@ -172,6 +174,8 @@ def _preflight(args: Any) -> None:
         except (HydraException, OmegaConfBaseException) as err:
             raise _unknown_key(err, args.overrides) or RunnerError(_hydra_one_line(err)) from None
         preflight.check_hydra(cfg, multirun)
+        if session is not None:
+            distributed.check_command(multirun)
         task = preflight.task_config(cfg)
         preflight.check_output_dir(task)
         runs_a_job = args.run or not (args.cfg or args.info or args.shell_completion)
@@ -181,7 +185,8 @@ def _preflight(args: Any) -> None:
         try:
             check_choices(dict(cfg.hydra.runtime.choices))
             _prebuilt.clear()
-            _prebuilt[preflight.config_key(task)] = build_run(task)
+            run = build_run(task)
+            _prebuilt[preflight.config_key(task)] = run if session is None else distributed.distribute(run, session)
         except OmegaConfBaseException as err:  # e.g. an interpolation to a key that does not exist
             key = err.full_key or "config"
             raise ConfigError(key, _given(key, args.overrides), _hydra_one_line(err)) from None
@@ -190,16 +195,45 @@ def _preflight(args: Any) -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    """Run the command line ``argv`` (without the program name); return the exit status."""
+    """Run the command line ``argv`` (without the program name); return the exit status.
+
+    Under torchrun every rank checks and builds the run; only rank 0 goes on through Hydra
+    (:mod:`runner.launchers.distributed`), the others train alongside it.
+    """
     args = get_args_parser().parse_known_args(argv)[0]
-    if not (args.help or args.hydra_help):
+    if args.help or args.hydra_help:
+        return _hydra_cli(argv)
+    session = distributed.join()
+    try:
+        error = None
         try:
-            _preflight(args)
+            _preflight(args, session)
         except RunnerError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" and session is None:
                 raise
-            print(f"Error: {one_line(err)}", file=sys.stderr)
+            error = one_line(err)
+        if session is not None:
+            error = session.agree_error(error)  # every rank refuses, or none does
+        if error is not None:
+            print(f"Error: {error}", file=sys.stderr)
             return 2
+        if session is not None and not session.leader:
+            run = next(iter(_prebuilt.values()), None)
+            _prebuilt.clear()
+            return distributed.follow(run, session)
+        code = 1
+        try:
+            code = _hydra_cli(argv)
+        finally:
+            if session is not None:
+                session.end(code)
+        return code
+    finally:
+        distributed.leave(session)
+
+
+def _hydra_cli(argv: list[str]) -> int:
+    """Hand the command line to Hydra (``hydra_main``); return the exit status."""
     saved = sys.argv
     sys.argv = [saved[0], *argv]  # hydra.main parses sys.argv
     try:

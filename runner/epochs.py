@@ -225,7 +225,7 @@ def run_epochs(
     n_epochs = len(run.plan.iterations) if run.plan.iterations is not None else None
     if state.initial_metrics is None and state.iteration == 0:
         _log_initial(run, logger, state)  # a resumed run has logged it already
-    with StopFlag() as stop:
+    with run.stop_flag() as stop:
         try:
             for epoch, n_iterations in enumerate(_epoch_lengths(run), start=1):
                 if epoch < state.epoch:

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from runner.loop import (
 from runner.losses import Loss
 from runner.checkpoint import load_checkpoint, restore_rng_state, rng_state
 from runner.checkpoint import save_checkpoint as save_checkpoint_file
-from runner.epochs import TrainState, run_epochs, summary_of
+from runner.epochs import StopFlag, TrainState, run_epochs, summary_of
 from runner.registry import build
 from runner.rundir import DiskFull, RunDirRefused, check_usable, event_file, exclusive, hydra_job_of, is_disk_full, keep_record, restore_record
 from runner.schedulers import NEEDS_RUN_LENGTH
@@ -83,6 +83,9 @@ class Run:
     step: Any  # (source, positions) -> (loss, grad_norm): one update
     bounded_memory: bool  # fetch batches without copying the whole epoch
     memory_estimate: int  # bytes one step is expected to need beyond the data
+    # Under torchrun: one flag the ranks agree on, and the session (runner.launchers.distributed).
+    stop_flag: Callable[[], StopFlag] = StopFlag
+    distributed: Any = None
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -363,6 +366,8 @@ RESUMABLE_KEYS = {"epochs", "budget_amount", "progress", "resume", "checkpoint_e
 
 def fit(run: Run, logger: MetricLogger, state: TrainState | None = None, save_checkpoint: Any = None) -> dict[str, Any]:
     """Train ``run`` (from ``state`` when resuming) and return its summary."""
+    if run.distributed is not None:
+        state = run.distributed.start(run, state)  # every rank starts from rank 0's state
     return summary_of(run, run_epochs(run, logger, state, save_checkpoint))
 
 
@@ -567,6 +572,7 @@ def _train_into(run: Run, out: Path, state: TrainState | None, log_position: tup
         finally:
             logger.close()
     summary["hparams"] = hparams
+    summary["processes"] = run.distributed.world if run.distributed is not None else 1  # torchrun's ranks
     summary["standardized"] = standardization_of(run)
     summary["config"] = _comparable_config(cfg)  # what a rerun into this directory is compared with
 

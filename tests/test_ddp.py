@@ -1,0 +1,169 @@
+"""One run across processes: ``torchrun --nproc_per_node=2 -m runner ...`` as a user runs it.
+
+Two CPU processes (gloo) must train the same run as one process: every logged loss and the
+final weights equal to 1e-5, for BGD, SGD and mini-batch with an uneven last batch, with and
+without micro-batches; only rank 0 writes; a kill -9 of one rank and a rerun of the same
+command give the same result; a command that cannot be distributed is refused on every rank.
+
+Each test starts real torchrun processes (a few seconds each), so the set is marked ``ddp``
+(deselected by default; CI runs it with ``-m ddp``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from runner.train import train
+from conftest import FAST, compose_cfg, read_scalars
+
+pytestmark = pytest.mark.ddp
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+# Small enough for seconds per run: iris has 120 training rows after the validation split.
+BASE = ("dataset=iris", "epochs=2", "seed=3")
+
+
+def torchrun_cmd(*overrides: str, nproc: int = 2) -> list[str]:
+    """The README's command: torchrun on one machine, N processes, the runner's overrides."""
+    return [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "-m", "runner", *FAST, *overrides]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+
+
+def torchrun(cwd: Path, *overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun_cmd(*overrides, nproc=nproc), cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def single(out: Path, *overrides: str) -> dict:
+    """The same run in one process (in this one), writing into ``out``."""
+    return train(compose_cfg(overrides, out))
+
+
+def assert_same_run(ddp: Path, one: Path) -> None:
+    """Every logged series (steps exact, values to 1e-5) and the final weights agree."""
+    a, b = read_scalars(ddp), read_scalars(one)
+    # Time is the one axis two runs never share.
+    timeless = lambda tags: sorted(t for t in tags if not t.startswith("by_time_ms/"))  # noqa: E731
+    assert timeless(a) == timeless(b)
+    assert "loss/train_iter" in a and "loss/train_full" in a
+    for tag in timeless(a):
+        assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]], tag
+        torch.testing.assert_close(torch.tensor([v for _, v in a[tag]]), torch.tensor([v for _, v in b[tag]]), atol=1e-5, rtol=1e-5, msg=tag)
+    wa, wb = torch.load(ddp / "model.pt", weights_only=True), torch.load(one / "model.pt", weights_only=True)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-5, rtol=1e-5)
+
+
+CASES = {
+    "bgd": ("batch_size=full",),
+    "bgd-micro": ("batch_size=full", "micro_batch_size=16"),
+    "sgd": ("batch_size=1",),
+    # 120 rows in batches of 25: four full batches and a last one of 20; ranks take 13 + 12 rows.
+    "minibatch-uneven": ("batch_size=25",),
+    "minibatch-uneven-micro": ("batch_size=25", "micro_batch_size=4"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_train_the_same_run_as_one(tmp_path, case):
+    overrides = (*BASE, *CASES[case])
+    result = torchrun(tmp_path, *overrides, f"hydra.run.dir={tmp_path / 'ddp'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = single(tmp_path / "one", *overrides)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["status"] == "done"
+    assert summary["iterations"] == reference["iterations"] == 2 * reference["iterations_per_epoch"]
+    assert_same_run(tmp_path / "ddp", tmp_path / "one")
+
+
+def test_rank_zero_alone_decides_the_directory_and_writes(tmp_path):
+    """No hydra.run.dir: rank 0 picks outputs/runs/<now>; nothing else appears anywhere."""
+    result = torchrun(tmp_path, *BASE, "batch_size=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["outputs"]
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "report" not in p.parts and p.name != "report.md")
+    (event,) = [f for f in files if f.startswith("events.out.tfevents.")]
+    hydra_record = [f".hydra/{n}" for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    expected = [".lock", *[f".hydra/accepted/{n}" for n in ("config.yaml", "hydra.yaml", "overrides.yaml")], *hydra_record,
+                "checkpoints/last.ckpt", "checkpoints/prev.ckpt", "cli.log", event, "model.pt", "summary.json"]
+    assert files == sorted(expected)
+    # One process logged: each epoch line once (rank 0's), in the one log file.
+    assert (run / "cli.log").read_text().count("epoch 2  ") == 1
+    # The same command into the same directory finds the finished run, on every rank.
+    again = torchrun(tmp_path, *BASE, "batch_size=32", f"hydra.run.dir={run}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds a finished run" in again.stderr + again.stdout
+    assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, refused",
+    [
+        (("budget=seconds", "budget_amount=5"), "Error: budget='seconds' is not allowed: epochs, updates or samples under torchrun"),
+        (("-m", "batch_size=1,32"), "Error: hydra.mode='MULTIRUN' is not allowed: a single run under torchrun"),
+        (("optimizer.lr=-1",), "Error: optimizer.lr=-1"),
+    ],
+    ids=["budget-seconds", "multirun", "bad-config"],
+)
+def test_refused_on_every_rank_and_nothing_written(tmp_path, overrides, refused):
+    result = torchrun(tmp_path, *BASE, *overrides)
+    assert result.returncode != 0
+    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 2 and all(line.startswith(refused) for line in lines), lines
+    assert "Traceback" not in result.stderr.split("torch.distributed.elastic")[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of the worker torchrun (``parent``) started as ``rank``, once it exists."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def test_kill_9_of_one_rank_then_the_same_command_resumes_exactly(tmp_path):
+    overrides = (*BASE, "epochs=6", "batch_size=1", "checkpoint_every=50")
+    out = tmp_path / "ddp"
+    cmd = torchrun_cmd(*overrides, f"hydra.run.dir={out}")
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # Past the first in-epoch checkpoint (the first one is written before any update).
+        deadline = time.time() + 120
+        while not (out / "checkpoints" / "prev.ckpt").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        victim = _rank_pid(first.pid, 1)
+        assert victim is not None and first.poll() is None
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode != 0
+    assert not (out / "summary.json").exists(), "the run ended before the kill: nothing was resumed"
+    resumed = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stderr + resumed.stdout
+    reference = single(tmp_path / "one", *overrides)
+    assert json.loads((out / "summary.json").read_text())["iterations"] == reference["iterations"] == 6 * 120
+    assert_same_run(out, tmp_path / "one")
