@@ -137,6 +137,10 @@ class Session:
         :func:`runner.train.fit` before the first update.
         """
         if self.leader:
+            log.info(
+                "One run across %d processes (torchrun, %s): each takes its share of every batch of %d",
+                self.world, dist.get_backend(), run.batch_size,
+            )
             state = state or TrainState()
             buffer = io.BytesIO()
             torch.save(
@@ -225,7 +229,7 @@ def check_run(run: Any, session: Session) -> None:
         raise ConfigError("budget", "seconds", f"epochs, updates or samples {UNDER_TORCHRUN} (each rank's clock would stop it at a different update)")
     if run.device.type == "cuda" and torch.cuda.device_count() < session.local_world:
         raise ConfigError(
-            "device", cfg.device, f"one GPU per process {UNDER_TORCHRUN}: {session.local_world} processes on this node, {torch.cuda.device_count()} GPUs (lower --nproc_per_node)"
+            "device", cfg.device, f"one GPU per process {UNDER_TORCHRUN}: {session.local_world} processes on this node, {torch.cuda.device_count()} GPUs (lower --nproc_per_node, or device=cpu)"
         )
     if run.device.type not in ("cpu", "cuda"):
         raise ConfigError("device", cfg.device, f"cpu or cuda {UNDER_TORCHRUN} (gloo and nccl carry no other device's tensors)")
