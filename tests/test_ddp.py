@@ -5,8 +5,8 @@ final weights equal to 1e-5, for BGD, SGD and mini-batch with an uneven last bat
 without micro-batches; only rank 0 writes; a kill -9 of one rank and a rerun of the same
 command give the same result; a command that cannot be distributed is refused on every rank.
 
-Each test starts real torchrun processes (a few seconds each), so the set is marked ``ddp``
-(deselected by default; CI runs it with ``-m ddp``).
+The tests that start real torchrun processes (seconds each) are marked ``ddp`` (deselected by
+default; CI runs them with ``-m ddp``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from runner.launchers.distributed import Session, under_torchrun
 from runner.train import train
 from conftest import FAST, compose_cfg, read_scalars
 
-pytestmark = pytest.mark.ddp
+# The torchrun tests take seconds each; the rest of this file runs in the default suite.
+ddp = pytest.mark.ddp
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 # Small enough for seconds per run: iris has 120 training rows after the validation split.
@@ -76,6 +78,7 @@ CASES = {
 }
 
 
+@ddp
 @pytest.mark.parametrize("case", CASES)
 def test_two_processes_train_the_same_run_as_one(tmp_path, case):
     overrides = (*BASE, *CASES[case])
@@ -88,6 +91,7 @@ def test_two_processes_train_the_same_run_as_one(tmp_path, case):
     assert_same_run(tmp_path / "ddp", tmp_path / "one")
 
 
+@ddp
 def test_rank_zero_alone_decides_the_directory_and_writes(tmp_path):
     """No hydra.run.dir: rank 0 picks outputs/runs/<now>; nothing else appears anywhere."""
     result = torchrun(tmp_path, *BASE, "batch_size=32")
@@ -107,8 +111,16 @@ def test_rank_zero_alone_decides_the_directory_and_writes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already holds a finished run" in again.stderr + again.stdout
     assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 1
+    # A refusal only rank 0 can find (it alone reads the directory) ends the other rank too.
+    refused = torchrun(tmp_path, *BASE, "batch_size=32", "resume=never", f"hydra.run.dir={run}")
+    assert refused.returncode != 0
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 2 and "Error: output_dir=" in errors[0] + errors[1], errors
+    assert "Error: rank 0 did not start the run (exit status 2); its message says why" in errors
+    assert "]: Traceback" not in refused.stderr
 
 
+@ddp
 @pytest.mark.parametrize(
     "overrides, refused",
     [
@@ -128,6 +140,26 @@ def test_refused_on_every_rank_and_nothing_written(tmp_path, overrides, refused)
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+@pytest.mark.parametrize("start, size", [(0, 1), (0, 2), (5, 7), (100, 20), (0, 120)])
+def test_rank_shares_partition_each_batch_in_order(world, start, size):
+    """Contiguous, in rank order, covering the batch exactly once, sizes differing by at most one
+    (so empty shares only when the batch is smaller than the number of ranks)."""
+    shares = [Session(rank=r, world=world, local_rank=r, local_world=world).share(slice(start, start + size)) for r in range(world)]
+    assert shares[0].start == start and shares[-1].stop == start + size
+    assert all(a.stop == b.start for a, b in zip(shares, shares[1:]))
+    lengths = [s.stop - s.start for s in shares]
+    assert max(lengths) - min(lengths) <= 1 and min(lengths) >= 0
+    assert lengths.count(0) == max(world - size, 0)
+
+
+def test_torchrun_is_recognised_by_its_environment():
+    torchrun_env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1"}
+    assert under_torchrun(torchrun_env)
+    assert not under_torchrun({k: v for k, v in torchrun_env.items() if k != "MASTER_ADDR"})
+    assert not under_torchrun({})
+
+
 def _rank_pid(parent: int, rank: int) -> int | None:
     """The pid of the worker torchrun (``parent``) started as ``rank``, once it exists."""
     for entry in Path("/proc").iterdir():
@@ -143,6 +175,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
     return None
 
 
+@ddp
 @pytest.mark.parametrize("stop", ["kill-9-rank-1", "kill-9-rank-0", "sigterm-torchrun"])
 def test_stopped_run_resumes_exactly_with_the_same_command(tmp_path, stop):
     """A kill -9 of either rank (torchrun then ends the other), or SIGTERM to torchrun (forwarded
@@ -184,6 +217,7 @@ def test_stopped_run_resumes_exactly_with_the_same_command(tmp_path, stop):
     assert_same_run(out, tmp_path / "one")
 
 
+@ddp
 @pytest.mark.cuda
 def test_one_process_per_gpu_trains_the_same_run_as_one_process(tmp_path):
     """NCCL: as many ranks as GPUs, each on its own GPU, against one process on one GPU."""
@@ -197,6 +231,7 @@ def test_one_process_per_gpu_trains_the_same_run_as_one_process(tmp_path):
     assert_same_run(tmp_path / "ddp", tmp_path / "one")
 
 
+@ddp
 @pytest.mark.cuda
 def test_more_processes_than_gpus_is_refused_on_every_rank(tmp_path):
     if not torch.cuda.is_available():
