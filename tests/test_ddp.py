@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,7 +25,8 @@ import torch
 
 from runner.launchers.distributed import Session, under_torchrun
 from runner.train import train
-from conftest import FAST, compose_cfg, read_scalars
+from conftest import FAST, REPO, compose_cfg, read_scalars
+from test_presets import readme_blocks
 
 # The torchrun tests take seconds each; the rest of this file runs in the default suite.
 ddp = pytest.mark.ddp
@@ -89,6 +91,26 @@ def test_two_processes_train_the_same_run_as_one(tmp_path, case):
     assert summary["processes"] == 2 and summary["status"] == "done"
     assert summary["iterations"] == reference["iterations"] == 2 * reference["iterations_per_epoch"]
     assert_same_run(tmp_path / "ddp", tmp_path / "one")
+
+
+def readme_torchrun_commands() -> list[list[str]]:
+    """Every ``torchrun`` line in the README's code blocks, as an argv."""
+    return [shlex.split(line) for block in readme_blocks((REPO / "README.md").read_text()) for line in block if line.startswith("torchrun ")]
+
+
+@ddp
+def test_the_readme_command_trains_the_same_run_as_one_process(tmp_path):
+    """The README's command as printed (from a fresh directory, 2 epochs instead of 20)."""
+    (argv,) = readme_torchrun_commands()
+    assert argv[:4] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m"] and argv[4] == "runner"
+    overrides = [*argv[5:], "epochs=2", "progress=false", "device=cpu"]
+    done = subprocess.run([str(TORCHRUN), *argv[1:5], *overrides], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    out = tmp_path / run_dir
+    assert json.loads((out / "summary.json").read_text())["processes"] == 2
+    single(tmp_path / "one", *[o for o in overrides if not o.startswith("hydra.")])
+    assert_same_run(out, tmp_path / "one")
 
 
 @ddp
