@@ -33,8 +33,8 @@ LAUNCHERS = (
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
     # Sweeps on a cluster (runner.cluster, conf/hydra/launcher/): Slurm, submitit's local
     # executor, Ray; the plugins' own classes too, for hydra/launcher=submitit_slurm or ray.
-    "runner.cluster.SlurmLauncher",
-    "runner.cluster.RayLauncher",
+    "hydra_plugins.hpr_cluster_launchers.cluster_launchers.SlurmLauncher",
+    "hydra_plugins.hpr_cluster_launchers.cluster_launchers.RayLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
