@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn
-from omegaconf import open_dict
+from omegaconf import read_write
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ class RayLauncher(_PluginRayLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
-        with open_dict(self.config):
-            self.config.hydra.sweep.dir = str(Path(str(self.config.hydra.sweep.dir)).absolute())
+        sweep_dir = str(Path(str(self.config.hydra.sweep.dir)).absolute())
+        quoted = "'" + sweep_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        with read_write(self.config.hydra):
+            self.config.hydra.sweep.dir = sweep_dir
+            # Each job's config is composed again from these overrides (in the worker too).
+            self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted}")
         return super().launch(job_overrides, initial_job_idx)

@@ -1,7 +1,7 @@
 """Sweeps on a Ray cluster (``hydra/launcher=ray_cluster``), as a user runs them: a local Ray
 head bound to 127.0.0.1 is started the way the README says, the sweep joins it by address.
 
-Run with ``pytest -m ray`` (needs the ``[ray]`` extra).
+The sweep runs with ``pytest -m ray`` (needs the ``[ray]`` extra); the preset check in the default run.
 """
 
 from __future__ import annotations
@@ -17,17 +17,35 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
-pytestmark = pytest.mark.ray
+from conftest import CONF_DIR
 
 try:
     import hydra_plugins.hydra_ray_launcher  # noqa: F401
 except ImportError:
-    pytestmark = [pytestmark, pytest.mark.skip(reason="hydra-ray-launcher is not installed: pip install -e '.[ray]'")]
+    pytestmark = pytest.mark.skip(reason="hydra-ray-launcher is not installed: pip install -e '.[ray]'")
 
 EPOCHS = 2
 N_TRAIN = 142  # the wine training split
 EXPECTED_IPE = {"full": 1, "1": 142, "8": 18, "32": 5, "128": 2}
+
+
+def test_the_ray_preset_joins_a_cluster_by_address_and_passes_the_checks():
+    from runner import preflight
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=["hydra/launcher=ray_cluster"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hpr_cluster_launchers.cluster_launchers.RayLauncher"
+    # Joins a running cluster; Ray refuses object_store_memory when joining one, so it is set
+    # (to null) here, or the plugin would set it.
+    assert launcher.ray.init == {"address": "auto", "object_store_memory": None}
+    assert launcher.ray.remote == {"num_cpus": 1}
+    preflight.check_hydra(cfg, multirun=True)
 
 
 def _free_port() -> int:
@@ -61,7 +79,7 @@ def ray_head(tmp_path_factory):
         yield address
     finally:
         # Only what this fixture started: the head's process group.
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
             try:
                 os.killpg(head.pid, sig)
             except ProcessLookupError:
@@ -74,6 +92,7 @@ def ray_head(tmp_path_factory):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.ray
 def test_gd_compare_sweep_on_a_ray_cluster_writes_every_job_and_reports_once(ray_head, tmp_path):
     # Launched from another directory than the sweep's parent: the jobs run in Ray's workers,
     # whose working directory is not the launcher's, and must still write into the sweep.

@@ -1,6 +1,8 @@
-"""Sweeps through a real one-node Slurm cluster (``hydra/launcher=slurm``), as a user runs them.
+"""Sweeps on Slurm (``hydra/launcher=slurm``) and submitit's local executor (``slurm_local``).
 
-Needs a running cluster whose node is idle: ``.ci/slurm-up.sh`` (Debian's slurm-wlm and munge on
+The presets are checked in the default run and the local executor under ``-m slow``. The
+``-m slurm`` tests sweep through a real one-node Slurm cluster, as a user runs them; they need
+a running cluster whose node is idle: ``.ci/slurm-up.sh`` (Debian's slurm-wlm and munge on
 127.0.0.1) starts one, ``.ci/slurm-down.sh`` stops it. Run with ``pytest -m slurm``. Every job
 is a Slurm job: submitted with sbatch by the launching process, run by slurmd, writing into the
 sweep directory (here under /tmp, which the one node shares with itself).
@@ -19,28 +21,37 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
-from conftest import read_scalars
-
-pytestmark = pytest.mark.slurm
+from conftest import CONF_DIR, read_scalars
 
 
 def _cluster_problem() -> str | None:
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return "no Slurm client (sinfo, sbatch): apt-get install slurm-wlm munge, then .ci/slurm-up.sh"
-    try:
-        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
-    except ImportError:
-        return "hydra-submitit-launcher is not installed: pip install -e '.[slurm]'"
     state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
     if state.returncode != 0 or not {"idle", "mix", "alloc"} & set(state.stdout.split()):
         return f"no Slurm node up (sinfo: {(state.stdout + state.stderr).strip()!r}): run .ci/slurm-up.sh"
     return None
 
 
-_problem = _cluster_problem()
-if _problem:
-    pytestmark = [pytestmark, pytest.mark.skip(reason=_problem)]
+try:
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+
+    _plugin_problem = None
+except ImportError:
+    _plugin_problem = "hydra-submitit-launcher is not installed: pip install -e '.[slurm]'"
+needs_plugin = pytest.mark.skipif(_plugin_problem is not None, reason=str(_plugin_problem))
+_problem = _plugin_problem or _cluster_problem()
+# A running cluster: CI starts one with .ci/slurm-up.sh and runs these with -m slurm.
+CLUSTER = [pytest.mark.slurm, pytest.mark.skipif(_problem is not None, reason=str(_problem))]
+
+
+def needs_cluster(test):
+    for mark in CLUSTER:
+        test = mark(test)
+    return test
 
 EPOCHS = 2
 N_TRAIN = 1438  # the digits training split
@@ -78,12 +89,59 @@ def job_logs(sweep_dir: Path) -> dict[str, str]:
     return {p.parent.name: p.read_text() for p in sorted((sweep_dir / ".submitit").glob("*/*_log.out"))}
 
 
+@needs_plugin
+@pytest.mark.parametrize(
+    "preset, target",
+    [
+        ("slurm", "hydra_plugins.hpr_cluster_launchers.cluster_launchers.SlurmLauncher"),
+        ("slurm_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+    ],
+)
+def test_each_slurm_preset_composes_to_its_launcher_and_passes_the_checks(preset, target):
+    from runner import preflight
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=[f"hydra/launcher={preset}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == target
+    assert launcher.submitit_folder == f"{cfg.hydra.sweep.dir}/.submitit/%j"  # next to the runs, on the shared filesystem
+    if preset == "slurm":
+        assert (launcher.partition, launcher.timeout_min, launcher.cpus_per_task, launcher.array_parallelism) == (None, 60, 2, 32)
+        assert (launcher.signal_delay_s, launcher.max_num_timeout) == (120, 3)
+    preflight.check_hydra(cfg, multirun=True)  # the launcher is on the allow-list
+
+
+@needs_plugin
+@pytest.mark.slow
+def test_a_sweep_through_submitits_local_executor_runs_each_job_in_its_own_process_and_reports_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "-m", "experiment=gd_compare", "dataset=wine", "epochs=2", "progress=false",
+         "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    out = finish(proc)
+    runs = summaries(sweep)
+    wine_ipe = {"full": 1, "1": 142, "8": 18, "32": 5, "128": 2}  # 142 training rows
+    assert sorted(runs) == sorted(f"batch_size={b}" for b in wine_ipe)
+    for name, summary in runs.items():
+        assert summary["status"] == "done" and summary["iterations"] == 2 * wine_ipe[name.split("=")[1]]
+    pids = {int(next((sweep / name).glob("events.out.tfevents.*")).name.split(".")[-2]) for name in runs}
+    assert len(pids) == 5 and proc.pid not in pids  # five processes, none of them the launcher
+    assert out.count("Report: ") == 1 and "Sweep finished: 5 jobs: 5 done" in out
+    assert "from 5 runs" in (sweep / "report.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> tuple[Path, str]:
     sweep = tmp_path_factory.mktemp("slurm") / "sweep"
     return sweep, finish(launch(sweep))
 
 
+@needs_cluster
 def test_gd_compare_sweep_runs_every_job_on_slurm_and_reports_once_where_launched(uninterrupted):
     sweep, out = uninterrupted
     runs = summaries(sweep)
@@ -158,10 +216,10 @@ def assert_equal_runs(run: Path, reference: Path) -> None:
     [
         # A preemption or an operator's requeue: Slurm sends SIGTERM, the run saves a
         # checkpoint at the next update and exits; Slurm starts the same batch script again.
-        pytest.param(lambda jobid: ["scontrol", "requeue", jobid], id="scontrol-requeue"),
+        pytest.param(lambda jobid: ["scontrol", "requeue", jobid], id="scontrol-requeue", marks=CLUSTER),
         # The warning before the time limit (sbatch --signal=USR2@signal_delay_s): the run saves
         # a checkpoint, then submitit's handler resubmits the same job and requeues it.
-        pytest.param(lambda jobid: ["scancel", "--signal=USR2", jobid], id="time-limit-signal"),
+        pytest.param(lambda jobid: ["scancel", "--signal=USR2", jobid], id="time-limit-signal", marks=CLUSTER),
     ],
 )
 def test_a_requeued_job_resumes_from_its_checkpoint_and_ends_equal_to_an_uninterrupted_one(uninterrupted, tmp_path, interrupt):
