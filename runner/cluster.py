@@ -9,8 +9,9 @@
 - Ray: the sweep directory is made absolute where the sweep is launched, because a Ray worker
   runs in its raylet's directory, not the launching one's.
 
-The plugins are optional extras (``pip install 'hparam-runner[slurm]'``, ``[ray]``), imported
-only when the preset naming these classes is used.
+The plugins are optional extras (``pip install 'hparam-runner[slurm]'``, ``[ray]``). Hydra's
+plugin discovery imports this module (through ``hydra_plugins.hpr_cluster_launchers``) on every
+run, as it imports the plugins themselves; submitit and ray are imported only in a launch or a job.
 """
 
 from __future__ import annotations
