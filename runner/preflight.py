@@ -31,6 +31,13 @@ CALLBACKS = ("runner.sweep.SweepCallback", "runner.rundir.RunDirCallback")
 LAUNCHERS = (
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+    # Sweeps on a cluster (runner.cluster, conf/hydra/launcher/): Slurm, submitit's local
+    # executor, Ray; the plugins' own classes too, for hydra/launcher=submitit_slurm or ray.
+    "hydra_plugins.hpr_cluster_launchers.cluster_launchers.SlurmLauncher",
+    "hydra_plugins.hpr_cluster_launchers.cluster_launchers.RayLauncher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+    "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
 )
 SWEEPERS = (
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",

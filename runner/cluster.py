@@ -1,0 +1,104 @@
+"""Sweeps on a cluster: the project's launchers for Slurm (hydra-submitit-launcher) and Ray
+(hydra-ray-launcher), each the plugin's own launcher with one thing added.
+
+- Slurm: the warning Slurm sends before a job's time limit (submitit asks for SIGUSR2,
+  ``signal_delay_s`` ahead) reaches the runner first, which stops at the next update boundary
+  and saves a checkpoint; only then does submitit's own handler resubmit the same job, which
+  resumes from that checkpoint (``resume=auto``). Left to submitit alone, the job would exit
+  inside the signal handler and lose the updates since the last epoch-end checkpoint.
+- Ray: the sweep directory is made absolute where the sweep is launched, because a Ray worker
+  runs in its raylet's directory, not the launching one's.
+
+The plugins are optional extras (``pip install 'hparam-runner[slurm]'``, ``[ray]``). Hydra's
+plugin discovery imports this module (through ``hydra_plugins.hpr_cluster_launchers``) on every
+run, as it imports the plugins themselves; submitit and ray are imported only in a launch or a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.utils import JobReturn
+from omegaconf import read_write
+
+log = logging.getLogger(__name__)
+
+# The runner's StopFlag (runner.epochs) stops a run cleanly on this signal.
+RUNNER_STOP_SIGNAL = signal.SIGUSR1
+# What the task function exits with after a signal stopped it with a checkpoint (runner.cli).
+EXIT_INTERRUPTED = 130
+
+
+# The plugins are optional: without one, its preset (conf/hydra/launcher/) fails to compose
+# before anything here is instantiated, naming the missing config; the base is then a stand-in.
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
+except ImportError:
+    _SubmititSlurmLauncher = object  # type: ignore[assignment,misc]
+try:
+    from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as _PluginRayLauncher
+except ImportError:
+    _PluginRayLauncher = object  # type: ignore[assignment,misc]
+
+
+class _Preemption:
+    """While a job runs: on submitit's signal, stop the run (as SIGUSR1 would) and remember
+    that submitit's handler is owed a call once the run has saved its checkpoint."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.pending = False
+        self.submitit_handler: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.pending = True
+        log.warning("Signal %s: stopping at the next update with a checkpoint, then requeueing.", signal.Signals(signum).name)
+        # The runner's StopFlag holds SIGUSR1 while a run trains; outside training there is
+        # nothing to save and the job either finishes or is requeued below.
+        runner_handler = signal.getsignal(RUNNER_STOP_SIGNAL)
+        if callable(runner_handler):
+            runner_handler(RUNNER_STOP_SIGNAL, frame)
+
+    def __enter__(self) -> "_Preemption":
+        self.submitit_handler = signal.signal(self.signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(self.signum, self.submitit_handler)
+
+
+class SlurmLauncher(_SubmititSlurmLauncher):
+    """hydra-submitit-launcher's Slurm launcher; a job stopped by submitit's preemption or
+    time-limit signal saves a checkpoint before submitit requeues it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        import submitit
+
+        signum = submitit.JobEnvironment._usr_sig()
+        with _Preemption(signum) as preemption:
+            try:
+                return super().__call__(*args, **kwargs)
+            except SystemExit as stop:
+                if not (preemption.pending and stop.code == EXIT_INTERRUPTED and callable(preemption.submitit_handler)):
+                    raise
+        # The checkpoint is written: submitit's handler calls self.checkpoint() (the same job
+        # again), requeues it with `scontrol requeue` and exits.
+        preemption.submitit_handler(signum, None)
+        raise SystemExit(EXIT_INTERRUPTED)
+
+
+class RayLauncher(_PluginRayLauncher):
+    """hydra-ray-launcher's launcher with the sweep directory made absolute before launch."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        sweep_dir = str(Path(str(self.config.hydra.sweep.dir)).absolute())
+        quoted = "'" + sweep_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        with read_write(self.config.hydra):
+            self.config.hydra.sweep.dir = sweep_dir
+            # Each job's config is composed again from these overrides (in the worker too).
+            self.config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted}")
+        return super().launch(job_overrides, initial_job_idx)
