@@ -46,6 +46,7 @@ from runner.aggregate import (
 )
 from runner.board import board_command
 from runner.errors import RunnerError
+from runner.instruments.sections import instrument_sections
 from runner.schema import split_items
 
 __all__ = ["PLOTS", "Labels", "PlotSpec", "ReportError", "main", "write_report"]
@@ -744,7 +745,9 @@ def write_report(root: Path) -> Path:
     subtitle = _shorten(", ".join(labels.common), 110) if len(configs) > 1 else labels.fallback
     pngs = _write_plots(root / IMAGES_DIR, lines, subtitle, _loss_name(records))
     report = root / REPORT_FILE
-    report.write_text(_markdown(root, records, configs, labels, pngs))
+    # The instruments' sections (gradient noise, trajectories) follow, when any run has their data.
+    instruments = instrument_sections(root / IMAGES_DIR, configs, labels, _loss_name(records))
+    report.write_text(_markdown(root, records, configs, labels, pngs) + instruments)
     return report
 
 
