@@ -94,19 +94,20 @@ def full_gradient(model: nn.Module, loss_fn: Loss, split: Split, chunk_size: int
     shift = shifted_sum = square_sum = None
     for x, y, _labels in split.chunks(chunk_size):
         grads = per_sample(params, x, y)
-        flat = torch.cat([grads[name].reshape(len(x), -1) for name in params], dim=1).double()
+        flat = torch.cat([grads[name].reshape(len(x), -1) for name in params], dim=1)
         if shift is None:
             shift = flat[0].clone()
-            shifted_sum = torch.zeros_like(shift)
+            shifted_sum = torch.zeros(shift.shape, dtype=torch.float64, device=shift.device)
             square_sum = torch.zeros((), dtype=torch.float64, device=shift.device)
+        # Differences in the model's dtype (exact 0 for equal gradients), sums in float64.
         deviation = flat - shift
-        shifted_sum += deviation.sum(dim=0)
-        square_sum += deviation.square().sum()
+        shifted_sum += deviation.sum(dim=0, dtype=torch.float64)
+        square_sum += deviation.square().sum(dtype=torch.float64)
     n = len(split)
     mean_deviation = shifted_sum / n
     # (1/n) Σ|g_i − G|² = (1/n) Σ|d_i|² − |mean d|², with d_i = g_i − g_0.
     trace = (square_sum / n - mean_deviation.square().sum()).clamp(min=0.0)
-    return FullGradient(gradient=shift + mean_deviation, trace=trace, n=n)
+    return FullGradient(gradient=shift.double() + mean_deviation, trace=trace, n=n)
 
 
 def cosine(a: Tensor, b: Tensor) -> Tensor:
