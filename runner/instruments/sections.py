@@ -87,17 +87,18 @@ def _noise_figure(lines: list[tuple[str, Any, Any]], batch_sizes: Sequence[int],
     ax = fig.add_subplot()
     for label, record, color in lines:
         simple, running = record.scalars["noise/b_simple"], record.scalars.get("noise/b_crit")
+        # Epochs, not iterations: every batch size then spans the same stretch of training.
+        per_epoch = record.summary.get("iterations_per_epoch") or 1
         few = len(simple) <= 30
-        ax.plot(simple.steps + 1, simple.values, color=color, linewidth=1.5, marker="o" if few else None, markersize=3, label=label)
+        ax.plot(simple.steps / per_epoch, simple.values, color=color, linewidth=1.5, marker="o" if few else None, markersize=3, label=label)
         if running is not None:
-            ax.plot(running.steps + 1, running.values, color=color, linewidth=1.0, linestyle=":")
+            ax.plot(running.steps / per_epoch, running.values, color=color, linewidth=1.0, linestyle=":")
     for b in sorted(set(batch_sizes)):
         ax.axhline(b, color="0.45", linewidth=0.8, linestyle="--", zorder=0)
         ax.annotate(f"B={b}{' (full)' if b == n_train else ''}", (0.005, b), xycoords=("axes fraction", "data"),
                     fontsize=7, color="0.3", va="bottom")
-    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("iteration + 1 (log scale)")
+    ax.set_xlabel("epoch (iteration / iterations per epoch): where in training it was measured")
     ax.set_ylabel("B_simple = tr(Σ) / |G|²  (samples)")
     fig.suptitle("Gradient noise scale over training, against this sweep's batch sizes", fontsize=13, x=0.01, horizontalalignment="left")
     ax.grid(True, which="major", alpha=0.35)
@@ -115,7 +116,7 @@ def noise_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any) -> 
     batch_sizes = [r.summary["batch_size"] for r in records if isinstance(r.summary.get("batch_size"), int)]
     n_train = next((r.summary.get("n_train") for r in measured if r.summary.get("n_train")), None)
     colors = _colors(len(measured))
-    fig = _noise_figure([(labels.run(r), r, c) for r, c in zip(measured, colors)], batch_sizes, n_train)
+    fig = _noise_figure([(_label(labels, r), r, c) for r, c in zip(measured, colors)], batch_sizes, n_train)
     fig.savefig(path, dpi=DPI)
     critical, runs = critical_batch_size(measured)
     parts = ["## Gradient noise", "", NOISE_READ, "", f"![Gradient noise scale]({out_dir.name}/{NOISE_PNG})", ""]
