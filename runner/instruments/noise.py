@@ -120,7 +120,7 @@ class GradientNoise:
     """Measures the gradient noise every ``every`` iterations; logs it at segment ends.
 
     At a measured iteration, :meth:`before_update` computes G and tr(Σ) at the weights the
-    update starts from, and a one-shot optimizer step pre-hook reads the update's own
+    update starts from, and an optimizer step pre-hook reads the update's own
     mini-batch gradient (after backward, just before ``optimizer.step``; a clipped gradient
     has the same direction) for ``noise/cos_to_full``. The values stay on the device until
     :meth:`flush` moves a segment's worth in one transfer.
@@ -142,15 +142,18 @@ class GradientNoise:
         self._steps: list[int] = []
         self._values: list[Tensor] = []
         self._pending: tuple[int, FullGradient] | None = None
+        # Registered once (removing a hook from inside the hook loop would mutate the dict
+        # torch iterates); it returns at once at the iterations that are not measured.
+        optimizer.register_step_pre_hook(self._on_step)
 
     def before_update(self, iteration: int) -> None:
         if iteration % self.every:
             return
         self._pending = (iteration, full_gradient(self.model, self.loss_fn, self.split, self.chunk_size))
-        self._hook = self.optimizer.register_step_pre_hook(self._on_step)
 
     def _on_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        self._hook.remove()
+        if self._pending is None:
+            return
         iteration, full = self._pending
         self._pending = None
         batch = torch.cat([p.grad.reshape(-1) for p in self.params])

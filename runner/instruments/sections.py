@@ -122,7 +122,26 @@ def noise_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any) -> 
     parts = ["## Gradient noise", "", NOISE_READ, "", f"![Gradient noise scale]({out_dir.name}/{NOISE_PNG})", ""]
     if critical is not None and batch_sizes:
         parts += [batch_size_sentence(batch_sizes, critical, runs, n_train), ""]
+    parts += [_noise_table([(_label(labels, r), r) for r in measured]), ""]
     return "\n".join(parts)
+
+
+def _noise_table(rows: Sequence[tuple[str, Any]]) -> str:
+    """Per run: B_simple at its first and last measurement, its final running estimate, and
+    where the run's own batch size lies against that estimate (the same factor-2 rule)."""
+    lines = [
+        "| run | batch size | measurements | B_simple first | B_simple last | `noise/b_crit` final | batch size vs it |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, record in rows:
+        simple, running = record.scalars["noise/b_simple"], record.scalars.get("noise/b_crit")
+        final = float(running.values[-1]) if running is not None and len(running) else math.nan
+        batch = record.summary.get("batch_size")
+        where = next((k for k, v in classify([batch], final).items() if v), "—") if isinstance(batch, int) and math.isfinite(final) else "—"
+        lines.append(
+            f"| `{label}` | {batch} | {len(simple)} | {float(simple.values[0]):.4g} | {float(simple.values[-1]):.4g} | {final:.4g} | {where} |"
+        )
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- trajectories
