@@ -46,7 +46,6 @@ from runner.aggregate import (
 )
 from runner.board import board_command
 from runner.errors import RunnerError
-from runner.instruments.sections import instrument_sections
 from runner.schema import split_items
 
 __all__ = ["PLOTS", "Labels", "PlotSpec", "ReportError", "main", "write_report"]
@@ -746,6 +745,8 @@ def write_report(root: Path) -> Path:
     pngs = _write_plots(root / IMAGES_DIR, lines, subtitle, _loss_name(records))
     report = root / REPORT_FILE
     # The instruments' sections (gradient noise, trajectories) follow, when any run has their data.
+    from runner.instruments.sections import instrument_sections  # imports torch: only when reporting
+
     instruments = instrument_sections(root / IMAGES_DIR, configs, labels, _loss_name(records))
     report.write_text(_markdown(root, records, configs, labels, pngs) + instruments)
     return report
