@@ -142,6 +142,7 @@ def _run_segment(run: Any, logger: MetricLogger, state: TrainState, source: Any,
     """Updates ``state.position`` .. ``end`` of this epoch; logs them; returns their losses."""
     started = time.perf_counter()
     deadline = time.time() + (run.plan.seconds - state.train_seconds)
+    run.instruments.start_segment(state.iteration)
     trace = train_one_epoch(
         run.step, run.optimizer, run.iteration_scheduler, source, run.slices[state.position : end], progress, deadline, stop
     )
@@ -158,6 +159,7 @@ def _run_segment(run: Any, logger: MetricLogger, state: TrainState, source: Any,
 
     steps = np.arange(state.iteration, state.iteration + len(losses))
     _log_iterations(logger, steps, losses, grad_norms, trace, run.cfg.log_every)
+    run.instruments.end_segment(logger, state.iteration + len(losses))
     state.position += len(losses)
     state.iteration += len(losses)
     state.samples += sum(trace.batch_sizes)

@@ -8,6 +8,7 @@ fans one process's many fused runs out to many directories, only has to implemen
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import struct
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -49,6 +50,9 @@ class MetricLogger(ABC):
     @abstractmethod
     def log_text(self, name: str, text: str) -> None:
         """A text note, e.g. the resolved config."""
+
+    def log_image(self, name: str, png: bytes, step: int) -> None:
+        """A PNG image (an instrument's figure). A backend that cannot show images drops it."""
 
     @abstractmethod
     def log_hparams(self, hparams: Mapping[str, Any]) -> None:
@@ -94,6 +98,9 @@ class TensorBoardLogger(MetricLogger):
     def log_text(self, name: str, text: str) -> None:
         self._writer.add_summary(tb_summary.text(name, text), step=0)
 
+    def log_image(self, name: str, png: bytes, step: int) -> None:
+        self._writer.add_summary(image_summary(name, png), step=step)
+
     def log_hparams(self, hparams: Mapping[str, Any]) -> None:
         # Only the session's start: no run writes an experiment summary, so TensorBoard
         # infers the experiment from all sessions it finds (each hparam's values, and
@@ -128,6 +135,13 @@ class TensorBoardLogger(MetricLogger):
         self._writer.close()
 
 
+def image_summary(tag: str, png: bytes) -> summary_pb2.Summary:
+    """A summary holding one encoded PNG (TensorBoard's Images tab); the size is read from its header."""
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk follows the 8-byte signature
+    image = summary_pb2.Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)])
+
+
 def hparams_pb(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
     """A summary carrying HParams plugin data (what TensorBoard's TF-only helpers would build)."""
     summary = summary_pb2.Summary()
@@ -141,6 +155,7 @@ class MemoryLogger(MetricLogger):
     def __init__(self) -> None:
         self.scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.texts: dict[str, str] = {}
+        self.images: dict[str, tuple[int, bytes]] = {}
         self.hparams: dict[str, Any] = {}
         self.status: str | None = None
         self.closed = False
@@ -153,6 +168,9 @@ class MemoryLogger(MetricLogger):
 
     def log_text(self, name: str, text: str) -> None:
         self.texts[name] = text
+
+    def log_image(self, name: str, png: bytes, step: int) -> None:
+        self.images[name] = (int(step), png)
 
     def log_hparams(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)

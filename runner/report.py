@@ -744,7 +744,11 @@ def write_report(root: Path) -> Path:
     subtitle = _shorten(", ".join(labels.common), 110) if len(configs) > 1 else labels.fallback
     pngs = _write_plots(root / IMAGES_DIR, lines, subtitle, _loss_name(records))
     report = root / REPORT_FILE
-    report.write_text(_markdown(root, records, configs, labels, pngs))
+    # The instruments' sections (gradient noise, trajectories) follow, when any run has their data.
+    from runner.instruments.sections import instrument_sections  # imports torch: only when reporting
+
+    instruments = instrument_sections(root / IMAGES_DIR, configs, labels, _loss_name(records))
+    report.write_text(_markdown(root, records, configs, labels, pngs) + instruments)
     return report
 
 

@@ -303,6 +303,33 @@ class PlateauSchedulerConfig(SchedulerConfig):
     min_lr: float = 0.0
 
 
+# -------------------------------------------------------------------------- instruments
+@dataclass
+class NoiseConfig:
+    """Gradient noise scale (McCandlish et al. 2018), measured on the whole training set."""
+
+    # Measure every this many iterations, at iterations 0, every, 2*every, ... (0 = off).
+    every: int = 0
+    # Samples whose per-sample gradients are held at once (memory: this x parameters floats).
+    micro_batch_size: int = 256
+
+
+@dataclass
+class TrajectoryConfig:
+    """Record the weights' path and draw it over the loss surface (runner.instruments.trajectory)."""
+
+    record: bool = False
+    # Keep the weights every this many iterations (and the final ones).
+    every: int = 1
+    # Grid points per axis of the loss surface drawn under the path.
+    resolution: int = 41
+    # How far the grid reaches beyond the path's box, as a fraction of its size.
+    margin: float = 0.2
+    # The plane for models with more than 2 parameters: pca (of the path) or random
+    # (filter-normalised, Li et al. 2018).
+    directions: str = "pca"
+
+
 # ------------------------------------------------------------------------------- run
 @dataclass
 class RunConfig:
@@ -353,6 +380,9 @@ class RunConfig:
     progress: str = "auto"
     # Where the run writes its TensorBoard event file, summary.json and model.pt.
     output_dir: str = "${hydra:runtime.output_dir}"
+    # Instruments (off by default): gradient noise, loss-surface trajectory.
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
 
 _SCHEMAS = {

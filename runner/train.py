@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -47,6 +47,7 @@ from runner.losses import Loss
 from runner.checkpoint import load_checkpoint, restore_rng_state, rng_state
 from runner.checkpoint import save_checkpoint as save_checkpoint_file
 from runner.epochs import StopFlag, TrainState, run_epochs, summary_of
+from runner.instruments.hook import Instruments, make_instruments
 from runner.registry import build
 from runner.rundir import DiskFull, RunDirRefused, check_usable, event_file, exclusive, hydra_job_of, is_disk_full, keep_record, restore_record
 from runner.schedulers import NEEDS_RUN_LENGTH
@@ -86,6 +87,7 @@ class Run:
     # Under torchrun: one flag the ranks agree on, and the session (runner.launchers.distributed).
     stop_flag: Callable[[], StopFlag] = StopFlag
     distributed: Any = None
+    instruments: Instruments = field(default_factory=Instruments)  # gradient noise, trajectory (off by default)
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -163,6 +165,7 @@ def build_run(cfg: DictConfig) -> Run:
     train_split = _ready_split(cfg, train_part, loss_fn, device)
     data_copy = 0 if bounded_memory or cfg.dataset.name == "memmap" else train_split.X.nbytes + train_split.Y.nbytes
     memory_estimate = check_fits(model, train_part.feature_shape, device, batch_size, cfg.micro_batch_size, data_copy)
+    instruments = make_instruments(cfg, model, loss_fn, optimizer, train_split, plan.total_iterations)
 
     return Run(
         cfg=cfg,
@@ -183,10 +186,11 @@ def build_run(cfg: DictConfig) -> Run:
         # Its own generator: the data order for a seed does not depend on how many
         # random numbers model construction drew.
         order_generator=torch.Generator().manual_seed(cfg.seed),
-        step=_step_function(cfg, model, loss_fn, optimizer, grads, batch_size),
+        step=instruments.wrap(_step_function(cfg, model, loss_fn, optimizer, grads, batch_size)),
         # Micro-batches exist to bound memory, so they also avoid a second copy of the data.
         bounded_memory=bounded_memory,
         memory_estimate=memory_estimate,
+        instruments=instruments,
     )
 
 
@@ -412,6 +416,7 @@ def _checkpoint_payload(run: Run, state: TrainState, log_position: tuple[str, in
         "scheduler": run.scheduler.state_dict(),
         "state": state.to_dict(),
         "rng": rng_state(run.order_generator),
+        "instruments": run.instruments.state_dict(),
         # The event file's name only, never a path: a copied or moved run continues its own file.
         "tensorboard": [Path(event_path).name, size],
     }
@@ -438,6 +443,7 @@ def _restore(run: Run, payload: dict[str, Any]) -> TrainState:
     run.optimizer.load_state_dict(payload["optimizer"])
     run.scheduler.load_state_dict(payload["scheduler"])
     restore_rng_state(payload["rng"], run.order_generator)
+    run.instruments.load_state_dict(payload.get("instruments"))
     # A checkpoint saved on the way out of a stop says "interrupted"; resumed, it runs again.
     state = TrainState(**{**payload["state"], "status": "running"})
     if not (isinstance(state.iteration, int) and isinstance(state.epoch, int) and state.iteration >= 0 and state.epoch >= 1):
@@ -565,6 +571,7 @@ def _train_into(run: Run, out: Path, state: TrainState | None, log_position: tup
             save_checkpoint(TrainState())  # so a kill before the first boundary still resumes cleanly
         summary = fit(run, logger, state, save_checkpoint)
         status = summary["status"]
+        run.instruments.finish(out, logger, summary)
     finally:
         try:
             if status != "interrupted":

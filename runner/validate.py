@@ -22,7 +22,7 @@ from runner.errors import ConfigError
 from runner.losses import LOSSES
 from runner.memory import check_host_fits
 from runner.registry import target_of
-from runner.schema import RunConfig
+from runner.schema import NoiseConfig, RunConfig, TrajectoryConfig
 from runner.schedulers import EPOCH_ONLY, INTERVALS
 
 PROGRESS_MODES = ("auto", "true", "false")
@@ -81,6 +81,8 @@ def check_keys(cfg: DictConfig) -> None:
             allowed = f"an option of conf/{field.name}/ (a run needs one)" if field.name in GROUPS else "a value (the schema's default was removed)"
             raise ConfigError(field.name, None, allowed)
     _check_node_keys(cfg, "", RunConfig)
+    _check_node_keys(cfg.noise, "noise.", NoiseConfig)
+    _check_node_keys(cfg.trajectory, "trajectory.", TrajectoryConfig)
     for group in GROUPS:
         schema = OmegaConf.get_type(cfg[group])
         if not dataclasses.is_dataclass(schema):
@@ -126,6 +128,23 @@ def check_config(cfg: DictConfig) -> None:
     _check_optimizer(cfg.optimizer)
     _check_scheduler(cfg.scheduler)
     _check_dataset(cfg.dataset)
+    _check_instruments(cfg)
+
+
+TRAJECTORY_DIRECTIONS = ("pca", "random")
+
+
+def _check_instruments(cfg: DictConfig) -> None:
+    _count("noise.every", cfg.noise.every, 0, "measure every this many iterations; 0 = off")
+    _count("noise.micro_batch_size", cfg.noise.micro_batch_size, 1, "samples per chunk of per-sample gradients")
+    if not isinstance(cfg.trajectory.record, bool):
+        raise ConfigError("trajectory.record", cfg.trajectory.record, "true or false")
+    _count("trajectory.every", cfg.trajectory.every, 1, "record the weights every this many iterations")
+    if not (_is_int(cfg.trajectory.resolution) and 3 <= cfg.trajectory.resolution <= 401):
+        raise ConfigError("trajectory.resolution", cfg.trajectory.resolution, "an integer in [3, 401] (grid points per axis)")
+    _number("trajectory.margin", cfg.trajectory.margin, 0, 10)
+    if cfg.trajectory.directions not in TRAJECTORY_DIRECTIONS:
+        raise ConfigError("trajectory.directions", cfg.trajectory.directions, f"one of {', '.join(TRAJECTORY_DIRECTIONS)}")
 
 
 def _check_optimizer(opt: DictConfig) -> None:

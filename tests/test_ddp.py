@@ -149,8 +149,9 @@ def test_rank_zero_alone_decides_the_directory_and_writes(tmp_path):
         (("budget=seconds", "budget_amount=5"), "Error: budget='seconds' is not allowed: epochs, updates or samples under torchrun"),
         (("-m", "batch_size=1,32"), "Error: hydra.mode='MULTIRUN' is not allowed: a single run under torchrun"),
         (("optimizer.lr=-1",), "Error: optimizer.lr=-1"),
+        (("noise.every=5",), "Error: noise.every=5 is not allowed: 0 under torchrun"),
     ],
-    ids=["budget-seconds", "multirun", "bad-config"],
+    ids=["budget-seconds", "multirun", "bad-config", "instruments"],
 )
 def test_refused_on_every_rank_and_nothing_written(tmp_path, overrides, refused):
     result = torchrun(tmp_path, *BASE, *overrides)

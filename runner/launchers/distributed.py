@@ -233,6 +233,12 @@ def check_run(run: Any, session: Session) -> None:
         )
     if run.device.type not in ("cpu", "cuda"):
         raise ConfigError("device", cfg.device, f"cpu or cuda {UNDER_TORCHRUN} (gloo and nccl carry no other device's tensors)")
+    # The instruments measure at one process's weights and gradient, through the single-process
+    # update; across ranks they would see a share of each batch.
+    if cfg.noise.every:
+        raise ConfigError("noise.every", cfg.noise.every, f"0 {UNDER_TORCHRUN} (measure the gradient noise in a single-process run)")
+    if cfg.trajectory.record:
+        raise ConfigError("trajectory.record", cfg.trajectory.record, f"false {UNDER_TORCHRUN} (record trajectories in a single-process run)")
 
 
 class SharedGradients(FlatGradients):
