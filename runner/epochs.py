@@ -129,12 +129,16 @@ def _epoch_metrics(run: Any, train_epoch_loss: float | None) -> dict[str, float]
 def generalization_gap(metrics: dict[str, float]) -> dict[str, float]:
     """``gap/loss`` = validation − whole-training-set loss, ``gap/acc`` = training −
     validation accuracy: both grow as the model fits its training samples at the cost of
-    unseen ones. Empty without a validation split."""
+    unseen ones. Empty without a validation split.
+
+    The difference of the two values as TensorBoard stores them (float32), so that the
+    gap read back from the event file is exactly the difference of the two curves read back.
+    """
     gaps = {}
     if "loss/val" in metrics:
-        gaps["gap/loss"] = metrics["loss/val"] - metrics["loss/train_full"]
+        gaps["gap/loss"] = float(np.float32(metrics["loss/val"]) - np.float32(metrics["loss/train_full"]))
     if "acc/val" in metrics and "acc/train" in metrics:
-        gaps["gap/acc"] = metrics["acc/train"] - metrics["acc/val"]
+        gaps["gap/acc"] = float(np.float32(metrics["acc/train"]) - np.float32(metrics["acc/val"]))
     return gaps
 
 

@@ -266,7 +266,7 @@ def markdown_section(groups: Mapping[str, Sequence[Mapping[str, Any]]], label: C
     if few:
         parts.append(
             f"**Warning: too few seeds** in {', '.join(f'`{f}`' for f in few)} (fewer than {MIN_SEEDS}): "
-            "no confidence interval from one seed, and comparisons with them are not judged."
+            "their intervals are wide (none from a single seed), and comparisons with them are not judged."
         )
     if figure:
         parts.append(f"![Final values over seeds]({figure})")
