@@ -105,8 +105,8 @@ def test_a_resumed_run_restores_the_best_epoch_from_its_checkpoint(make_cfg, tmp
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("early_stopping_min_delta=-0.1", "early_stopping_min_delta"),
-        ("train_size=0", "train_size"),
+        ("early_stopping_min_delta=-0.1", r"early_stopping_min_delta=-0.1 is not allowed: a finite number in \[0, "),
+        ("train_size=0", r"train_size=0 is not allowed: an integer in \[1, "),
         ("train_size=121", "at most the training part's 120 samples"),
     ],
 )
