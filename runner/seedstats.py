@@ -163,15 +163,30 @@ def _assignments(config: str) -> dict[str, str]:
     return dict(item.split("=", 1) if "=" in item else (item, "") for item in items)
 
 
+# A key swept over more values than this is compared between neighbouring values only
+# (lr=0.01 with lr=0.03, not with lr=1): every pair of 30 values would be 435 rows.
+ALL_PAIRS_UP_TO = 5
+
+
 def comparable_pairs(configs: Sequence[str]) -> list[tuple[str, str]]:
-    """Pairs of configurations that differ in exactly one swept key (every pair when a
-    single key is swept): the comparisons that isolate one choice."""
+    """Pairs of configurations that differ in exactly one swept key: the comparisons that
+    isolate one choice. Every such pair when that key takes at most :data:`ALL_PAIRS_UP_TO`
+    values, else neighbours in the configurations' order."""
     parsed = {c: _assignments(c) for c in configs}
+    values: dict[str, list[str]] = {}
+    for assignment in parsed.values():
+        for key, value in assignment.items():
+            if value not in values.setdefault(key, []):
+                values[key].append(value)
     pairs = []
     for i, a in enumerate(configs):
         for b in configs[i + 1 :]:
             pa, pb = parsed[a], parsed[b]
-            if set(pa) == set(pb) and sum(pa[k] != pb[k] for k in pa) == 1:
+            differing = [k for k in pa if pa[k] != pb.get(k)] if set(pa) == set(pb) else []
+            if len(differing) != 1:
+                continue
+            order = values[differing[0]]
+            if len(order) <= ALL_PAIRS_UP_TO or abs(order.index(pa[differing[0]]) - order.index(pb[differing[0]])) == 1:
                 pairs.append((a, b))
     return pairs
 

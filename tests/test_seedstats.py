@@ -88,6 +88,11 @@ def test_pairs_differ_in_exactly_one_swept_key():
     ]
 
 
+def test_a_key_with_many_values_is_compared_between_neighbours():
+    configs = [f"lr={lr}" for lr in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)]  # 6 values: 5 neighbour pairs, not 15
+    assert comparable_pairs(configs) == list(zip(configs, configs[1:]))
+
+
 def test_final_statistics_leave_out_metrics_a_member_lacks():
     summaries = [{"val_loss": 0.5, "train_loss": 0.1, "val_acc": None}, {"val_loss": 0.7, "train_loss": 0.3, "val_acc": 0.9}]
     found = final_statistics(summaries)
