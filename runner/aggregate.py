@@ -36,7 +36,6 @@ from tensorboard.util import tensor_util
 from torch.utils.tensorboard.summary import custom_scalars
 
 from runner.tbwriter import EventWriter, encode_scalar
-from runner.seedstats import final_statistics
 
 __all__ = [
     "AGGREGATE_DIR",
@@ -565,7 +564,9 @@ def write_seed_aggregates(root: Path) -> list[Path]:
         base_time = min((float(s.wall_times.min()) for m in series for s in m.values() if len(s)), default=time.time())
         _write_aggregate_events(agg_dir, stats, base_time)
         description = _describe(label, done, skipped, stats)
-        # Final metrics over the seeds (mean, sample std, min, max, 95% CI): runner.seedstats.
+        # Final metrics over the seeds (mean, sample std, min, max, 95% CI).
+        from runner.seedstats import final_statistics
+
         description["final"] = final_statistics([read_summary(run) for run in done])
         (agg_dir / AGGREGATE_FILE).write_text(json.dumps(description, indent=2) + "\n")
         written.append(agg_dir)
