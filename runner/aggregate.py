@@ -564,6 +564,10 @@ def write_seed_aggregates(root: Path) -> list[Path]:
         base_time = min((float(s.wall_times.min()) for m in series for s in m.values() if len(s)), default=time.time())
         _write_aggregate_events(agg_dir, stats, base_time)
         description = _describe(label, done, skipped, stats)
+        # Final metrics over the seeds (mean, sample std, min, max, 95% CI).
+        from runner.seedstats import final_statistics
+
+        description["final"] = final_statistics([read_summary(run) for run in done])
         (agg_dir / AGGREGATE_FILE).write_text(json.dumps(description, indent=2) + "\n")
         written.append(agg_dir)
     return written
@@ -592,6 +596,11 @@ DEFAULT_LAYOUT: LayoutSpec = {
     "Validation": {
         "loss/val": ("Multiline", ["loss/val"]),
         "acc/val": ("Multiline", ["acc/val"]),
+    },
+    "Overfitting": {
+        "loss/train_full and loss/val: the gap between them": ("Multiline", ["loss/train_full", "loss/val"]),
+        "gap/loss: validation − whole-training-set loss": ("Multiline", ["gap/loss"]),
+        "gap/acc: training − validation accuracy": ("Multiline", ["gap/acc"]),
     },
     "Seed bands": {
         "loss/train_full: seed mean, min–max": (

@@ -49,6 +49,12 @@ class TrainState:
     best_epoch: int | None = None  # lowest monitored loss so far (validation, else full training)
     best_loss: float | None = None
     stopped_early: bool = False
+    best_metrics: dict[str, float] | None = None  # the best epoch's epoch-level values
+    # early_stopping_restore_best: the best epoch's weights, copied (on the device) at the
+    # end of each epoch that improved; checkpointed with the state, so a resumed run
+    # restores exactly the weights an uninterrupted one would.
+    best_weights: dict[str, Tensor] | None = None
+    restored_best: bool = False
     initial_metrics: dict[str, float] | None = None  # epoch 0: at the initial weights, before any update
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,9 +121,25 @@ def _epoch_metrics(run: Any, train_epoch_loss: float | None) -> dict[str, float]
         if acc is not None:
             names.append(f"acc/{split}")
             tensors.append(acc)
-    values = torch.stack(tensors).tolist()
+    values = dict(zip(names, torch.stack(tensors).tolist()))
     epoch_loss = {} if train_epoch_loss is None else {"loss/train_epoch": train_epoch_loss}
-    return {**epoch_loss, **dict(zip(names, values))}
+    return {**epoch_loss, **values, **generalization_gap(values)}
+
+
+def generalization_gap(metrics: dict[str, float]) -> dict[str, float]:
+    """``gap/loss`` = validation − whole-training-set loss, ``gap/acc`` = training −
+    validation accuracy: both grow as the model fits its training samples at the cost of
+    unseen ones. Empty without a validation split.
+
+    The difference of the two values as TensorBoard stores them (float32), so that the
+    gap read back from the event file is exactly the difference of the two curves read back.
+    """
+    gaps = {}
+    if "loss/val" in metrics:
+        gaps["gap/loss"] = float(np.float32(metrics["loss/val"]) - np.float32(metrics["loss/train_full"]))
+    if "acc/val" in metrics and "acc/train" in metrics:
+        gaps["gap/acc"] = float(np.float32(metrics["acc/train"]) - np.float32(metrics["acc/val"]))
+    return gaps
 
 
 def _log_epoch(logger: MetricLogger, metrics: dict[str, float], state: TrainState, epoch: int) -> None:
@@ -184,14 +206,33 @@ def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState) -> None:
     state.metrics = _epoch_metrics(run, float(np.average(state.epoch_losses, weights=state.epoch_batch_sizes)))
     _log_epoch(logger, state.metrics, state, state.epoch)
     run.epoch_scheduler.step(state.metrics)
-    monitored = state.metrics.get("loss/val", state.metrics["loss/train_full"])
-    if state.best_loss is None or monitored < state.best_loss:
-        state.best_epoch, state.best_loss = state.epoch, monitored
+    _track_best(run, state)
     log.info("epoch %d  %s  (eval %.2fs)", state.epoch, "  ".join(f"{k}={v:.4g}" for k, v in state.metrics.items()), time.perf_counter() - started)
     state.epoch += 1
     state.position = 0
     state.order = None
     state.epoch_losses, state.epoch_batch_sizes = [], []
+
+
+def _track_best(run: Any, state: TrainState) -> None:
+    """Note the epoch when the monitored loss (validation, else whole training set) improved
+    on the best so far by more than ``early_stopping_min_delta`` (Keras' rule), and keep a
+    copy of its weights when they are to be restored at the end."""
+    monitored = state.metrics.get("loss/val", state.metrics["loss/train_full"])
+    if state.best_loss is not None and not monitored < state.best_loss - run.cfg.early_stopping_min_delta:
+        return
+    state.best_epoch, state.best_loss, state.best_metrics = state.epoch, monitored, dict(state.metrics)
+    if run.cfg.early_stopping_restore_best:
+        state.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+
+
+def _restore_best(run: Any, state: TrainState) -> None:
+    """Put the best epoch's weights back into the model (what ``model.pt`` then holds)."""
+    if not run.cfg.early_stopping_restore_best or state.best_weights is None or state.status not in ("done", "diverged"):
+        return
+    run.model.load_state_dict(state.best_weights)
+    state.restored_best = True
+    log.info("Restored the weights of the best epoch %d (monitored loss %.4g).", state.best_epoch, state.best_loss)
 
 
 def _log_initial(run: Any, logger: MetricLogger, state: TrainState) -> None:
@@ -263,6 +304,7 @@ def run_epochs(
             progress.close()
     if state.status == "running":
         state.status = "done"
+    _restore_best(run, state)
     if stop.requested:
         log.warning("Stopped by signal %d at iteration %d; the checkpoint resumes it.", stop.signal, state.iteration)
     return state
@@ -327,6 +369,11 @@ def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
         "best_epoch": state.best_epoch,
         "best_loss": _finite_or_none(state.best_loss),
         "stopped_early": state.stopped_early,
+        "gap_loss": _finite_or_none(metrics.get("gap/loss")),
+        "gap_acc": metrics.get("gap/acc"),
+        "best_metrics": state.best_metrics,
+        # model.pt holds the best epoch's weights (early_stopping_restore_best), not the last.
+        "restored_best": state.restored_best,
         "device": str(run.device),
         "torch_version": torch.__version__,
         "seed": cfg.seed,

@@ -19,7 +19,7 @@ import math
 import re
 import sys
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -94,6 +94,11 @@ class PlotSpec:
     # Seed bands: the spread of an epoch-level curve across seeds is informative; the
     # min-max of per-sample batch losses is only noise (and touches 0, off a log axis).
     bands: bool = True
+    # A difference of losses (gap/loss) crosses 0 and is read on a linear axis.
+    log_y: bool = True
+    ylabel: str = ""  # instead of the loss's name or "accuracy"
+    # A second tag drawn dotted in the same colour, the space between the two shaded.
+    companion: str | None = None
 
 
 PLOTS: tuple[PlotSpec, ...] = (
@@ -124,6 +129,24 @@ PLOTS: tuple[PlotSpec, ...] = (
     ),
     PlotSpec("val_loss_vs_epoch", "loss/val", "Validation loss at each epoch end", "epoch", integer_x=True),
     PlotSpec("val_acc_vs_epoch", "acc/val", "Validation accuracy at each epoch end", "epoch", is_loss=False, integer_x=True),
+    PlotSpec(
+        "train_vs_val_loss",
+        "loss/val",
+        "Validation loss (solid) and whole-training-set loss (dotted): the shaded space is the gap",
+        "epoch",
+        integer_x=True,
+        bands=False,
+        companion="loss/train_full",
+    ),
+    PlotSpec(
+        "gap_loss_vs_epoch",
+        "gap/loss",
+        "Generalization gap: validation loss − whole-training-set loss at each epoch end",
+        "epoch",
+        integer_x=True,
+        log_y=False,
+        ylabel="gap/loss (validation − training)",
+    ),
 )
 
 # "How to read this": the sentences that apply to what the report shows (a single run is
@@ -345,6 +368,7 @@ class Curve:
     high: np.ndarray | None = None
     note: str = ""
     raw: Curve | None = None  # the unsmoothed values under a smoothed curve
+    companion: Curve | None = None  # PlotSpec.companion's curve, drawn dotted
 
 
 def _finite_prefix(series: Series) -> Series:
@@ -409,6 +433,8 @@ def _curve(line: Line, spec: PlotSpec) -> Curve | None:
 # --------------------------------------------------------------------------- figures
 def _curve_values(curve: Curve) -> np.ndarray:
     parts = [curve.y] + [p for p in (curve.low, curve.high) if p is not None]
+    if curve.companion is not None:
+        parts.append(curve.companion.y)
     values = np.concatenate(parts)
     return values[np.isfinite(values)]
 
@@ -423,7 +449,7 @@ def _scale_y(ax: Any, spec: PlotSpec, drawn: list[tuple[Line, Curve]]) -> None:
     # A per-sample loss can be exactly 0 in float32 (a confidently right SGD sample): that
     # must not flip the whole plot to a linear axis, where SGD's spikes flatten everything.
     positive = values[values > 0]
-    log = spec.is_loss and bool((values >= 0).all()) and len(positive) > 0
+    log = spec.is_loss and spec.log_y and bool((values >= 0).all()) and len(positive) > 0
     if log:
         values = positive
         ax.set_yscale("log", nonpositive="mask")
@@ -469,15 +495,36 @@ def _mark_divergence(ax: Any, spec: PlotSpec, line: Line) -> None:
 
 
 def _mark_best_epoch(ax: Any, spec: PlotSpec, line: Line, curve: Curve) -> None:
-    """A ring on a single run's validation curve where its monitored loss was lowest: when it
-    is not the last epoch, the epochs after it fitted the training set at validation's cost."""
-    if spec.tag != "loss/val" or len(line.runs) != 1:
+    """A ring on a single run's validation (and gap) curve where its monitored loss was lowest:
+    when it is not the last epoch, the epochs after it fitted the training set at validation's cost."""
+    if spec.tag not in BEST_EPOCH_TAGS or len(line.runs) != 1:
         return
     best = line.runs[0].summary.get("best_epoch")
     if not isinstance(best, int) or best not in list(curve.x):
         return
     y = curve.y[list(curve.x).index(best)]
     ax.plot([best], [y], marker="o", markersize=10, markerfacecolor="none", markeredgecolor=line.color, linestyle="none")
+    if best < curve.x[-1]:
+        ax.axvline(best, color=line.color, linestyle=":", linewidth=1.0, alpha=0.7)
+        ax.annotate(f"best epoch {best}", (best, y), xytext=(6, 10), textcoords="offset points", fontsize=8, color=line.color)
+
+
+def _draw_companion(ax: Any, spec: PlotSpec, line: Line, curve: Curve) -> None:
+    """The companion tag dotted in the line's colour, and the space between it and the main
+    curve shaded: for validation vs training loss, the generalization gap itself."""
+    if spec.companion is None:
+        return
+    other = _curve(line, replace(spec, tag=spec.companion, companion=None))
+    if other is None:
+        return
+    curve.companion = other  # its values count for the y-axis limits and ticks
+    ax.plot(other.x, other.y, color=line.color, linestyle=":", linewidth=1.4, zorder=3)
+    x, mine, theirs = np.intersect1d(curve.x, other.x, return_indices=True)
+    ax.fill_between(x, curve.y[mine], other.y[theirs], color=line.color, alpha=0.12, linewidth=0)
+
+
+# The epoch-axis plots that mark a single run's best epoch (runner.epochs._track_best).
+BEST_EPOCH_TAGS = ("loss/val", "gap/loss")
 
 
 def _draw_raw(ax: Any, curve: Curve, color: Any) -> None:
@@ -517,6 +564,7 @@ def _draw(spec: PlotSpec, lines: Sequence[Line], subtitle: str, ylabel: str) -> 
         if curve.low is not None and spec.bands:
             ax.fill_between(curve.x, curve.low, curve.high, color=line.color, alpha=0.18, linewidth=0)
         _mark_divergence(ax, spec, line)
+        _draw_companion(ax, spec, line, curve)
         _mark_best_epoch(ax, spec, line, curve)
         drawn.append((line, curve))
     if not drawn:
@@ -530,7 +578,7 @@ def _draw(spec: PlotSpec, lines: Sequence[Line], subtitle: str, ylabel: str) -> 
     if subtitle:
         ax.set_title(subtitle, fontsize=9, color="0.35", loc="left")
     ax.set_xlabel(spec.xlabel)
-    ax.set_ylabel(ylabel if spec.is_loss else "accuracy (fraction correct)")
+    ax.set_ylabel(spec.ylabel or (ylabel if spec.is_loss else "accuracy (fraction correct)"))
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
     _legend(fig, ax, len(ax.get_legend_handles_labels()[0]))
@@ -608,6 +656,8 @@ def _notes(summary: dict[str, Any]) -> str:
     best, epochs = summary.get("best_epoch"), summary.get("epochs")
     if isinstance(best, int) and isinstance(epochs, int) and best < epochs:
         notes.append(f"lowest {'val' if summary.get('val_loss') is not None else 'train'} loss at epoch {best} of {epochs}")
+    if summary.get("restored_best"):
+        notes.append(f"model.pt holds epoch {best}'s weights (early_stopping_restore_best)")
     return "; ".join(notes)
 
 
@@ -721,6 +771,28 @@ def _markdown(root: Path, records: Sequence[RunRecord], configs: dict[str, list[
     return "\n".join(parts)
 
 
+# --------------------------------------------------------------------------- statistics over seeds
+SEED_FIGURE = "final_over_seeds.png"
+
+
+def _seed_statistics(root: Path, records: Sequence[RunRecord], configs: dict[str, list[RunRecord]], labels: Labels) -> str:
+    """The "Statistics over seeds" section (:mod:`runner.seedstats`), for sweeps with seeds
+    or with several configurations; empty for a lone run."""
+    from runner.seedstats import draw_spread, markdown_section
+
+    figure = root / IMAGES_DIR / SEED_FIGURE
+    if len(configs) < 2 and not any(r.seed is not None for r in records):
+        figure.unlink(missing_ok=True)
+        return ""
+    groups = {config: [r.summary for r in members if r.status == "done"] for config, members in configs.items()}
+    groups = {config: members for config, members in groups.items() if members}
+    if not groups:
+        return ""
+    drawn = draw_spread(figure, groups, labels.config)
+    section = markdown_section(groups, labels.config, f"{IMAGES_DIR}/{SEED_FIGURE}" if drawn else None)
+    return "\n## Statistics over seeds\n\n" + section + "\n"
+
+
 # --------------------------------------------------------------------------- entry points
 def write_report(root: Path) -> Path:
     """Writes ``<root>/report.md`` and ``<root>/report/*.png``.
@@ -748,7 +820,7 @@ def write_report(root: Path) -> Path:
     from runner.instruments.sections import instrument_sections  # imports torch: only when reporting
 
     instruments = instrument_sections(root / IMAGES_DIR, configs, labels, _loss_name(records))
-    report.write_text(_markdown(root, records, configs, labels, pngs) + instruments)
+    report.write_text(_markdown(root, records, configs, labels, pngs) + _seed_statistics(root, records, configs, labels) + instruments)
     return report
 
 

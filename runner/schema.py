@@ -358,6 +358,12 @@ class RunConfig:
     # Stop when the validation loss (else the full training loss) has not improved for
     # this many epochs; the summary and report keep the best epoch (null = never).
     early_stopping_patience: Optional[int] = None
+    # An epoch counts as an improvement only when the monitored loss falls below the best so
+    # far minus this (Keras' min_delta; 0 = any decrease).
+    early_stopping_min_delta: float = 0.0
+    # Save the best epoch's weights as model.pt instead of the last epoch's (the summary
+    # says restored_best and best_epoch). Works with or without a patience.
+    early_stopping_restore_best: bool = False
     # Scale optimizer.lr with the batch size: lr * (B / base) (linear) or lr * sqrt(B / base).
     lr_scaling: str = "none"
     lr_scaling_base_batch: int = 32
@@ -367,6 +373,9 @@ class RunConfig:
     drop_last: bool = False
     # Fraction of the data held out for validation; 0 turns validation off.
     val_fraction: float = 0.2
+    # Train on only this many samples of the training part, drawn with `seed` after the
+    # validation split (which keeps its size): a small training set to overfit (null = all).
+    train_size: Optional[int] = None
     # Write the per-iteration scalars every this many iterations (1 = every iteration).
     log_every: int = 1
     # Batch size for the loss/accuracy evaluations at epoch end (memory only: results are exact).

@@ -120,9 +120,13 @@ def _to_device(part: datasets.Dataset, loss_fn: Loss, device: torch.device) -> I
 def _load_parts(cfg: DictConfig) -> tuple[Any, Any]:
     """Training and validation parts, split and standardised (memmap: lazily, never loaded whole)."""
     if cfg.dataset.name == "memmap":
+        if cfg.train_size is not None:
+            raise ConfigError("train_size", cfg.train_size, "null with dataset=memmap (its parts are read from disk as they are)")
         return load_memmap_parts(cfg.dataset, cfg.val_fraction, cfg.seed)
     full = datasets.load_dataset(cfg.dataset)
     train_part, val_part = datasets.split(full, cfg.val_fraction, cfg.seed)
+    if cfg.train_size is not None:
+        train_part = datasets.training_subset(train_part, cfg.train_size, cfg.seed)
     return datasets.standardize(train_part, val_part, features=cfg.dataset.standardize, target=cfg.dataset.standardize_target)
 
 
@@ -446,6 +450,8 @@ def _restore(run: Run, payload: dict[str, Any]) -> TrainState:
     run.instruments.load_state_dict(payload.get("instruments"))
     # A checkpoint saved on the way out of a stop says "interrupted"; resumed, it runs again.
     state = TrainState(**{**payload["state"], "status": "running"})
+    if state.best_weights is not None:  # checkpoints are loaded onto the CPU
+        state.best_weights = {k: v.to(run.device) for k, v in state.best_weights.items()}
     if not (isinstance(state.iteration, int) and isinstance(state.epoch, int) and state.iteration >= 0 and state.epoch >= 1):
         raise ValueError(f"impossible position: epoch {state.epoch!r}, iteration {state.iteration!r}")
     return state

@@ -117,6 +117,9 @@ def check_config(cfg: DictConfig) -> None:
         _number("grad_clip", cfg.grad_clip, 0, low_open=True)
     if cfg.early_stopping_patience is not None:
         _count("early_stopping_patience", cfg.early_stopping_patience, 1, "epochs without improvement, or null")
+    _number("early_stopping_min_delta", cfg.early_stopping_min_delta, 0, FLOAT32_MAX)
+    if cfg.train_size is not None:
+        _count("train_size", cfg.train_size, 1, "training samples to keep, or null for all")
     _count("checkpoint_every", cfg.checkpoint_every, 0, "0 = at each epoch end only")
     _count("eval_batch_size", cfg.eval_batch_size, 1, "samples per evaluation chunk")
     if cfg.resume not in RESUME_MODES:

@@ -145,6 +145,19 @@ def test_aggregate_json_lists_members_and_leaves_out_the_diverged_seed(sweep):
     assert info["tags"]["by_time_ms/loss/train_full"]["aligned_by"].startswith("position")
 
 
+def test_aggregate_json_holds_the_final_metrics_over_seeds(sweep):
+    from scipy import stats
+
+    write_seed_aggregates(sweep)
+    final = json.loads((sweep / "batch_size=8" / AGGREGATE_DIR / "aggregate.json").read_text())["final"]
+    losses = [json.loads((sweep / "batch_size=8" / f"seed={k}" / "summary.json").read_text())["val_loss"] for k in range(3)]
+    assert final["val_loss"]["values"] == losses and final["val_loss"]["n"] == 3
+    assert final["val_loss"]["std"] == pytest.approx(np.std(losses, ddof=1), rel=1e-12)
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(losses), scale=stats.sem(losses))
+    assert final["val_loss"]["ci"] == pytest.approx([low, high], rel=1e-12)
+    assert {"train_loss", "val_acc", "gap_loss", "gap_acc"} <= set(final)
+
+
 def test_regenerating_replaces_the_aggregate(sweep):
     write_seed_aggregates(sweep)
     tb = sweep / "batch_size=8" / AGGREGATE_DIR
@@ -185,6 +198,7 @@ def test_layout_has_the_categories_and_anchored_regexes(tmp_path):
         "Loss by samples seen",
         "Loss by wall time",
         "Validation",
+        "Overfitting",
         "Seed bands",
     ]
 
@@ -196,6 +210,7 @@ def test_layout_has_the_categories_and_anchored_regexes(tmp_path):
     assert regexes("Loss by samples seen") == ["^by_samples/loss/train_full$"]
     assert regexes("Loss by wall time") == ["^by_time_ms/loss/train_full$"]
     assert regexes("Validation") == ["^loss/val$", "^acc/val$"]
+    assert regexes("Overfitting") == ["^loss/train_full$", "^loss/val$", "^gap/loss$", "^gap/acc$"]
     train_full = re.compile(regexes("Loss by epoch")[0])
     assert train_full.search("loss/train_full")
     for other in ("by_samples/loss/train_full", "loss/train_full/min", "by_iteration/loss/train_full"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from conftest import REPO, compose_cfg
 IRIS = ("dataset=iris", "epochs=2")
 REGIMES = ("bgd", "sgd", "minibatch")
 ALL_PLOTS = {spec.name for spec in PLOTS}
+SEED_FIGURE = "final_over_seeds"  # runner.seedstats: drawn when a configuration has several seeds
 FAILED_ERROR = "model=cnn needs image-shaped inputs; iris has 4 features"
 
 
@@ -63,7 +65,8 @@ def reported(sweep) -> Path:
 
 def _table(markdown: str) -> dict[str, dict[str, str]]:
     """The runs table as run name → column → cell."""
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    runs_section = re.split(r"^## (?:Runs|The run)$", markdown, flags=re.M)[1].split("\n## ")[0]
+    lines = [line for line in runs_section.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
     for line in lines[2:]:
@@ -133,7 +136,7 @@ def test_report_names_the_directory_explains_and_links_every_plot(reported):
 
 # --------------------------------------------------------------------------- plots
 def test_plots_are_real_pngs_with_content(reported):
-    assert {p.stem for p in (reported / "report").glob("*.png")} == ALL_PLOTS
+    assert {p.stem for p in (reported / "report").glob("*.png")} == ALL_PLOTS | {SEED_FIGURE}
     for png in (reported / "report").glob("*.png"):
         data = png.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n"), png.name
@@ -163,7 +166,7 @@ def test_regenerating_replaces_images_and_leaves_the_backend_alone(reported):
     before = _event_dirs(reported)
     write_report(reported)
     assert _event_dirs(reported) == before
-    assert {p.stem for p in (reported / "report").glob("*.png")} == ALL_PLOTS
+    assert {p.stem for p in (reported / "report").glob("*.png")} == ALL_PLOTS | {SEED_FIGURE}
     assert matplotlib.rcParams["backend"] == backend
 
 

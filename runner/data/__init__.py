@@ -207,6 +207,18 @@ def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Da
     return dataset.subset(np.sort(perm[n_val:])), dataset.subset(np.sort(perm[:n_val]))
 
 
+def training_subset(train: Dataset, size: int, seed: int) -> Dataset:
+    """``size`` samples of the training part, drawn with ``seed`` (kept in their order).
+
+    The draw uses its own stream, so the validation split (drawn with the same seed)
+    is the one a run without ``train_size`` has.
+    """
+    if size > len(train):
+        raise ConfigError("train_size", size, f"at most the training part's {plural(len(train), 'sample')} (or null for all)")
+    keep = np.random.default_rng([seed, 1]).permutation(len(train))[:size]
+    return train.subset(np.sort(keep))
+
+
 def _mean_std(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean, std = a.mean(axis=0, dtype=np.float64), a.std(axis=0, dtype=np.float64)
     # A constant column (e.g. a border pixel that is always 0) is centred but not scaled.
