@@ -41,6 +41,7 @@ from runner.loop import (
     NoSchedulerStep,
     accumulating_train_step,
     batch_slices,
+    dense_trunk,
     train_step,
 )
 from runner.losses import Loss
@@ -158,6 +159,10 @@ def build_run(cfg: DictConfig) -> Run:
 
     bounded_memory = cfg.micro_batch_size is not None
     train_split = _ready_split(cfg, train_part, loss_fn, device)
+    # The update skips a dense model's nn.Flatten when the batches come as flat rows (same numbers).
+    trunk = dense_trunk(model) if isinstance(train_split, InMemorySplit) else None
+    if trunk is not None:
+        train_split = replace(train_split, flat_batches=True)
     data_copy = 0 if bounded_memory or cfg.dataset.name == "memmap" else train_split.X.nbytes + train_split.Y.nbytes
     memory_estimate = check_fits(model, train_part.feature_shape, device, batch_size, cfg.micro_batch_size, data_copy)
 
@@ -180,7 +185,7 @@ def build_run(cfg: DictConfig) -> Run:
         # Its own generator: the data order for a seed does not depend on how many
         # random numbers model construction drew.
         order_generator=torch.Generator().manual_seed(cfg.seed),
-        step=_step_function(cfg, model, loss_fn, optimizer, grads, batch_size),
+        step=_step_function(cfg, model if trunk is None else trunk, loss_fn, optimizer, grads, batch_size),
         # Micro-batches exist to bound memory, so they also avoid a second copy of the data.
         bounded_memory=bounded_memory,
         memory_estimate=memory_estimate,
