@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 from runner import data as datasets
 from runner.board import board_command, dashboard_dir
 from runner.data.memmap import MemmapSplit, load_memmap_parts
+from runner.cudagraph import GraphedStep, check_cuda_graph, make_capturable
 from runner.device import resolve_device
 from runner.memory import check_fits, check_model_fits
 from runner.aggregate import event_files
@@ -133,6 +134,7 @@ def build_run(cfg: DictConfig) -> Run:
     """Validate ``cfg`` and build data, model, loss, optimizer and schedulers. Writes nothing."""
     check_config(cfg)
     device = resolve_device(cfg.device)
+    check_cuda_graph(cfg, device)
     train_part, val_part = _load_parts(cfg)
     check_combination(cfg, train_part, val_part)
     batch_size = resolve_batch_size(cfg.batch_size, len(train_part))
@@ -155,6 +157,8 @@ def build_run(cfg: DictConfig) -> Run:
     model: nn.Module = build_model().to(device)
     grads = FlatGradients(list(model.parameters()))
     optimizer: Optimizer = build("optimizer", cfg.optimizer, params=model.parameters(), lr=lr)
+    if cfg.cuda_graph:
+        make_capturable(optimizer)
     scheduler = build("scheduler", cfg.scheduler, exclude=("interval",), optimizer=optimizer, total_steps=scheduler_steps)
 
     bounded_memory = cfg.micro_batch_size is not None
@@ -193,9 +197,11 @@ def build_run(cfg: DictConfig) -> Run:
 
 
 def _step_function(cfg: DictConfig, model: nn.Module, loss_fn: Loss, optimizer: Optimizer, grads: FlatGradients, batch_size: int):
-    """The update rule, chosen once: whole batches, or batches accumulated in micro-batches."""
+    """The update rule, chosen once: whole batches (captured as a CUDA graph with ``cuda_graph``),
+    or batches accumulated in micro-batches."""
     if cfg.micro_batch_size is None or cfg.micro_batch_size >= batch_size:
-        return partial(train_step, model, loss_fn, optimizer, grads, grad_clip=cfg.grad_clip)
+        step = partial(train_step, model, loss_fn, optimizer, grads, grad_clip=cfg.grad_clip)
+        return GraphedStep(step, batch_size, grads.flat.device) if cfg.cuda_graph else step
     return partial(
         accumulating_train_step, model, loss_fn, optimizer, grads, micro_batch_size=cfg.micro_batch_size, grad_clip=cfg.grad_clip
     )
