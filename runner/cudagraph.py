@@ -97,8 +97,9 @@ class GraphedStep:
     def __init__(self, eager: Step, batch_size: int, device: torch.device):
         self.eager = eager
         self.batch_size = batch_size
+        self.device = device
         self._done = 0
-        self._side = torch.cuda.Stream(device=device)
+        self._side: torch.cuda.Stream | None = None  # made at the first warm-up update
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: _StaticBatch | None = None
         self._out: tuple[Tensor, Tensor] | None = None
@@ -121,7 +122,9 @@ class GraphedStep:
     def _warm_up(self, source: EpochSource, positions: slice) -> tuple[Tensor, Tensor]:
         # On a side stream, as torch's recipe asks, so that lazily created resources are not
         # created on the stream that will be captured.
-        current = torch.cuda.current_stream(self._side.device)
+        if self._side is None:
+            self._side = torch.cuda.Stream(device=self.device)
+        current = torch.cuda.current_stream(self.device)
         self._side.wait_stream(current)
         with torch.cuda.stream(self._side):
             loss, grad_norm = self.eager(source, positions)
