@@ -26,13 +26,16 @@ busy neighbour on the machine hits them all alike; one untimed warm-up round fir
   iteration, the usual way to log a per-iteration loss.
 * ``lightning``: only when ``import lightning`` works (it is not a dependency).
 
+``--cli`` adds the whole command line's cost per extra epoch (fresh processes of 1 and 1 + k
+epochs) against the bare loop's epoch: target at most 1.10.
+
 ``--dissect`` adds a second table that walks from ``bare`` to ``runner_loop`` one change at
 a time, at batch sizes 1 and 32, to show where any overhead goes, plus "what-if" rows that
 run ``runner_loop`` with a change the runner does not make (to size a fix).
 
 Usage::
 
-    .venv/bin/python bench/loop_overhead.py [--quick] [--dissect] [--out FILE]
+    .venv/bin/python bench/loop_overhead.py [--quick] [--dissect] [--cli] [--out FILE]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import platform
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,11 +70,11 @@ from torch.utils.tensorboard import SummaryWriter
 import runner.schema  # noqa: F401  (registers the config schemas)
 from runner.cli import CONF_DIR
 from runner.loggers import TensorBoardLogger
-from runner.loop import FlatGradients, epoch_order, train_one_epoch
+from runner.loop import FlatGradients, dense_trunk, epoch_order, train_one_epoch
 from runner.progress import NoProgress
 from runner.train import build_run, fit
 
-from machine import code_version, cpu_model, python_for_display, version  # bench/machine.py (the script's own folder)
+from machine import REPO, code_version, cpu_model, python_for_display, version  # bench/machine.py (the script's own folder)
 
 try:
     import lightning  # noqa: F401
@@ -155,7 +159,9 @@ def manual_loop(
     All flags off is ``bare``.
     """
     model = s.runner_model_copy() if runner_model else s.plain_model()
-    data = s.X4 if runner_model else s.X
+    # The runner's update runs its model without the leading nn.Flatten, on flat rows.
+    forward = dense_trunk(model) if runner_model else model
+    data = s.X
     labels = s.labels
     loss_fn = s.loss_fn if runner_loss else F.cross_entropy
     optimizer = torch.optim.SGD(model.parameters(), lr=s.lr)
@@ -174,7 +180,7 @@ def manual_loop(
                     grads.zero()
                 else:
                     optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(X[rows]), y[rows])
+                loss = loss_fn(forward(X[rows]), y[rows])
                 loss.backward()
                 if grad_norm:
                     norms.append(grads.norm() if grads is not None else nn.utils.get_total_norm(p.grad for p in model.parameters()))
@@ -243,8 +249,7 @@ def runner_epochs(
     segment per epoch). ``what_if`` swaps in changes the runner does not make, to size them:
     ``"no_norm"`` (the gradient-norm kernel replaced by a constant), ``"buffer_series"`` (the
     per-iteration series handed to the logger once at least BUFFER_POINTS points have piled
-    up, instead of once per epoch), ``"flat_input"`` (the data flattened once and the model's
-    leading ``nn.Flatten`` removed).
+    up, instead of once per epoch).
     """
     run = build_run(s.cfg)
     cfg = run.cfg
@@ -253,10 +258,6 @@ def runner_epochs(
         flat_grads = next(a for a in step.args if isinstance(a, FlatGradients))
         zero = torch.zeros(())
         flat_grads.norm = lambda: zero
-    if "flat_input" in what_if:
-        assert isinstance(run.model[0], nn.Flatten), run.model
-        del run.model[0]
-        run.train.X = run.train.X.reshape(len(run.train.X), -1)
     logger = TensorBoardLogger(logdir) if log_series else None
     progress = NoProgress()
     kept: list[np.ndarray] = []
@@ -366,7 +367,7 @@ def dissect_variants() -> dict[str, Variant]:
     """From ``bare`` to ``runner_loop``, one piece of the runner switched in at a time."""
     return {
         "0 bare": lambda s, d: (manual_loop(s), lambda: None),
-        "1 + runner model (Flatten, 4-D input)": lambda s, d: (manual_loop(s, runner_model=True), lambda: None),
+        "1 + runner model (its layers after nn.Flatten, on flat rows)": lambda s, d: (manual_loop(s, runner_model=True), lambda: None),
         "2 + runner loss module (SparseCategoricalCrossentropy)": lambda s, d: (
             manual_loop(s, runner_model=True, runner_loss=True),
             lambda: None,
@@ -388,13 +389,10 @@ def dissect_variants() -> dict[str, Variant]:
         ),
         "7 + TensorBoard log_series (= runner_loop)": lambda s, d: runner_epochs(s, d),
         "what-if: runner_loop without the gradient norm": lambda s, d: runner_epochs(s, d, what_if=("no_norm",)),
-        "what-if: runner_loop on flattened data, no nn.Flatten": lambda s, d: runner_epochs(
-            s, d, what_if=("flat_input",)
-        ),
         f"what-if: runner_loop, series logged per >= {BUFFER_POINTS} points, not per epoch": lambda s, d: runner_epochs(
             s, d, what_if=("buffer_series",)
         ),
-        "what-if: all three": lambda s, d: runner_epochs(s, d, what_if=("no_norm", "flat_input", "buffer_series")),
+        "what-if: both": lambda s, d: runner_epochs(s, d, what_if=("no_norm", "buffer_series")),
     }
 
 
@@ -515,6 +513,69 @@ def measure(
     return results
 
 
+# --------------------------------------------------------------------------- the whole command line
+# Extra epochs of the long CLI run over the short one (1 epoch), by batch size.
+CLI_EXTRA = {"1": 10, "32": 40}
+QUICK_CLI_EXTRA = {"1": 3, "32": 10}
+CLI_TARGET = 1.10
+
+
+def cli_seconds(batch: str, epochs: int, run_dir: Path) -> float:
+    """Wall time of ``python -m runner batch_size=<batch> epochs=<epochs>`` in a fresh process."""
+    cmd = [
+        sys.executable, "-m", "runner", f"batch_size={batch}", f"epochs={epochs}", "progress=false", "device=cpu",
+        f"hydra.run.dir={run_dir}",
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return elapsed
+
+
+def measure_cli(batches: list[str], extra: dict[str, int], rounds: int, root: Path) -> dict[str, list[tuple[float, float]]]:
+    """Per batch size and round: (CLI seconds per extra epoch, bare loop seconds per epoch).
+
+    The CLI's cost of one more epoch is (T(1 + k epochs) - T(1 epoch)) / k, both whole
+    processes as a user runs them: start-up and the report cancel out; what remains per
+    epoch is the loop plus the epoch-end evaluation, logging and checkpoint. The bare loop
+    runs the same k epochs in this process, in the same round.
+    """
+    out: dict[str, list[tuple[float, float]]] = {b: [] for b in batches}
+    for r in range(rounds + 1):  # round 0 warms the file cache
+        for batch in batches:
+            k = extra[batch]
+            short = cli_seconds(batch, 1, root / "cli_short")
+            long = cli_seconds(batch, 1 + k, root / "cli_long")
+            body = manual_loop(Setting(batch, k, root))
+            t0 = time.perf_counter()
+            body()
+            bare_epoch = (time.perf_counter() - t0) / k
+            if r:
+                out[batch].append(((long - short) / k, bare_epoch))
+        print(f"  cli round {r}/{rounds}{' (warm-up)' if r == 0 else ''} done", file=sys.stderr, flush=True)
+    return out
+
+
+def cli_table(results: dict[str, list[tuple[float, float]]], extra: dict[str, int]) -> list[str]:
+    lines = [
+        "| batch | epochs (short / long) | CLI ms per extra epoch, median (min–max) | bare ms per epoch, median | "
+        "ratio, median (min–max) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for batch, samples in results.items():
+        cli = [c * 1e3 for c, _ in samples]
+        bare_ms = [b * 1e3 for _, b in samples]
+        ratios = [c / b for c, b in samples]
+        lines.append(
+            f"| {batch} | 1 / {1 + extra[batch]} | {statistics.median(cli):.1f} ({min(cli):.1f}–{max(cli):.1f}) | "
+            f"{statistics.median(bare_ms):.1f} | {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) |"
+        )
+    return lines
+
+
 # --------------------------------------------------------------------------- reporting
 def header(command: str, load_start: tuple[float, ...]) -> list[str]:
     load_end = os.getloadavg()
@@ -562,6 +623,10 @@ def main() -> None:
     parser.add_argument("--batches", default="1,32,full", help="comma-separated batch sizes (default 1,32,full)")
     parser.add_argument("--dissect", action="store_true", help="also walk from bare to runner_loop one piece at a time")
     parser.add_argument("--dissect-rounds", type=int, help="timed rounds of the dissection (default 9, --quick 3)")
+    parser.add_argument(
+        "--cli", action="store_true", help="also time the whole command line per extra epoch, in fresh processes"
+    )
+    parser.add_argument("--cli-rounds", type=int, help="rounds of the command-line timing (default 5, --quick 2)")
     parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 9)
@@ -600,6 +665,13 @@ def main() -> None:
             print("dissection ...", file=sys.stderr, flush=True)
             dissect_settings = {b: settings[b] for b in batches if b != "full"}
             dissected = measure(dissect_variants(), dissect_settings, dissect_rounds, root)
+        cli = None
+        cli_batches = [b for b in batches if b in CLI_EXTRA]
+        cli_extra = QUICK_CLI_EXTRA if args.quick else CLI_EXTRA
+        cli_rounds = args.cli_rounds or (2 if args.quick else 5)
+        if args.cli and cli_batches:
+            print("command line ...", file=sys.stderr, flush=True)
+            cli = measure_cli(cli_batches, cli_extra, cli_rounds, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     total = time.perf_counter() - started
@@ -648,8 +720,8 @@ def main() -> None:
         "",
         "Notes:",
         "- `bare` uses `F.cross_entropy` on a plain `Sequential(Linear, ReLU, Linear)` with the runner's initial "
-        "weights and the runner's sample order; the runner uses its own model (with `nn.Flatten` in front, on the "
-        "(N, 1, 8, 8) images) and its own loss module (`SparseCategoricalCrossentropy`), zeroes one flat gradient "
+        "weights and the runner's sample order; the runner uses its own model (whose leading `nn.Flatten` its "
+        "update skips: the (N, 1, 8, 8) images are gathered as flat rows) and its own loss module (`SparseCategoricalCrossentropy`), zeroes one flat gradient "
         "buffer, measures the global gradient norm every iteration, and keeps the per-iteration loss, norm, lr and "
         "time for the TensorBoard series. All of that counts as runner overhead here.",
         "- `runner_fit` does strictly more work than `bare`: after every epoch it evaluates the loss (and accuracy) "
@@ -669,11 +741,30 @@ def main() -> None:
             "Steps 1-5 are cumulative changes to the hand-written bare loop; 6 is the runner's own "
             "`train_one_epoch` (no logging), 7 adds the TensorBoard series (= runner_loop). The what-if rows run "
             "runner_loop with a change the runner does not make, to size what changing each piece would give: the "
-            "gradient-norm kernel replaced by a constant; the data flattened once and the model's leading `nn.Flatten` "
-            f"removed; the per-iteration series handed to the logger once at least {BUFFER_POINTS} points have piled up "
+            f"gradient-norm kernel replaced by a constant; the per-iteration series handed to the logger once at least {BUFFER_POINTS} points have piled up "
             f"instead of once per epoch. {dissect_rounds} rounds, otherwise the same protocol as above.",
             "",
             *table(dissected, dsettings, dissect_variants(), "0 bare"),
+        ]
+    if cli is not None:
+        verdict = "; ".join(
+            f"batch {b}: {statistics.median(c / e for c, e in cli[b]):.3f}"
+            f" ({'met' if statistics.median(c / e for c, e in cli[b]) <= CLI_TARGET else 'NOT met'})"
+            for b in cli
+        )
+        out += [
+            "",
+            "### The whole command line, per extra epoch",
+            "",
+            "`python -m runner batch_size=B epochs=E progress=false device=cpu` run as a user runs it, each in a fresh "
+            "process, with 1 epoch and with 1 + k epochs; the cost of an extra epoch is the difference over k. It "
+            "includes the loop, the epoch-end evaluation of the training and validation sets, the TensorBoard series "
+            "and the checkpoint written (and fsynced) after every epoch. The bare loop's epoch is timed in the same "
+            f"round, in this process. {cli_rounds} rounds after a warm-up round.",
+            "",
+            *cli_table(cli, cli_extra),
+            "",
+            f"**Target** (CLI per extra epoch / bare epoch ≤ {CLI_TARGET}): {verdict}.",
         ]
     markdown = "\n".join(out) + "\n"
     print(markdown)

@@ -64,12 +64,16 @@ class InMemorySplit:
     X: Tensor
     Y: Tensor  # targets as the loss wants them (e.g. one-hot)
     labels: Tensor | None  # class indices, for accuracy
+    # Training batches as (batch, features) rows: set when the model's leading nn.Flatten is
+    # skipped in the update (runner.loop.dense_trunk); evaluation still sees X as it is.
+    flat_batches: bool = False
 
     def __len__(self) -> int:
         return len(self.X)
 
     def source(self, order: Tensor, bounded_memory: bool) -> EpochSource:
-        return (PermutedGather if bounded_memory else PermutedCopy)(self.X, self.Y, order)
+        X = self.X.flatten(1) if self.flat_batches else self.X  # a view: no copy
+        return (PermutedGather if bounded_memory else PermutedCopy)(X, self.Y, order)
 
     def chunks(self, size: int) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
         for start in range(0, len(self.X), size):

@@ -369,6 +369,8 @@ class RunConfig:
     lr_scaling_base_batch: int = 32
     # auto picks cuda, then mps, then cpu.
     device: str = "auto"
+    # CUDA only: capture the update as a CUDA graph and replay it (exact; constant lr).
+    cuda_graph: bool = False
     shuffle: bool = True
     drop_last: bool = False
     # Fraction of the data held out for validation; 0 turns validation off.

@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 from runner import data as datasets
 from runner.board import board_command, dashboard_dir
 from runner.data.memmap import MemmapSplit, load_memmap_parts
+from runner.cudagraph import GraphedStep, check_cuda_graph, make_capturable
 from runner.device import resolve_device
 from runner.memory import check_fits, check_model_fits
 from runner.aggregate import event_files
@@ -41,6 +42,7 @@ from runner.loop import (
     NoSchedulerStep,
     accumulating_train_step,
     batch_slices,
+    dense_trunk,
     train_step,
 )
 from runner.losses import Loss
@@ -141,6 +143,7 @@ def build_run(cfg: DictConfig) -> Run:
     """Validate ``cfg`` and build data, model, loss, optimizer and schedulers. Writes nothing."""
     check_config(cfg)
     device = resolve_device(cfg.device)
+    check_cuda_graph(cfg, device)
     train_part, val_part = _load_parts(cfg)
     check_combination(cfg, train_part, val_part)
     batch_size = resolve_batch_size(cfg.batch_size, len(train_part))
@@ -163,10 +166,16 @@ def build_run(cfg: DictConfig) -> Run:
     model: nn.Module = build_model().to(device)
     grads = FlatGradients(list(model.parameters()))
     optimizer: Optimizer = build("optimizer", cfg.optimizer, params=model.parameters(), lr=lr)
+    if cfg.cuda_graph:
+        make_capturable(optimizer)
     scheduler = build("scheduler", cfg.scheduler, exclude=("interval",), optimizer=optimizer, total_steps=scheduler_steps)
 
     bounded_memory = cfg.micro_batch_size is not None
     train_split = _ready_split(cfg, train_part, loss_fn, device)
+    # The update skips a dense model's nn.Flatten when the batches come as flat rows (same numbers).
+    trunk = dense_trunk(model) if isinstance(train_split, InMemorySplit) else None
+    if trunk is not None:
+        train_split = replace(train_split, flat_batches=True)
     data_copy = 0 if bounded_memory or cfg.dataset.name == "memmap" else train_split.X.nbytes + train_split.Y.nbytes
     memory_estimate = check_fits(model, train_part.feature_shape, device, batch_size, cfg.micro_batch_size, data_copy)
     instruments = make_instruments(cfg, model, loss_fn, optimizer, train_split, plan.total_iterations)
@@ -190,7 +199,7 @@ def build_run(cfg: DictConfig) -> Run:
         # Its own generator: the data order for a seed does not depend on how many
         # random numbers model construction drew.
         order_generator=torch.Generator().manual_seed(cfg.seed),
-        step=instruments.wrap(_step_function(cfg, model, loss_fn, optimizer, grads, batch_size)),
+        step=instruments.wrap(_step_function(cfg, model if trunk is None else trunk, loss_fn, optimizer, grads, batch_size)),
         # Micro-batches exist to bound memory, so they also avoid a second copy of the data.
         bounded_memory=bounded_memory,
         memory_estimate=memory_estimate,
@@ -199,9 +208,11 @@ def build_run(cfg: DictConfig) -> Run:
 
 
 def _step_function(cfg: DictConfig, model: nn.Module, loss_fn: Loss, optimizer: Optimizer, grads: FlatGradients, batch_size: int):
-    """The update rule, chosen once: whole batches, or batches accumulated in micro-batches."""
+    """The update rule, chosen once: whole batches (captured as a CUDA graph with ``cuda_graph``),
+    or batches accumulated in micro-batches."""
     if cfg.micro_batch_size is None or cfg.micro_batch_size >= batch_size:
-        return partial(train_step, model, loss_fn, optimizer, grads, grad_clip=cfg.grad_clip)
+        step = partial(train_step, model, loss_fn, optimizer, grads, grad_clip=cfg.grad_clip)
+        return GraphedStep(step, batch_size, grads.flat.device) if cfg.cuda_graph else step
     return partial(
         accumulating_train_step, model, loss_fn, optimizer, grads, micro_batch_size=cfg.micro_batch_size, grad_clip=cfg.grad_clip
     )

@@ -65,13 +65,45 @@ def _regression(X: np.ndarray, y: np.ndarray, **info: Any) -> Dataset:
 
 
 # ---------------------------------------------------------------- bundled with scikit-learn
+def _sklearn_data_file(name: str) -> Path | None:
+    """A data file shipped inside the installed scikit-learn, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # a top-level name: located, not imported
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "datasets" / "data" / name
+    return path if path.is_file() else None
+
+
+def _digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 8x8 digit images and their labels, as ``sklearn.datasets.load_digits`` gives them.
+
+    Read from scikit-learn's own ``digits.csv.gz`` the way its loader reads it (64 pixel
+    columns then the label), without importing scikit-learn: that import (about a second)
+    would otherwise be most of the default run's start-up beyond torch. Falls back to the
+    loader if the file is not where scikit-learn keeps it.
+    """
+    path = _sklearn_data_file("digits.csv.gz")
+    if path is None:
+        from sklearn import datasets
+
+        bunch = datasets.load_digits()
+        return bunch.images, bunch.target
+    import gzip
+
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
 def _sklearn(cfg: Any) -> Dataset:
+    if cfg.name == "digits":
+        images, target = _digits_images()
+        # Kept as 1x8x8 images so that a CNN can use them; dense models flatten.
+        return _classification(images[:, None, :, :], target)
     from sklearn import datasets
 
-    if cfg.name == "digits":
-        bunch = datasets.load_digits()
-        # Kept as 1x8x8 images so that a CNN can use them; dense models flatten.
-        return _classification(bunch.images[:, None, :, :], bunch.target)
     if cfg.name == "diabetes":
         bunch = datasets.load_diabetes()
         return _regression(bunch.data, bunch.target, feature_names=list(bunch.feature_names))

@@ -1,0 +1,153 @@
+"""Seconds from process start to the first update, and to the end of a short run.
+
+Runs the command line exactly as a user types it (``python -m runner <overrides>``), each time
+in a fresh process, and reads the times back from what the run wrote:
+
+* **first update**: the wall time the runner records for iteration 0 (the ``loss/train_iter``
+  point at step 0 carries the ``time.time()`` at which that update was issued), minus the
+  time just before the process was started;
+* **training done**: the wall time of the last per-iteration point, likewise;
+* **process exit**: when the process ended (after the epoch-end evaluation, ``summary.json``,
+  ``model.pt`` and, for a single run, the report).
+
+One run per setting and round, settings interleaved (the order rotates every round), medians
+with the spread (min–max). A last, untimed run per setting with ``python -X importtime`` gives
+what the big imports cost and whether each was imported at all.
+
+Usage::
+
+    .venv/bin/python bench/startup.py [--rounds 5] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import REPO, code_version, cpu_model, python_for_display, version  # bench/machine.py
+
+# (label, overrides): the default run (digits, MLP, SGD, batch 32) for one epoch, the same on a
+# data set that scikit-learn does not provide, and with Adam.
+SETTINGS = [
+    ("default, 1 epoch (digits)", ["epochs=1"]),
+    ("dataset=spirals, 1 epoch", ["dataset=spirals", "epochs=1"]),
+    ("optimizer=adam, 1 epoch (digits)", ["optimizer=adam", "epochs=1"]),
+]
+# Modules whose import cost the table lists (cumulative µs from -X importtime, first import only).
+MODULES = ["torch", "torch._dynamo", "hydra", "sklearn", "scipy", "matplotlib", "runner.report"]
+TAG = "loss/train_iter"
+
+
+def command(overrides: list[str], run_dir: Path, importtime: bool = False) -> list[str]:
+    flags = ["-X", "importtime"] if importtime else []
+    return [sys.executable, *flags, "-m", "runner", *overrides, "progress=false", f"hydra.run.dir={run_dir}"]
+
+
+def iteration_wall_times(run_dir: Path) -> list[float]:
+    """Wall times of the per-iteration loss points, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.wall_time for e in sorted(acc.Scalars(TAG), key=lambda e: e.step)]
+
+
+def one_run(overrides: list[str], root: Path, n: int) -> dict[str, float]:
+    run_dir = root / f"r{n}"
+    started = time.time()
+    done = subprocess.run(command(overrides, run_dir), cwd=REPO, capture_output=True, text=True)
+    ended = time.time()
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command(overrides, run_dir))} failed:\n{done.stderr[-2000:]}")
+    walls = iteration_wall_times(run_dir)
+    return {"first update": walls[0] - started, "training done": walls[-1] - started, "process exit": ended - started}
+
+
+def import_costs(overrides: list[str], root: Path, n: int) -> dict[str, float | None]:
+    """Cumulative import seconds of MODULES in one run (None: not imported)."""
+    run_dir = root / f"importtime{n}"
+    done = subprocess.run(command(overrides, run_dir, importtime=True), cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command(overrides, run_dir, True))} failed:\n{done.stderr[-2000:]}")
+    costs: dict[str, float | None] = dict.fromkeys(MODULES)
+    for line in done.stderr.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)$", line)
+        if match and match.group(3) in costs and costs[match.group(3)] is None:
+            costs[match.group(3)] = int(match.group(1)) / 1e6
+    return costs
+
+
+def fmt(samples: list[float]) -> str:
+    return f"{statistics.median(samples):.2f} ({min(samples):.2f}–{max(samples):.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed runs per setting (default 5)")
+    parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
+    args = parser.parse_args()
+    load_start = os.getloadavg()
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, _ in SETTINGS}
+    imports = {}
+    with tempfile.TemporaryDirectory(prefix="bench_startup_") as tmp:
+        root = Path(tmp)
+        n = 0
+        for r in range(args.rounds + 1):  # round 0 warms the file cache, untimed
+            shift = r % len(SETTINGS)
+            for label, overrides in SETTINGS[shift:] + SETTINGS[:shift]:
+                n += 1
+                sample = one_run(overrides, root, n)
+                if r:
+                    results[label].append(sample)
+            print(f"  round {r}/{args.rounds}{' (warm-up)' if r == 0 else ''} done", file=sys.stderr, flush=True)
+        for n, (label, overrides) in enumerate(SETTINGS):
+            imports[label] = import_costs(overrides, root, n)
+    load_end = os.getloadavg()
+
+    cmd = shlex.join([python_for_display(), "bench/startup.py", *sys.argv[1:]])
+    out = [
+        "## Start-up: seconds to the first update",
+        "",
+        f"- Machine: {platform.platform()}; CPU: {cpu_model()}; {os.cpu_count()} logical cores",
+        f"- Versions: python {platform.python_version()}, torch {version('torch')}, hydra-core {version('hydra-core')}, "
+        f"scikit-learn {version('scikit-learn')}, matplotlib {version('matplotlib')}",
+        f"- Command: `{cmd}`; runner code: {code_version()}",
+        f"- Load average (1/5/15 min) at start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, "
+        f"at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}",
+        f"- Each run: `python -m runner <overrides> progress=false hydra.run.dir=<tmp>` in a fresh process "
+        f"(a single run also writes its report). {args.rounds} rounds after one warm-up round, settings interleaved; "
+        "seconds from just before the process starts, median (min–max).",
+        "",
+        "| run | first update, s | training done, s | process exit, s |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, samples in results.items():
+        cells = [fmt([s[key] for s in samples]) for key in ("first update", "training done", "process exit")]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Import cost in one run of each (cumulative seconds from `python -X importtime`, which itself slows "
+        "imports; — = not imported at all):",
+        "",
+        "| run | " + " | ".join(f"`{m}`" for m in MODULES) + " |",
+        "|---|" + "---:|" * len(MODULES),
+    ]
+    for label, costs in imports.items():
+        out.append(f"| {label} | " + " | ".join("—" if costs[m] is None else f"{costs[m]:.2f}" for m in MODULES) + " |")
+    markdown = "\n".join(out) + "\n"
+    print(markdown)
+    if args.out:
+        args.out.write_text(markdown)
+
+
+if __name__ == "__main__":
+    main()
