@@ -31,6 +31,7 @@ CALLBACKS = ("runner.sweep.SweepCallback", "runner.rundir.RunDirCallback")
 LAUNCHERS = (
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+    "hydra_plugins.hpr_fused_launcher.fused_launcher.FusedLauncher",
 )
 SWEEPERS = (
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",

@@ -28,9 +28,13 @@ from runner.losses import Loss
 from runner.models import ACTIVATIONS
 
 ELEMENTWISE = tuple(ACTIVATIONS.values())
-# A member's weight is a strided view of its row; autograd notes that such a .grad "may
-# impair performance" and still accumulates into it in place, which is what the buffer needs.
-warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+
+def quiet_layout_warning() -> None:
+    """A member's weight is a strided view of its row; autograd notes that such a ``.grad``
+    "may impair performance" and still accumulates into it in place, which is what the buffer
+    needs. (Set when a group starts: Hydra's plugin scan discards filters set at import.)"""
+    warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 
 def stackable_layers(model: nn.Module) -> list[nn.Module] | str:
@@ -52,6 +56,7 @@ class StackedModel:
     """K copies of one architecture with their own weights, initialised from each member's module."""
 
     def __init__(self, models: Sequence[nn.Module]):
+        quiet_layout_warning()
         layers = stackable_layers(models[0])
         assert not isinstance(layers, str), layers
         self.template = layers
