@@ -1,0 +1,288 @@
+"""hydra/launcher=fused: same-shape jobs trained as one stacked model give each job exactly the
+results (files, summaries, per-iteration losses, final weights) the basic launcher gives it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runner.launchers.fused import fusion_key
+from runner.launchers.stacked import FusedStep, StackedModel
+from runner.launchers.stacked_optim import StackedOptimizer
+from runner.losses import SparseCategoricalCrossentropy
+from runner.models import MLP
+from runner.train import build_run
+
+from conftest import read_scalars
+
+TIMINGS = {"train_seconds", "seconds_per_epoch", "spent"}
+
+
+def multirun(sweep_dir: Path, *overrides: str, launcher: str = "fused", exit_code: int = 0) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "-m", "progress=false", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *overrides],
+        cwd=sweep_dir.parent, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    return result
+
+
+def run_dirs(root: Path) -> list[str]:
+    return sorted(
+        str(p.parent.relative_to(root)) for p in root.rglob("summary.json")
+        if "seed_aggregate" not in p.parts and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def tree(root: Path) -> list[str]:
+    """Every file name under ``root`` but the event files' (named by host and time) and Hydra's log."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "tfevents" not in p.name and p.suffix != ".log")
+
+
+def assert_same_results(got_root: Path, want_root: Path, tol: float = 1e-5) -> None:
+    """Same runs, same summaries (timings aside), same per-iteration losses and final weights."""
+    assert run_dirs(got_root) == run_dirs(want_root)
+    for name in run_dirs(want_root):
+        got, want = got_root / name, want_root / name
+        summary, expected = (json.loads((p / "summary.json").read_text()) for p in (got, want))
+        assert set(summary) == set(expected)
+        for key in set(expected) - TIMINGS:
+            if isinstance(expected[key], float):
+                assert summary[key] == pytest.approx(expected[key], rel=tol, abs=tol), (name, key)
+            elif key != "dataset":
+                assert summary[key] == expected[key], (name, key)
+        scalars, reference = read_scalars(got), read_scalars(want)
+        assert set(scalars) == set(reference)
+        for tag in ("loss/train_iter", "lr", "loss/train_full", "loss/val", "acc/val"):
+            if tag not in reference:
+                continue
+            assert [s for s, _ in scalars[tag]] == [s for s, _ in reference[tag]], (name, tag)
+            torch.testing.assert_close(
+                torch.tensor([v for _, v in scalars[tag]]), torch.tensor([v for _, v in reference[tag]]), atol=tol, rtol=tol, equal_nan=True
+            )
+        assert (got / "model.pt").exists() == (want / "model.pt").exists(), name
+        if (want / "model.pt").exists():
+            weights, ref = (torch.load(p / "model.pt", weights_only=True) for p in (got, want))
+            assert weights.keys() == ref.keys()
+            for key in ref:
+                torch.testing.assert_close(weights[key], ref[key], atol=tol, rtol=tol)
+
+
+# ------------------------------------------------------------------ the stacked optimizer alone
+OPTIMIZERS = {
+    "sgd": lambda p, h: torch.optim.SGD(p, lr=h["lr"], weight_decay=h["wd"]),
+    "momentum": lambda p, h: torch.optim.SGD(p, lr=h["lr"], momentum=h["beta"], dampening=h["damp"], weight_decay=h["wd"]),
+    "nesterov": lambda p, h: torch.optim.SGD(p, lr=h["lr"], momentum=h["beta"], nesterov=True, weight_decay=h["wd"]),
+    "adam": lambda p, h: torch.optim.Adam(p, lr=h["lr"] / 10, betas=(h["beta"], 0.99), weight_decay=h["wd"]),
+    "adam_amsgrad": lambda p, h: torch.optim.Adam(p, lr=h["lr"] / 10, betas=(0.9, h["beta"]), amsgrad=True),
+    "adamw": lambda p, h: torch.optim.AdamW(p, lr=h["lr"] / 10, weight_decay=h["wd"]),
+    "rmsprop": lambda p, h: torch.optim.RMSprop(p, lr=h["lr"] / 10, alpha=h["beta"], weight_decay=h["wd"]),
+    "rmsprop_centered": lambda p, h: torch.optim.RMSprop(p, lr=h["lr"] / 100, momentum=h["beta"], centered=True),
+    "adagrad": lambda p, h: torch.optim.Adagrad(p, lr=h["lr"], lr_decay=h["damp"], weight_decay=h["wd"], initial_accumulator_value=h["damp"]),
+}
+HPARAMS = st.fixed_dictionaries({
+    "lr": st.floats(1e-3, 0.5), "beta": st.floats(0.5, 0.95), "damp": st.floats(0.0, 0.5), "wd": st.sampled_from([0.0, 1e-3, 0.05]),
+})
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@settings(max_examples=4, deadline=None)
+@given(hparams=st.lists(HPARAMS, min_size=1, max_size=3), clip=st.sampled_from([None, 0.5]))
+def test_stacked_update_equals_each_members_own_optimizer(name, hparams, clip):
+    """K members with their own hyperparameters (and a clip): every update and the state handed
+    back equal K separate torch optimizers; the state restored into fresh ones continues alike."""
+    torch.manual_seed(0)
+    models = [MLP((6,), 3, hidden=(5,)) for _ in hparams]
+    singles = [copy.deepcopy(m) for m in models]
+    optimizers = [OPTIMIZERS[name](m.parameters(), h) for m, h in zip(singles, hparams)]
+    loss_fn = SparseCategoricalCrossentropy()
+    x, y = torch.randn(len(models), 12, 6), torch.randint(0, 3, (len(models), 12))
+
+    def fused_run(models, optimizers, steps):
+        stacked = StackedModel(models)
+        optimizer = StackedOptimizer(optimizers, stacked.flat, stacked.grad, stacked.shapes)
+        step = FusedStep(stacked, loss_fn, optimizer, None if clip is None else torch.full((len(models), 1), clip))
+        losses = [step(x[:, s], y[:, s], optimizer.lr)[0] for s in steps]
+        return stacked, optimizer, losses
+
+    steps = [slice(i, i + 4) for i in range(0, 12, 4)]
+    stacked, fused_optimizer, fused_losses = fused_run(models, [OPTIMIZERS[name](m.parameters(), h) for m, h in zip(models, hparams)], steps)
+    for k, (model, optimizer) in enumerate(zip(singles, optimizers)):
+        for s, fused_loss in zip(steps, fused_losses):
+            optimizer.zero_grad()
+            loss = loss_fn(model(x[k, s]), y[k, s])
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            torch.testing.assert_close(fused_loss[k], loss.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(stacked.flat[k], torch.nn.utils.parameters_to_vector(model.parameters()).detach(), atol=1e-5, rtol=1e-5)
+
+    # The state as each member's own optimizer state, then loaded into fresh optimizers: the next updates agree too.
+    holders = [copy.deepcopy(m) for m in models]
+    for k, holder in enumerate(holders):
+        stacked.write_into(k, holder)
+    handed = [OPTIMIZERS[name](h.parameters(), hp) for h, hp in zip(holders, hparams)]
+    fused_optimizer.store(handed)
+    for single, mine in zip(optimizers, handed):
+        theirs = single.state_dict()["state"]
+        for index, state in mine.state_dict()["state"].items():
+            for key, value in state.items():
+                # State is compared looser than weights: a centred RMSprop's buffer divides by
+                # sqrt(E[g²] - E[g]²), which magnifies float rounding that the update then damps.
+                torch.testing.assert_close(torch.as_tensor(value).float(), torch.as_tensor(theirs[index][key]).float(), atol=1e-4, rtol=1e-4)
+    resumed, _, _ = fused_run(holders, handed, steps[:1])
+    for k, (model, optimizer) in enumerate(zip(singles, optimizers)):
+        optimizer.zero_grad()
+        loss_fn(model(x[k, steps[0]]), y[k, steps[0]]).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        torch.testing.assert_close(resumed.flat[k], torch.nn.utils.parameters_to_vector(model.parameters()).detach(), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ what can be fused
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        (("micro_batch_size=4",), "micro_batch_size"),
+        (("optimizer=lars",), "LARS has no stacked implementation"),
+        (("budget=seconds", "budget_amount=5"), "budget=seconds"),
+    ],
+)
+def test_a_job_that_cannot_be_stacked_says_why(make_cfg, overrides, reason):
+    assert reason in fusion_key(build_run(make_cfg("dataset=iris", *overrides)))
+
+
+def test_jobs_differing_in_seed_lr_and_schedule_share_a_key_and_other_shapes_do_not(make_cfg):
+    key = fusion_key(build_run(make_cfg("dataset=iris", "optimizer=momentum")))
+    assert isinstance(key, tuple)
+    same = [("seed=3",), ("optimizer.lr=0.3", "optimizer.momentum=0.5"), ("scheduler=step",), ("grad_clip=1.0",)]
+    for overrides in same:
+        assert fusion_key(build_run(make_cfg("dataset=iris", "optimizer=momentum", *overrides))) == key, overrides
+    other = [("batch_size=8",), ("epochs=2",), ("model.hidden=[8]",), ("optimizer=nesterov",), ("optimizer=adam",), ("dataset=wine",)]
+    for overrides in other:
+        assert fusion_key(build_run(make_cfg("dataset=iris", "optimizer=momentum", *overrides))) != key, overrides
+
+
+# ------------------------------------------------------------------ whole sweeps, both launchers
+# Two seeds x two learning rates fuse into one group of four; lr=1e6 diverges in its first
+# epoch while the others train on.
+SWEEP = (
+    "dataset=iris", "batch_size=8", "epochs=2", "optimizer=momentum", "scheduler=step", "scheduler.interval=iteration",
+    "scheduler.step_size=5", "seed=0,1", "optimizer.lr=0.05,1e6",
+)
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> tuple[Path, Path, str]:
+    root = tmp_path_factory.mktemp("fused")
+    basic, fused = root / "basic", root / "fused"
+    multirun(basic, *SWEEP, launcher="basic")
+    result = multirun(fused, *SWEEP)
+    return basic, fused, result.stdout + result.stderr
+
+
+def test_a_fused_sweep_writes_the_basic_launchers_tree_and_results(sweeps):
+    basic, fused, _ = sweeps
+    assert tree(fused) == tree(basic)
+    assert_same_results(fused, basic)
+    statuses = {name: json.loads((fused / name / "summary.json").read_text())["status"] for name in run_dirs(fused)}
+    assert sorted(statuses.values()) == ["diverged"] * 2 + ["done"] * 2
+
+
+def test_the_report_is_the_basic_launchers_but_for_timings(sweeps):
+    basic, fused, _ = sweeps
+
+    def content(root: Path) -> list[str]:
+        lines = (root / "report.md").read_text().replace(str(root), "<root>").splitlines()
+        header = next(i for i, line in enumerate(lines) if line.startswith("| run |"))
+        column = [c.strip() for c in lines[header].strip("|").split("|")].index("seconds/epoch")
+        rows = []
+        for line in lines:
+            if line.startswith(("Generated", "# Report:")):  # the time and the folder's name
+                continue
+            if line.startswith("| `") or line.startswith("| **"):
+                cells = line.strip("|").split("|")
+                line = "|".join(cells[:column] + cells[column + 1 :])
+            rows.append(line)
+        return rows
+
+    assert content(fused) == content(basic)
+
+
+def test_the_log_says_which_jobs_were_fused(sweeps):
+    _, _, log = sweeps
+    assert "Fusing 4 jobs into one stacked model (iris, mlp, SGD, batch size 8, 2 epochs): #0, #1, #2, #3" in log
+
+
+@pytest.mark.slow
+def test_jobs_that_cannot_be_stacked_run_as_the_basic_launcher_runs_them_and_the_log_says_why(tmp_path):
+    overrides = ("dataset=iris", "batch_size=8", "seed=0,1", "micro_batch_size=null,4")
+    multirun(tmp_path / "basic", *overrides, launcher="basic")
+    result = multirun(tmp_path / "fused", *overrides)
+    assert result.stdout.count("runs alone: micro_batch_size is set") == 2
+    assert "Fusing 2 jobs" in result.stdout
+    assert tree(tmp_path / "fused") == tree(tmp_path / "basic")
+    assert_same_results(tmp_path / "fused", tmp_path / "basic")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size", ["1", "32", "full"])
+@pytest.mark.parametrize("scheduler", ["none", "cosine"])
+def test_six_optimizers_fused_equal_one_by_one(tmp_path, batch_size, scheduler):
+    overrides = (
+        "dataset=iris", f"batch_size={batch_size}", "epochs=2", f"scheduler={scheduler}", "scheduler.interval=iteration" if scheduler != "none" else "scheduler.interval=epoch",
+        "optimizer=sgd,momentum,nesterov,adam,adamw,rmsprop", "seed=0,1", "optimizer.lr=0.01,0.02",
+    )
+    multirun(tmp_path / "basic", *overrides, launcher="basic")
+    log = multirun(tmp_path / "fused", *overrides).stdout
+    assert log.count("Fusing 4 jobs") == 6
+    assert_same_results(tmp_path / "fused", tmp_path / "basic")
+
+
+# ------------------------------------------------------------------ interrupted and resumed
+RESUMABLE = ("dataset=digits", "batch_size=1", "epochs=2", "optimizer=momentum", "optimizer.lr=0.01", "seed=0,1", "checkpoint_every=300")
+
+
+def interrupted(sweep: Path) -> None:
+    """Start a fused sweep, SIGTERM it once both members passed a checkpoint boundary."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "runner", "-m", "progress=false", "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", *RESUMABLE]
+    proc = subprocess.Popen(command, cwd=sweep.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    boundaries = [sweep / f"seed={seed}" / "checkpoints" / "prev.ckpt" for seed in (0, 1)]
+    deadline = time.time() + 300
+    while not all(p.exists() for p in boundaries) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+
+
+@pytest.mark.parametrize("rerun_with", ["fused", pytest.param("basic", marks=pytest.mark.slow)])
+def test_an_interrupted_fused_group_resumes_every_member_exactly(tmp_path, rerun_with):
+    """SIGTERM mid-epoch; the same command again continues each member from its checkpoint
+    (a member's checkpoint is the single-run format, so the basic launcher resumes it too)."""
+    reference, sweep = tmp_path / "reference", tmp_path / "sweep"
+    interrupted(sweep)
+    summaries = [json.loads((sweep / f"seed={s}" / "summary.json").read_text()) for s in (0, 1)]
+    assert [s["status"] for s in summaries] == ["interrupted"] * 2
+    assert 300 <= summaries[0]["iterations"] == summaries[1]["iterations"] < 2 * 1438
+    multirun(sweep, *RESUMABLE, launcher=rerun_with)
+    multirun(reference, *RESUMABLE, launcher="basic")
+    assert_same_results(sweep, reference)
+    for seed in (0, 1):
+        steps = [s for s, _ in read_scalars(sweep / f"seed={seed}")["loss/train_iter"]]
+        assert steps == list(range(2 * 1438))  # every update logged exactly once
