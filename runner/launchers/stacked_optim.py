@@ -69,6 +69,8 @@ class StackedOptimizer:
             # Bias corrections are computed on the host in float64, as torch does with a float step.
             self.betas = torch.tensor([list(g["betas"]) for g in groups], dtype=torch.float64)
         self.lr = _column([g["lr"] for g in groups], params)
+        # Chosen once: without weight decay in any member, the decay term is not computed at all.
+        self._decayed = self._coupled_decay if any(g["weight_decay"] != 0 for g in groups) else _unchanged
         self.state: dict[str, Tensor] = {}
         self.steps = 0
         self.load(optimizers)
@@ -150,6 +152,9 @@ class StackedOptimizer:
         self.params, self.grads = params, grads
 
     # ------------------------------------------------------------------ the update
+    def _coupled_decay(self, grad: Tensor, p: Tensor) -> Tensor:
+        return grad.addcmul(p, self.hp["weight_decay"])
+
     @torch.no_grad()
     def step(self, lr: Tensor) -> None:
         """One update of every row with the learning rates ``lr`` (a ``(K, 1)`` column)."""
@@ -159,7 +164,7 @@ class StackedOptimizer:
 
     def _sgd(self, p: Tensor, grad: Tensor, lr: Tensor) -> None:
         hp = self.hp
-        grad = grad.addcmul(p, hp["weight_decay"])
+        grad = self._decayed(grad, p)
         if "momentum_buffer" in self.state:
             buf = self.state["momentum_buffer"]
             if self.steps == 0:
@@ -175,7 +180,7 @@ class StackedOptimizer:
         if self.flags.get("decoupled_weight_decay") or self.kind == "AdamW":
             p.mul_(1 - lr * hp["weight_decay"])
         else:
-            grad = grad.addcmul(p, hp["weight_decay"])
+            grad = self._decayed(grad, p)
         state["exp_avg"].lerp_(grad, 1 - hp["beta1"])
         state["exp_avg_sq"].mul_(hp["beta2"]).addcmul_(grad, grad * (1 - hp["beta2"]))
         bias1 = 1 - self.betas[:, :1] ** step
@@ -192,7 +197,7 @@ class StackedOptimizer:
 
     def _rmsprop(self, p: Tensor, grad: Tensor, lr: Tensor) -> None:
         hp, state = self.hp, self.state
-        grad = grad.addcmul(p, hp["weight_decay"])
+        grad = self._decayed(grad, p)
         square_avg = state["square_avg"]
         square_avg.mul_(hp["alpha"]).addcmul_(grad, grad * (1 - hp["alpha"]))
         if self.flags["centered"]:
@@ -210,12 +215,12 @@ class StackedOptimizer:
 
     def _adagrad(self, p: Tensor, grad: Tensor, lr: Tensor) -> None:
         hp, state = self.hp, self.state
-        grad = grad.addcmul(p, hp["weight_decay"])
+        grad = self._decayed(grad, p)
         clr = lr / (1 + self.steps * hp["lr_decay"])
         state["sum"].addcmul_(grad, grad, value=1)
         std = state["sum"].sqrt().add_(hp["eps"])
         p.addcdiv_(grad * clr, std, value=-1)
 
 
-def parameter_shapes(model: nn.Module) -> list[torch.Size]:
-    return [p.shape for p in model.parameters()]
+def _unchanged(grad: Tensor, p: Tensor) -> Tensor:
+    return grad
