@@ -286,3 +286,21 @@ def test_an_interrupted_fused_group_resumes_every_member_exactly(tmp_path, rerun
     for seed in (0, 1):
         steps = [s for s, _ in read_scalars(sweep / f"seed={seed}")["loss/train_iter"]]
         assert steps == list(range(2 * 1438))  # every update logged exactly once
+
+
+@pytest.mark.install
+def test_hydra_finds_the_fused_launcher_in_a_plain_install(tmp_path):
+    """Plugin discovery from the installed package (hydra_plugins/ shipped next to runner/),
+    run from a directory without the source tree."""
+    from test_install import copy_of_checkout, fresh_venv, pip_install, run
+
+    checkout = copy_of_checkout(tmp_path / "checkout")
+    bin_dir = fresh_venv(tmp_path / "venv")
+    pip_install(bin_dir, str(checkout))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    plugin = run([bin_dir / "python", "-c", "import hydra_plugins.hpr_fused_launcher as p; print(p.__file__)"], elsewhere).stdout
+    assert Path(plugin.strip()).is_relative_to(tmp_path / "venv")
+    result = run([bin_dir / "hpr", "-m", "dataset=iris", "epochs=1", "progress=false", "seed=0,1", "hydra/launcher=fused", "hydra.sweep.dir=sweep"], elsewhere)
+    assert "Fusing 2 jobs into one stacked model" in result.stdout
+    assert [json.loads((elsewhere / "sweep" / f"seed={s}" / "summary.json").read_text())["status"] for s in (0, 1)] == ["done", "done"]

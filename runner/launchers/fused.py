@@ -287,6 +287,10 @@ class FusedLauncher(Launcher):
                 self._launcher_logging()
                 log.info(f"Training {plural(len(members), 'job')} as one stacked model: {', '.join(f'#{j.idx}' for j in joining)}")
                 self._train(members)
+                if any(member.summary is not None and member.summary["status"] == "interrupted" for member in members):
+                    # As the task function does for an interrupted run: exit like an interrupted
+                    # program, which also stops the sweep; the same command resumes it.
+                    raise SystemExit(130)
                 for job, member in zip(joining, members):
                     returns[job.idx] = self._job_return(job, member)
         # Jobs that left the group (their locks are released) run as the basic launcher runs them.
@@ -295,8 +299,6 @@ class FusedLauncher(Launcher):
                 self._launcher_logging()
                 log.info(f"#{job.idx} runs alone: {job.reason or 'no other job of its group could join it'}")
                 returns[job.idx] = self._run_alone(job)
-        if any(r.return_value == "interrupted" for r in returns.values() if r.status == JobStatus.COMPLETED):
-            raise SystemExit(130)
         return returns
 
     def _same_position(self, accepted: list[tuple[Job, str, Any]]) -> list[Job]:
@@ -371,12 +373,9 @@ class FusedLauncher(Launcher):
 
 
 def _task_return(summary: dict[str, Any] | None) -> Any:
-    """What ``runner.cli.hydra_main`` returns for a run with this summary (``"interrupted"``
-    marks where it would exit instead)."""
+    """What ``runner.cli.hydra_main`` returns for a run with this summary."""
     if summary is None or summary.get("status") in ("failed", "oom"):
         return math.inf
-    if summary["status"] == "interrupted":
-        return "interrupted"
     for key in ("val_loss", "train_loss"):
         if summary.get(key) is not None:
             return summary[key]

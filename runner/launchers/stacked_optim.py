@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
 # Optimizer class name -> the hyperparameters that must agree within a group (they choose
