@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runner.checkpoint import FAULT_ENV as CHECKPOINT_FAULT
 from runner.launchers.fused import fusion_key
 from runner.launchers.stacked import FusedStep, StackedModel
 from runner.launchers.stacked_optim import StackedOptimizer
@@ -178,11 +179,11 @@ def test_jobs_differing_in_seed_lr_and_schedule_share_a_key_and_other_shapes_do_
 
 
 # ------------------------------------------------------------------ whole sweeps, both launchers
-# Two seeds x two learning rates fuse into one group of four; lr=1e6 diverges in its first
-# epoch while the others train on.
+# Two seeds x two learning rates fuse into one group of four; lr=1e6 diverges within its first
+# 5 updates while the others train on (15 updates per epoch, a checkpoint every 5).
 SWEEP = (
     "dataset=iris", "batch_size=8", "epochs=2", "optimizer=momentum", "scheduler=step", "scheduler.interval=iteration",
-    "scheduler.step_size=5", "seed=0,1", "optimizer.lr=0.05,1e6",
+    "scheduler.step_size=5", "seed=0,1", "optimizer.lr=0.05,1e6", "checkpoint_every=5",
 )
 
 
@@ -254,6 +255,27 @@ def test_six_optimizers_fused_equal_one_by_one(tmp_path, batch_size, scheduler):
 
 
 # ------------------------------------------------------------------ interrupted and resumed
+def test_a_fused_group_killed_mid_run_resumes_every_member_exactly(sweeps, tmp_path):
+    """kill -9 in the middle of the 7th checkpoint write: 4 at the start, then the two members
+    still training (the lr=1e6 ones diverged and were written out) wrote theirs at update 5, and
+    the first one's at update 10 is cut. The same command again keeps the diverged results and
+    resumes both others, as one group, from update 5 — to the basic launcher's results."""
+    basic, _, _ = sweeps
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "runner", "-m", "progress=false", "hydra/launcher=fused", f"hydra.sweep.dir={sweep}", *SWEEP]
+    killed = subprocess.run(command, cwd=tmp_path, env={**env, CHECKPOINT_FAULT: "7"}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert sorted(json.loads(p.read_text())["status"] for p in sweep.rglob("summary.json")) == ["diverged"] * 2
+    resumed = multirun(sweep, *SWEEP)
+    assert "Fusing 2 jobs" in resumed.stdout and resumed.stdout.count("Resuming from") == 2
+    assert resumed.stdout.count("runs alone: its run directory already holds a finished run") == 2
+    assert_same_results(sweep, basic)
+    for name in run_dirs(sweep):
+        steps = [s for s, _ in read_scalars(sweep / name)["loss/train_iter"]]
+        assert steps == list(range(len(steps))) and len(steps) in (30, 1, 2, 3, 4, 5)  # each update once
+
+
 RESUMABLE = ("dataset=digits", "batch_size=1", "epochs=2", "optimizer=momentum", "optimizer.lr=0.01", "seed=0,1", "checkpoint_every=300")
 
 
@@ -271,10 +293,12 @@ def interrupted(sweep: Path) -> None:
     assert proc.returncode == 130, err[-3000:]
 
 
-@pytest.mark.parametrize("rerun_with", ["fused", pytest.param("basic", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("rerun_with", ["fused", "basic"])
 def test_an_interrupted_fused_group_resumes_every_member_exactly(tmp_path, rerun_with):
-    """SIGTERM mid-epoch; the same command again continues each member from its checkpoint
-    (a member's checkpoint is the single-run format, so the basic launcher resumes it too)."""
+    """SIGTERM mid-epoch: every member stops at the same boundary with status interrupted; the
+    same command again continues each from its checkpoint (a member's checkpoint is the
+    single-run format, so the basic launcher resumes it too)."""
     reference, sweep = tmp_path / "reference", tmp_path / "sweep"
     interrupted(sweep)
     summaries = [json.loads((sweep / f"seed={s}" / "summary.json").read_text()) for s in (0, 1)]
