@@ -99,7 +99,7 @@ HPARAMS = st.fixed_dictionaries({
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(hparams=st.lists(HPARAMS, min_size=1, max_size=3), clip=st.sampled_from([None, 0.5]))
 def test_stacked_update_equals_each_members_own_optimizer(name, hparams, clip):
     """K members with their own hyperparameters (and a clip): every update and the state handed

@@ -75,22 +75,26 @@ class StackedModel:
         offset = 0
         for layer in self.template:
             if isinstance(layer, nn.Linear):
-                views = []
-                for shape in (layer.weight.shape, layer.bias.shape):
-                    n = shape.numel()
-                    view = self.flat[:, offset : offset + n].view(K, *shape)
-                    view.requires_grad_()
-                    # Backward accumulates into an existing .grad in place: the views stay in the buffer.
-                    view.grad = self.grad[:, offset : offset + n].view(K, *shape)
-                    views.append(view)
-                    offset += n
-                weight, bias = views
-                self.params += views
+                out_features, in_features = layer.weight.shape
+                w, b = out_features * in_features, out_features
+                # The leaves are views in the layout baddbmm takes — weight (K, in, out), bias
+                # (K, 1, out) — so a forward adds no transpose/unsqueeze nodes to the graph.
+                weight = self._leaf(offset, w, lambda t: t.view(K, out_features, in_features).transpose(1, 2))
+                bias = self._leaf(offset + w, b, lambda t: t.view(K, 1, out_features))
+                offset += w + b
+                self.params += [weight, bias]
                 self.ops.append(("linear", weight, bias))
             elif isinstance(layer, nn.Flatten):
                 self.ops.append(("flatten",))
             else:
                 self.ops.append(("elementwise", layer))
+
+    def _leaf(self, offset: int, n: int, shape: Any) -> Tensor:
+        view = shape(self.flat[:, offset : offset + n])
+        view.requires_grad_()
+        # Backward accumulates into an existing .grad in place: the gradients stay in the buffer.
+        view.grad = shape(self.grad[:, offset : offset + n])
+        return view
 
     @property
     def members(self) -> int:
@@ -100,7 +104,7 @@ class StackedModel:
         """``x``: ``(K, B, *features)`` → ``(K, B, outputs)``."""
         for op in self.ops:
             if op[0] == "linear":
-                x = torch.baddbmm(op[2].unsqueeze(1), x, op[1].transpose(1, 2))
+                x = torch.baddbmm(op[2], x, op[1])
             elif op[0] == "flatten":
                 x = x.reshape(x.shape[0], x.shape[1], -1)
             else:
