@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner.checkpoint import FAULT_ENV as CHECKPOINT_FAULT
+from runner.epochs import TrainState
 from runner.launchers.fused import fusion_key
+from runner.launchers.fused_group import Member, train_group
+from runner.loggers import MemoryLogger, TensorBoardLogger
 from runner.launchers.stacked import FusedStep, StackedModel
 from runner.launchers.stacked_optim import StackedOptimizer
 from runner.losses import SparseCategoricalCrossentropy
 from runner.models import MLP
-from runner.train import build_run
+from runner.train import build_run, fit
 
 from conftest import read_scalars
 
@@ -176,6 +180,34 @@ def test_jobs_differing_in_seed_lr_and_schedule_share_a_key_and_other_shapes_do_
     other = [("batch_size=8",), ("epochs=2",), ("model.hidden=[8]",), ("optimizer=nesterov",), ("optimizer=adam",), ("dataset=wine",)]
     for overrides in other:
         assert fusion_key(build_run(make_cfg("dataset=iris", "optimizer=momentum", *overrides))) != key, overrides
+
+
+# ------------------------------------------------------------------ a group in-process
+def test_members_that_stop_early_leave_the_group_at_their_own_epoch(make_cfg, tmp_path):
+    """Early stopping (patience 1) ends each member where its own single run ends — here at
+    epochs 8, 6 and 4 — with the single run's weights; the others train on."""
+    lrs = ("0.05", "2.0", "0.5")
+
+    def cfg(lr: str, name: str):
+        return make_cfg("dataset=iris", "batch_size=8", "epochs=8", "early_stopping_patience=1", f"optimizer.lr={lr}", output_dir=tmp_path / name)
+
+    singles = []
+    for lr in lrs:
+        run = build_run(cfg(lr, "single"))
+        singles.append((fit(run, MemoryLogger()), run))
+    members = []
+    for k, lr in enumerate(lrs):
+        run = build_run(cfg(lr, f"m{k}"))
+        members.append(Member(run=run, out=tmp_path / f"m{k}", logger=TensorBoardLogger(tmp_path / f"m{k}"), state=TrainState(), hparams={}, active=nullcontext))
+    train_group(members)
+    assert [m.summary["epochs"] for m in members] == [s["epochs"] for s, _ in singles] == [8, 6, 4]
+    for (summary, run), member in zip(singles, members):
+        assert member.summary["stopped_early"] == summary["stopped_early"]
+        assert member.summary["best_epoch"] == summary["best_epoch"]
+        assert member.summary["iterations"] == summary["iterations"]
+        for mine, theirs in zip(member.run.model.parameters(), run.model.parameters()):
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+        assert torch.load(member.out / "model.pt", weights_only=True).keys() == run.model.state_dict().keys()
 
 
 # ------------------------------------------------------------------ whole sweeps, both launchers
