@@ -137,7 +137,8 @@ class FusedGroup:
                 lrs.append(optimizer.param_groups[0]["lr"])
                 scheduler.step()
             table.append(lrs)
-        tensor = torch.tensor(table, dtype=self.model.flat.dtype).T.unsqueeze(2).to(self.model.flat.device)
+        # float64, as torch's optimizers hold an lr: the stacked rules round what they derive once.
+        tensor = torch.tensor(table, dtype=torch.float64).T.unsqueeze(2).to(self.model.flat.device)
         return tensor, table, saved
 
     def rewind(self, saved: list[Any], done: int) -> None:

@@ -46,6 +46,10 @@ def _column(values: Sequence[float], like: Tensor) -> Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(1)
 
 
+def _column64(values: Sequence[float], like: Tensor) -> Tensor:
+    return torch.tensor(values, dtype=torch.float64, device=like.device).unsqueeze(1)
+
+
 class StackedOptimizer:
     """The update of K members' optimizers (same class and structural flags) as one.
 
@@ -62,18 +66,26 @@ class StackedOptimizer:
         self.params, self.grads, self.shapes = params, grads, list(shapes)
         groups = [opt.param_groups[0] for opt in optimizers]
         self.flags = groups[0]
-        self.hp = {key: _column([float(g[key]) for g in groups], params) for key in self._per_member_keys()}
+        # Hyperparameters in float64, as torch holds them (Python floats); what torch derives
+        # from them in Python (1 - beta, step sizes) is derived here in float64 too and rounded
+        # to the parameters' dtype once, as torch's kernels round a Python scalar: the updates
+        # then match torch's to the last bit wherever the kernels do.
+        self.hp64 = {key: _column64([float(g[key]) for g in groups], params) for key in self._per_member_keys()}
         if self.kind in ("Adam", "AdamW"):
-            self.hp["beta1"] = _column([g["betas"][0] for g in groups], params)
-            self.hp["beta2"] = _column([g["betas"][1] for g in groups], params)
-            # Bias corrections are computed on the host in float64, as torch does with a float step.
-            self.betas = torch.tensor([list(g["betas"]) for g in groups], dtype=torch.float64)
-        self.lr = _column([g["lr"] for g in groups], params)
+            self.hp64["beta1"] = _column64([g["betas"][0] for g in groups], params)
+            self.hp64["beta2"] = _column64([g["betas"][1] for g in groups], params)
+        self._derive()
+        self.lr = _column64([g["lr"] for g in groups], params)
         # Chosen once: without weight decay in any member, the decay term is not computed at all.
         self._decayed = self._coupled_decay if any(g["weight_decay"] != 0 for g in groups) else _unchanged
         self.state: dict[str, Tensor] = {}
         self.steps = 0
         self.load(optimizers)
+
+    def _derive(self) -> None:
+        dtype = self.params.dtype
+        self.hp = {key: value.to(dtype) for key, value in self.hp64.items()}
+        self.one_minus = {key: (1 - value).to(dtype) for key, value in self.hp64.items() if key in ("beta1", "beta2", "alpha", "dampening")}
 
     def _per_member_keys(self) -> tuple[str, ...]:
         return {
@@ -142,11 +154,10 @@ class StackedOptimizer:
 
     def keep(self, members: Tensor) -> None:
         """Continue with the rows ``members`` only (the others stopped: diverged, early stop)."""
-        self.hp = {key: value.index_select(0, members) for key, value in self.hp.items()}
+        self.hp64 = {key: value.index_select(0, members) for key, value in self.hp64.items()}
+        self._derive()
         self.lr = self.lr.index_select(0, members)
         self.state = {key: value.index_select(0, members) for key, value in self.state.items()}
-        if hasattr(self, "betas"):
-            self.betas = self.betas.index_select(0, members.cpu())
 
     def rebind(self, params: Tensor, grads: Tensor) -> None:
         self.params, self.grads = params, grads
@@ -157,7 +168,7 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(self, lr: Tensor) -> None:
-        """One update of every row with the learning rates ``lr`` (a ``(K, 1)`` column)."""
+        """One update of every row with the learning rates ``lr`` (a float64 ``(K, 1)`` column)."""
         grad = self.grads if not self.flags.get("maximize") else -self.grads
         getattr(self, f"_{self.kind.lower()}")(self.params, grad, lr)
         self.steps += 1
@@ -170,22 +181,22 @@ class StackedOptimizer:
             if self.steps == 0:
                 buf.copy_(grad)
             else:
-                buf.mul_(hp["momentum"]).addcmul_(grad, 1 - hp["dampening"])
+                buf.mul_(hp["momentum"]).addcmul_(grad, self.one_minus["dampening"])
             grad = grad.addcmul(buf, hp["momentum"]) if self.flags["nesterov"] else buf
-        p.addcmul_(grad, lr, value=-1)
+        p.addcmul_(grad, lr.to(p.dtype), value=-1)
 
     def _adam(self, p: Tensor, grad: Tensor, lr: Tensor) -> None:
         hp, state = self.hp, self.state
         step = self.steps + 1
         if self.flags.get("decoupled_weight_decay") or self.kind == "AdamW":
-            p.mul_(1 - lr * hp["weight_decay"])
+            p.mul_((1 - lr * self.hp64["weight_decay"]).to(p.dtype))
         else:
             grad = self._decayed(grad, p)
-        state["exp_avg"].lerp_(grad, 1 - hp["beta1"])
-        state["exp_avg_sq"].mul_(hp["beta2"]).addcmul_(grad, grad * (1 - hp["beta2"]))
-        bias1 = 1 - self.betas[:, :1] ** step
-        bias2_sqrt = (1 - self.betas[:, 1:] ** step).sqrt()
-        step_size = lr / bias1.to(p)
+        state["exp_avg"].lerp_(grad, self.one_minus["beta1"])
+        state["exp_avg_sq"].mul_(hp["beta2"]).addcmul_(grad, grad * self.one_minus["beta2"])
+        bias1 = 1 - self.hp64["beta1"] ** step
+        bias2_sqrt = (1 - self.hp64["beta2"] ** step).sqrt()
+        step_size = (lr / bias1).to(p.dtype)
         second = state["exp_avg_sq"]
         if self.flags["amsgrad"]:
             torch.maximum(state["max_exp_avg_sq"], second, out=state["max_exp_avg_sq"])
@@ -199,13 +210,14 @@ class StackedOptimizer:
         hp, state = self.hp, self.state
         grad = self._decayed(grad, p)
         square_avg = state["square_avg"]
-        square_avg.mul_(hp["alpha"]).addcmul_(grad, grad * (1 - hp["alpha"]))
+        square_avg.mul_(hp["alpha"]).addcmul_(grad, grad * self.one_minus["alpha"])
         if self.flags["centered"]:
-            state["grad_avg"].lerp_(grad, 1 - hp["alpha"])
+            state["grad_avg"].lerp_(grad, self.one_minus["alpha"])
             avg = square_avg.addcmul(state["grad_avg"], state["grad_avg"], value=-1).sqrt_()
         else:
             avg = square_avg.sqrt()
         avg = avg.add_(hp["eps"])
+        lr = lr.to(p.dtype)
         if "momentum_buffer" in state:
             buf = state["momentum_buffer"]
             buf.mul_(hp["momentum"]).addcdiv_(grad, avg)
@@ -216,7 +228,7 @@ class StackedOptimizer:
     def _adagrad(self, p: Tensor, grad: Tensor, lr: Tensor) -> None:
         hp, state = self.hp, self.state
         grad = self._decayed(grad, p)
-        clr = lr / (1 + self.steps * hp["lr_decay"])
+        clr = (lr / (1 + self.steps * self.hp64["lr_decay"])).to(p.dtype)
         state["sum"].addcmul_(grad, grad, value=1)
         std = state["sum"].sqrt().add_(hp["eps"])
         p.addcdiv_(grad * clr, std, value=-1)
