@@ -38,6 +38,7 @@ LAUNCHERS = (
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
+    "hydra_plugins.hpr_fused_launcher.fused_launcher.FusedLauncher",
 )
 SWEEPERS = (
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",

@@ -1,0 +1,307 @@
+"""The epoch loop of a fused group: :func:`runner.epochs.run_epochs` for K members at once.
+
+Each member is a complete single run — its own :class:`runner.train.Run` (model, real
+optimizer and scheduler, order generator), :class:`TrainState`, TensorBoard logger and run
+directory — and everything but the updates goes through the single run's own functions:
+epoch-0 and epoch-end evaluation (:func:`runner.epochs._finish_epoch` on the member's
+module, its weights copied in), logging (``_log_iterations``), early stopping, checkpoints
+(:func:`runner.train._checkpoint_payload`, the single-run format), the summary. Only the
+updates are stacked (:mod:`runner.launchers.stacked`). So each member's files are those its
+single run writes, and a member that diverges or stops early is written out then and leaves
+the stack while the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from runner.checkpoint import save_checkpoint as save_checkpoint_file
+from runner.epochs import (
+    StopFlag,
+    TrainState,
+    _finish_epoch,
+    _log_initial,
+    _log_iterations,
+    _no_longer_improving,
+    _segment_end,
+    summary_of,
+)
+from runner.launchers.stacked import FusedStep, StackedData, StackedModel, run_fused_segment
+from runner.launchers.stacked_optim import StackedOptimizer
+from runner.loggers import TensorBoardLogger
+from runner.loop import EpochTrace, epoch_order
+from runner.train import (
+    CHECKPOINT_DIR,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    Run,
+    _checkpoint_payload,
+    _comparable_config,
+    _write_atomic,
+    _write_json_atomic,
+    standardization_of,
+)
+from runner.board import board_command, dashboard_dir
+
+log = logging.getLogger("runner.epochs")  # the single run's log lines, under the same logger name
+train_log = logging.getLogger("runner.train")
+
+
+@dataclass
+class Member:
+    """One job of a fused group, set up as :func:`runner.train._train_into` sets up a run."""
+
+    run: Run
+    out: Path
+    logger: TensorBoardLogger
+    state: TrainState
+    hparams: dict[str, Any]
+    active: Callable[[], AbstractContextManager]  # this job's Hydra config and log file, while inside
+    summary: dict[str, Any] | None = None
+    per_iteration: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.per_iteration = self.run.cfg.scheduler.interval == "iteration"
+
+    def save(self) -> None:
+        save_checkpoint_file(self.out / CHECKPOINT_DIR, _checkpoint_payload(self.run, self.state, self.logger.position()))
+
+
+class FusedGroup:
+    """The stacked model, optimizer and data of the members still training, in row order."""
+
+    def __init__(self, members: Sequence[Member]):
+        self.members = list(members)
+        runs = [m.run for m in members]
+        for run in runs:
+            # The stacked optimizer does the member's optimizer's steps: its epoch scheduler
+            # would otherwise warn that it is stepped before any optimizer step.
+            run.optimizer._opt_called = True  # type: ignore[attr-defined]
+        self.model = StackedModel([r.model for r in runs])
+        self.optimizer = StackedOptimizer([r.optimizer for r in runs], self.model.flat, self.model.grad, self.model.shapes)
+        self.data = StackedData.of([r.train for r in runs])
+        clips = [r.cfg.grad_clip for r in runs]
+        clip = None if all(c is None for c in clips) else self._column([float("inf") if c is None else c for c in clips])
+        self.step = FusedStep(self.model, runs[0].loss_fn, self.optimizer, clip)
+        self.epoch_data: StackedData | None = None
+
+    def _column(self, values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=self.model.flat.dtype, device=self.model.flat.device).unsqueeze(1)
+
+    def sync(self) -> None:
+        """Each member's weights and optimizer state into its own module and optimizer."""
+        for k, member in enumerate(self.members):
+            self.model.write_into(k, member.run.model)
+        self.optimizer.store([m.run.optimizer for m in self.members])
+
+    def drop(self, leaving: list[Member]) -> None:
+        """Take ``leaving`` out of the stack (their results are written); the rest go on."""
+        keep = [k for k, m in enumerate(self.members) if m not in leaving]
+        self.members = [self.members[k] for k in keep]
+        if not self.members:
+            return
+        rows = torch.tensor(keep, device=self.model.flat.device)
+        self.model.keep(rows)
+        self.optimizer.keep(rows)
+        self.optimizer.rebind(self.model.flat, self.model.grad)
+        self.data = self.data.keep(rows)
+        if self.epoch_data is not None:
+            self.epoch_data = self.epoch_data.keep(rows)
+        if self.step.grad_clip is not None:
+            self.step.grad_clip = self.step.grad_clip.index_select(0, rows)
+
+    def learning_rates(self, n: int) -> tuple[torch.Tensor, list[list[float]], list[Any]]:
+        """The ``(n, K, 1)`` learning rates of the next ``n`` updates, stepping each member's real
+        per-iteration scheduler as its single run would (one step after each update); a member
+        stepped per epoch keeps its current lr. Also each member's lrs as floats (for the log),
+        and what :meth:`rewind` needs when fewer updates run."""
+        table, saved = [], []
+        for member in self.members:
+            optimizer, scheduler = member.run.optimizer, member.run.scheduler
+            if not member.per_iteration:
+                table.append([optimizer.param_groups[0]["lr"]] * n)
+                saved.append(None)
+                continue
+            saved.append((scheduler.state_dict(), optimizer.param_groups[0]["lr"]))
+            lrs = []
+            for _ in range(n):
+                lrs.append(optimizer.param_groups[0]["lr"])
+                scheduler.step()
+            table.append(lrs)
+        # float64, as torch's optimizers hold an lr: the stacked rules round what they derive once.
+        tensor = torch.tensor(table, dtype=torch.float64).T.unsqueeze(2).to(self.model.flat.device)
+        return tensor, table, saved
+
+    def rewind(self, saved: list[Any], done: int) -> None:
+        """A stop cut the segment after ``done`` updates: schedulers back to ``done`` steps."""
+        for member, before in zip(self.members, saved):
+            if before is None:
+                continue
+            state, lr = before
+            member.run.scheduler.load_state_dict(state)
+            member.run.optimizer.param_groups[0]["lr"] = lr
+            for _ in range(done):
+                member.run.scheduler.step()
+
+
+def _record_segment(member: Member, losses: np.ndarray, grad_norms: np.ndarray, lrs: list[float], wall_times: list[float], batch_sizes: list[int], seconds: float) -> None:
+    """A segment's values into one member's state and log, as :func:`runner.epochs._run_segment`
+    records them (a non-finite loss ends the run there: later updates are not counted)."""
+    run, state = member.run, member.state
+    state.train_seconds += seconds
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if len(bad):
+        n = bad[0] + 1
+        losses, grad_norms, lrs, wall_times, batch_sizes = losses[:n], grad_norms[:n], lrs[:n], wall_times[:n], batch_sizes[:n]
+    trace = EpochTrace(None, None, lrs, batch_sizes, wall_times)  # type: ignore[arg-type]
+    steps = np.arange(state.iteration, state.iteration + len(losses))
+    _log_iterations(member.logger, steps, losses, grad_norms, trace, run.cfg.log_every)
+    state.position += len(losses)
+    state.iteration += len(losses)
+    state.samples += sum(batch_sizes)
+    state.epoch_losses.extend(losses.tolist())
+    state.epoch_batch_sizes.extend(batch_sizes)
+    if len(bad):
+        first = len(losses) - 1
+        state.status = "diverged"
+        state.divergence = {"iteration": int(steps[first]), "epoch": state.epoch, "lr": lrs[first], "batch_size": run.batch_size}
+        log.warning("Diverged: non-finite loss at iteration %d (epoch %d, lr %g); stopping.", steps[first], state.epoch, lrs[first])
+
+
+def finish_member(member: Member, stop: StopFlag) -> dict[str, Any]:
+    """Close a member as :func:`runner.train._train_into` closes a run: status in the event file,
+    ``model.pt`` (finite weights, not interrupted), ``summary.json``. Returns the summary."""
+    run, state, out = member.run, member.state, member.out
+    if state.status == "running":
+        state.status = "done"
+    if stop.requested:
+        log.warning("Stopped by signal %d at iteration %d; the checkpoint resumes it.", stop.signal, state.iteration)
+    summary = summary_of(run, state)
+    status = summary["status"]
+    try:
+        if status != "interrupted":
+            member.logger.log_status(status)
+    finally:
+        member.logger.close()
+    summary["hparams"] = member.hparams
+    summary["standardized"] = standardization_of(run)
+    summary["config"] = _comparable_config(run.cfg)
+    weights_finite = all(torch.isfinite(p).all() for p in run.model.parameters())
+    if weights_finite and status != "interrupted":
+        weights = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+        _write_atomic(out / WEIGHTS_FILE, partial(torch.save, weights))
+    summary["weights_saved"] = bool(weights_finite and status != "interrupted")
+    _write_json_atomic(out / SUMMARY_FILE, summary)
+    train_log.info("Status: %s. Results in %s", summary["status"], out)
+    train_log.info("Open in TensorBoard: %s", board_command(dashboard_dir(out)))
+    member.summary = summary
+    return summary
+
+
+def train_group(members: Sequence[Member]) -> None:
+    """Train the members (all at the same position: fresh, or resumed from one boundary) until
+    each is done, diverged, stopped early, or a stop signal interrupts them all. Every member
+    has its ``summary`` afterwards."""
+    for member in members:
+        if member.state.initial_metrics is None and member.state.iteration == 0:
+            with member.active():
+                _log_initial(member.run, member.logger, member.state)
+    ref = members[0].run
+    group = FusedGroup(members)
+    device = next(ref.model.parameters()).device
+    with StopFlag() as stop:
+        try:
+            _epochs(group, ref, device, stop)
+        except BaseException:
+            for member in group.members:  # a crash mid-group: close the files the others would need
+                member.logger.close()
+            raise
+        for member in group.members:
+            with member.active():
+                finish_member(member, stop)
+
+
+def _epochs(group: FusedGroup, ref: Run, device: torch.device, stop: StopFlag) -> None:
+    """The loop of :func:`runner.epochs.run_epochs` over the group; members that end leave it."""
+    start_epoch = group.members[0].state.epoch
+    for epoch, n_iterations in enumerate(ref.plan.iterations, start=1):
+        if epoch < start_epoch:
+            continue
+        for member in group.members:
+            if member.state.order is None:
+                member.state.order = epoch_order(member.run.order_generator, len(member.run.train), member.run.cfg.shuffle, torch.device("cpu"))
+        group.epoch_data = group.data.epoch(torch.stack([m.state.order for m in group.members]).to(device))
+        lead = group.members[0].state
+        while lead.position < n_iterations and lead.status == "running":
+            end = _segment_end(lead, n_iterations, ref.cfg.checkpoint_every)
+            _segment(group, ref.slices[lead.position : end], stop)
+            if not group.members:
+                return
+            lead = group.members[0].state
+            if stop.requested:
+                break
+            if lead.position < n_iterations:
+                _save_all(group)  # a boundary inside the epoch
+        group.epoch_data = None
+        if stop.requested and lead.position < n_iterations:
+            for member in group.members:
+                member.state.status = "interrupted"
+            _save_all(group)
+            return
+        group.sync()
+        stopped = []
+        for member in group.members:
+            with member.active():
+                _finish_epoch(member.run, member.logger, member.state)
+                if _no_longer_improving(member.run, member.state):
+                    stopped.append(member)
+                    finish_member(member, stop)
+        group.drop(stopped)
+        if not group.members:
+            return
+        _save_all(group)
+        if stop.requested:
+            for member in group.members:
+                member.state.status = "interrupted"
+            return
+
+
+def _segment(group: FusedGroup, slices: list[slice], stop: StopFlag) -> None:
+    """One segment for the whole group; members whose loss went non-finite are written and leave."""
+    started = time.perf_counter()
+    lrs, table, saved = group.learning_rates(len(slices))
+    trace = run_fused_segment(group.step, group.epoch_data, slices, lrs, stop)
+    losses = trace.losses.double().cpu().numpy()
+    grad_norms = trace.grad_norms.double().cpu().numpy()
+    seconds = time.perf_counter() - started
+    if trace.n < len(slices):
+        group.rewind(saved, trace.n)
+    batch_sizes = [b.stop - b.start for b in slices[: trace.n]]
+    diverged = []
+    for k, member in enumerate(group.members):
+        # Only a divergence logs a line here: the job's log file is switched to for it alone.
+        with member.active() if not np.isfinite(losses[k]).all() else nullcontext():
+            _record_segment(member, losses[k], grad_norms[k], table[k][: trace.n], trace.wall_times, batch_sizes, seconds)
+        if member.state.status == "diverged":
+            diverged.append(member)
+    if diverged:
+        group.sync()
+        for member in diverged:
+            with member.active():
+                finish_member(member, stop)
+        group.drop(diverged)
+
+
+def _save_all(group: FusedGroup) -> None:
+    group.sync()
+    for member in group.members:
+        member.save()
