@@ -595,10 +595,17 @@ def _train_into(run: Run, out: Path, state: TrainState | None, log_position: tup
                 logger.log_status(status)
         finally:
             logger.close()
+    return write_results(run, out, summary, hparams)
+
+
+def write_results(run: Run, out: Path, summary: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+    """Complete the summary and write ``model.pt`` (finite weights of a run not interrupted)
+    and ``summary.json``; the fused launcher writes its members' results through this too."""
+    status = summary["status"]
     summary["hparams"] = hparams
     summary["processes"] = run.distributed.world if run.distributed is not None else 1  # torchrun's ranks
     summary["standardized"] = standardization_of(run)
-    summary["config"] = _comparable_config(cfg)  # what a rerun into this directory is compared with
+    summary["config"] = _comparable_config(run.cfg)  # what a rerun into this directory is compared with
 
     weights_finite = all(torch.isfinite(p).all() for p in run.model.parameters())
     if weights_finite and status != "interrupted":

@@ -12,6 +12,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -56,6 +57,18 @@ def tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "tfevents" not in p.name and p.suffix != ".log")
 
 
+def assert_close_values(got: Any, want: Any, tol: float, where: tuple[str, str]) -> None:
+    """Floats within ``tol`` (also inside dicts such as ``best_metrics``), anything else equal."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        assert set(got) == set(want), where
+        for key in want:
+            assert_close_values(got[key], want[key], tol, (*where, key))
+    elif isinstance(want, float) and isinstance(got, float):
+        assert got == pytest.approx(want, rel=tol, abs=tol, nan_ok=True), where
+    else:
+        assert got == want, where
+
+
 def assert_same_results(got_root: Path, want_root: Path, tol: float = 1e-5) -> None:
     """Same runs, same summaries (timings aside), same per-iteration losses and final weights."""
     assert run_dirs(got_root) == run_dirs(want_root)
@@ -63,11 +76,8 @@ def assert_same_results(got_root: Path, want_root: Path, tol: float = 1e-5) -> N
         got, want = got_root / name, want_root / name
         summary, expected = (json.loads((p / "summary.json").read_text()) for p in (got, want))
         assert set(summary) == set(expected)
-        for key in set(expected) - TIMINGS:
-            if isinstance(expected[key], float):
-                assert summary[key] == pytest.approx(expected[key], rel=tol, abs=tol), (name, key)
-            elif key != "dataset":
-                assert summary[key] == expected[key], (name, key)
+        for key in set(expected) - TIMINGS - {"dataset"}:
+            assert_close_values(summary[key], expected[key], tol, (name, key))
         scalars, reference = read_scalars(got), read_scalars(want)
         assert set(scalars) == set(reference)
         for tag in ("loss/train_iter", "lr", "loss/train_full", "loss/val", "acc/val"):

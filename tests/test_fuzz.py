@@ -129,7 +129,7 @@ def _write_data(root: Path, spec: dict) -> str:
     y = {"labels": np.arange(y_len) % 2, "floats": rng.normal(size=y_len), "2d": rng.normal(size=(y_len, 2))}[spec["y_kind"]]
     if kind == "csv":
         path = root / "data.csv"
-        rows = np.atleast_2d(X.reshape(len(X), -1)) if X.ndim >= 1 else np.zeros((0, 1))
+        rows = np.atleast_2d(X.reshape(len(X), int(np.prod(X.shape[1:])))) if X.ndim >= 1 else np.zeros((0, 1))  # (0, 3) too
         lines = ["a,b,c,target"] + [",".join(map(str, row[:3])) + f",{t}" for row, t in zip(rows, np.ravel(y))]
         path.write_text("\n".join(lines) + "\n")
         return str(path)

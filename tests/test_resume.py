@@ -73,7 +73,8 @@ def wait_for_checkpoint(out: Path, min_iteration: int, proc: subprocess.Popen) -
     raise AssertionError("no checkpoint appeared")
 
 
-@pytest.mark.parametrize("after", [60, 240])  # mid-epoch, and around the epoch-2 boundary
+# Mid-epoch by default; around the epoch-2 boundary under -m slow (each is a real process and a kill).
+@pytest.mark.parametrize("after", [60, pytest.param(240, marks=pytest.mark.slow)])
 def test_kill_9_then_resume_equals_an_uninterrupted_run(after, reference, tmp_path):
     out = tmp_path / "run"
     proc = cli(out)
@@ -236,6 +237,7 @@ def killed_mid_run(out: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_a_copy_of_an_interrupted_run_resumes_in_the_copy_and_leaves_the_original_untouched(reference, tmp_path):
     original, copy = tmp_path / "run", tmp_path / "copy" / "run"
     killed_mid_run(original)
@@ -248,6 +250,7 @@ def test_a_copy_of_an_interrupted_run_resumes_in_the_copy_and_leaves_the_origina
     assert hashes(original) == before
 
 
+@pytest.mark.slow
 def test_a_moved_interrupted_run_resumes_where_it_now_is(reference, tmp_path):
     first, moved = tmp_path / "run", tmp_path / "elsewhere" / "run"
     killed_mid_run(first)

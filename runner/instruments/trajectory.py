@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence

@@ -35,7 +35,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import signal
 import sys
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -50,7 +49,7 @@ from torch.optim import Optimizer
 from runner.batches import EpochSource
 from runner.checkpoint import restore_rng_state, rng_state
 from runner.epochs import StopFlag, TrainState
-from runner.errors import ConfigError, RunnerError
+from runner.errors import ConfigError
 from runner.loggers import MetricLogger
 from runner.loop import FlatGradients
 from runner.losses import Loss

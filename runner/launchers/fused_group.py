@@ -17,7 +17,6 @@ import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,16 +40,10 @@ from runner.loggers import TensorBoardLogger
 from runner.loop import EpochTrace, epoch_order
 from runner.train import (
     CHECKPOINT_DIR,
-    SUMMARY_FILE,
-    WEIGHTS_FILE,
     Run,
     _checkpoint_payload,
-    _comparable_config,
-    _write_atomic,
-    _write_json_atomic,
-    standardization_of,
+    write_results,
 )
-from runner.board import board_command, dashboard_dir
 
 log = logging.getLogger("runner.epochs")  # the single run's log lines, under the same logger name
 train_log = logging.getLogger("runner.train")
@@ -192,17 +185,7 @@ def finish_member(member: Member, stop: StopFlag) -> dict[str, Any]:
             member.logger.log_status(status)
     finally:
         member.logger.close()
-    summary["hparams"] = member.hparams
-    summary["standardized"] = standardization_of(run)
-    summary["config"] = _comparable_config(run.cfg)
-    weights_finite = all(torch.isfinite(p).all() for p in run.model.parameters())
-    if weights_finite and status != "interrupted":
-        weights = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
-        _write_atomic(out / WEIGHTS_FILE, partial(torch.save, weights))
-    summary["weights_saved"] = bool(weights_finite and status != "interrupted")
-    _write_json_atomic(out / SUMMARY_FILE, summary)
-    train_log.info("Status: %s. Results in %s", summary["status"], out)
-    train_log.info("Open in TensorBoard: %s", board_command(dashboard_dir(out)))
+    summary = write_results(run, out, summary, member.hparams)
     member.summary = summary
     return summary
 
