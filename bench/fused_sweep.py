@@ -4,23 +4,22 @@ Target (issue 13): at K = 8 runs, batch size 1, the fused launcher trains at lea
 runs per second as the basic launcher, on a CPU (digits, MLP 64-128-10).
 
 Setting: digits (1438 training samples after the default 20 % validation split), the default
-MLP 64-128-10, SGD lr 0.1, cross-entropy, CPU, torch's default thread count; K runs that
+MLP 64-128-10, SGD lr 0.01, cross-entropy, CPU, torch's default thread count; K runs that
 differ only in their seed (initial weights, validation split, sample order), one epoch each.
 
 Variants, timed in one process, interleaved round-robin (the order alternates every round so a
 busy neighbour hits both alike), after one untimed warm-up round:
 
 * ``basic``: what the basic launcher does for each of the K jobs after Hydra's set-up: the
-  job's run trained alone by ``fit(run, TensorBoardLogger(dir))`` (per-iteration TensorBoard
-  series, epoch-0 and epoch-end evaluation), one run after the other.
+  job's run trained alone by ``runner.train.train`` (per-iteration TensorBoard series, epoch-0
+  and epoch-end evaluation, checkpoints, ``summary.json``, ``model.pt``), one after the other.
 * ``fused``: what the fused launcher does for the K jobs: one stacked group,
   ``runner.launchers.fused_group.train_group`` over K members, each with its own
   TensorBoard logger, evaluation, checkpoints and ``summary.json``/``model.pt``.
 
 Building the runs (data, model) is not timed: both launchers do it once per job. Neither is
 process start-up, Hydra's composition nor the sweep report, which are the same for both.
-The basic variant writes no checkpoints (``fit`` without a checkpointer) while the fused one
-writes each member's, so the comparison is, if anything, unfair to the fused launcher.
+Both write what their launcher writes for a job (checkpoints included), into fresh directories.
 
 Usage::
 
@@ -49,14 +48,14 @@ from runner.cli import CONF_DIR
 from runner.epochs import TrainState
 from runner.launchers.fused_group import Member, train_group
 from runner.loggers import TensorBoardLogger
-from runner.train import build_run, fit
+from runner.train import build_run, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import code_version, cpu_model, python_for_display, version  # noqa: E402
 
 
 def build(seed: int, batch_size: int, iterations: int | None, out: Path):
-    overrides = ["progress=false", "device=cpu", "epochs=1", f"batch_size={batch_size}", f"seed={seed}", f"output_dir={out}"]
+    overrides = ["progress=false", "device=cpu", "epochs=1", "optimizer.lr=0.01", f"batch_size={batch_size}", f"seed={seed}", f"output_dir={out}"]
     if iterations is not None:
         overrides += ["budget=updates", f"budget_amount={iterations}"]
     GlobalHydra.instance().clear()
@@ -67,24 +66,21 @@ def build(seed: int, batch_size: int, iterations: int | None, out: Path):
 def basic(k: int, batch_size: int, iterations: int | None, root: Path) -> float:
     runs = [build(seed, batch_size, iterations, root / f"b{seed}") for seed in range(k)]
     started = time.perf_counter()
-    for seed, run in enumerate(runs):
-        logger = TensorBoardLogger(root / f"b{seed}")
-        fit(run, logger)
-        logger.close()
+    for run in runs:
+        train(run.cfg, run)
     return time.perf_counter() - started
 
 
 def fused(k: int, batch_size: int, iterations: int | None, root: Path) -> float:
     runs = [build(seed, batch_size, iterations, root / f"f{seed}") for seed in range(k)]
     started = time.perf_counter()
-    members = [
-        Member(run=run, out=root / f"f{seed}", logger=TensorBoardLogger(root / f"f{seed}"), state=TrainState(), hparams={}, active=nullcontext)
-        for seed, run in enumerate(runs)
-    ]
     if k == 1:  # a group of one is a normal job: the fused launcher runs it as the basic one does
-        fit(runs[0], members[0].logger)
-        members[0].logger.close()
+        train(runs[0].cfg, runs[0])
     else:
+        members = [
+            Member(run=run, out=root / f"f{seed}", logger=TensorBoardLogger(root / f"f{seed}"), state=TrainState(), hparams={}, active=nullcontext)
+            for seed, run in enumerate(runs)
+        ]
         train_group(members)
     return time.perf_counter() - started
 
