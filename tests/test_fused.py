@@ -303,6 +303,7 @@ def test_six_optimizers_fused_equal_one_by_one(tmp_path, batch_size, scheduler):
 
 
 # ------------------------------------------------------------------ interrupted and resumed
+@pytest.mark.slow  # a real sweep in processes: CI runs it under -m slow
 def test_a_fused_group_killed_mid_run_resumes_every_member_exactly(sweeps, tmp_path):
     """kill -9 in the middle of the 7th checkpoint write: 4 at the start, then the two members
     still training (the lr=1e6 ones diverged and were written out) wrote theirs at update 5, and

@@ -45,6 +45,7 @@ def test_a_single_run_that_cannot_fit_exits_with_the_estimate(tmp_path):
     assert not list((tmp_path / "r").glob("events.out.tfevents.*")) and not (tmp_path / "r" / "summary.json").exists()
 
 
+@pytest.mark.slow  # a real sweep in processes: CI runs it under -m slow
 def test_in_a_sweep_it_records_status_oom_and_the_others_run(tmp_path):
     sweep = tmp_path / "sweep"
     result = subprocess.run(

@@ -153,6 +153,7 @@ def test_rerunning_a_sweep_skips_finished_resumes_interrupted_and_reruns_failed(
     assert len(list((sweep / "batch_size=32").glob("events.out.tfevents.*"))) == 1
 
 
+@pytest.mark.slow  # a real sweep in processes: CI runs it under -m slow
 def test_seed_axis_is_aggregated(tmp_path):
     sweep = tmp_path / "sweep"
     multirun(sweep, "dataset=iris", "epochs=2", "batch_size=8,full", "seed=0,1,2")
@@ -179,6 +180,7 @@ def test_joblib_launcher_gives_the_same_results_as_the_basic_launcher(tmp_path):
             read_scalars(tmp_path / "joblib" / name)["loss/train_iter"]
 
 
+@pytest.mark.slow  # a real sweep in processes: CI runs it under -m slow
 def test_optuna_preset_searches_the_learning_rate(tmp_path):
     sweep = tmp_path / "sweep"
     multirun(sweep, "experiment=lr_search", "dataset=iris", "epochs=1", "hydra.sweeper.n_trials=3")

@@ -112,6 +112,7 @@ def _cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a real sweep in processes: CI runs it under -m slow
 def test_poisson_on_diabetes_is_refused_on_the_command_line(tmp_path):
     done = _cli(tmp_path, "loss=poisson", "dataset=diabetes")
     assert done.returncode == 2, done.stderr

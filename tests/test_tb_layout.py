@@ -160,6 +160,7 @@ def test_tensorboard_lists_runs_and_infers_which_hparams_differ(gd_compare, tmp_
         assert [len(c["chart"]) for c in layout["category"]] == [len(charts) for charts in DEFAULT_LAYOUT.values()]
 
 
+@pytest.mark.slow  # a real sweep in processes: CI runs it under -m slow
 def test_an_optimizer_sweep_records_each_choice_and_its_momentum(tmp_path):
     sweep = multirun(tmp_path, "optimizer=sgd,momentum,nesterov", "dataset=iris", "epochs=1", "scheduler=step")
     assert event_dirs(sweep) == {"optimizer=sgd", "optimizer=momentum", "optimizer=nesterov"}
