@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -186,10 +187,21 @@ def test_readme_parsing_finds_runner_commands_and_skips_others():
     assert len(readme_commands()) >= len(PRESETS) + 4
 
 
-# The README's sweeps take minutes together: they run with the slow tests (CI runs those too).
-@pytest.mark.parametrize(
-    "argv", [pytest.param(a, marks=pytest.mark.slow if "-m" in a else (), id=" ".join(a)) for a in readme_commands()]
-)
+def readme_marks(argv: list[str]) -> Any:
+    """The README's sweeps take minutes together: they run with the slow tests (CI runs those
+    too); its Slurm sweep with the Slurm tests (CI starts a one-node cluster for them). Two cluster
+    examples need what only a real cluster has, and their own tests cover them."""
+    if "-m" not in argv:
+        return ()
+    if any(a.startswith("hydra.launcher.partition=") for a in argv):
+        return pytest.mark.skip(reason="names a real cluster's partition; tests/test_slurm.py runs the slurm preset on the one-node cluster")
+    launcher = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")), None)
+    if launcher == "ray_cluster":
+        return pytest.mark.skip(reason="joins the Ray head the README starts first; tests/test_ray.py starts one and runs this sweep against it")
+    return pytest.mark.slurm if launcher == "slurm" else pytest.mark.slow
+
+
+@pytest.mark.parametrize("argv", [pytest.param(a, marks=readme_marks(a), id=" ".join(a)) for a in readme_commands()])
 def test_readme_command_runs_and_shows_what_it_is_for(argv, tmp_path):
     done = run_cli(shrunk(argv), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
