@@ -249,4 +249,7 @@ def _hydra_cli(argv: list[str]) -> int:
 
 def main() -> None:
     """Console script ``hpr`` and ``python -m runner``."""
-    raise SystemExit(run_cli(sys.argv[1:]))
+    code = run_cli(sys.argv[1:])
+    if distributed.under_torchrun():
+        distributed.exit_worker(code)
+    raise SystemExit(code)
