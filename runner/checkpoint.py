@@ -6,16 +6,23 @@ the old files whole. Loading always passes ``weights_only=True`` explicitly, so 
 pickle is refused even when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set, and a ``last``
 that will not load — or loads but does not fit the run — falls back to ``prev`` with a warning.
 A write that fails (a full disk) removes its temporary file.
+
+:class:`CheckpointWriter` does the writing and the ``fsync`` s on a thread of their own, so
+a run pays only for serialising its state at a boundary: the disk is never more than one
+checkpoint behind, and a kill resumes from whichever whole checkpoint is on disk (resume
+is exact from any of them).
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import pickle
 import random
 import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,11 +53,23 @@ def _fsync_dir(folder: Path) -> None:
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     """Write ``state`` atomically as ``folder/last.ckpt``, keeping the previous one as ``prev.ckpt``."""
+    return write_checkpoint(folder, serialize(state))
+
+
+def serialize(state: dict[str, Any]) -> bytes:
+    """The checkpoint file's bytes: a copy of ``state`` as it is now."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def write_checkpoint(folder: Path, data: bytes) -> Path:
+    """Write serialised checkpoint bytes atomically as ``folder/last.ckpt`` (the old one becomes ``prev.ckpt``)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{_TMP_PREFIX}{os.getpid()}.ckpt"
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except BaseException as err:
@@ -63,6 +82,79 @@ def save_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     os.replace(tmp, last)
     _fsync_dir(folder)
     return last
+
+
+class CheckpointWriter:
+    """Writes one run's checkpoints on a background thread, newest first.
+
+    :meth:`submit` serialises the state on the caller's thread (a snapshot: training goes on
+    changing the tensors) and returns; the thread writes and fsyncs it. A checkpoint still
+    waiting when a newer one arrives is replaced by it — the older one would be overwritten
+    at once anyway. :meth:`wait` blocks until everything submitted is on disk and raises
+    what a write raised (a full disk); :meth:`close` waits and ends the thread. Use it as a
+    context manager around the run, so nothing is left half-written when the run ends.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._pending: bytes | None = None
+        self._writing = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "CheckpointWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close(raise_error=exc[0] is None)
+
+    def submit(self, state: dict[str, Any]) -> None:
+        self._raise_error()
+        data = serialize(state)
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=f"checkpoints {self.folder}", daemon=True)
+                self._thread.start()
+            self._pending = data
+            self._changed.notify_all()
+
+    def wait(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._pending is None and not self._writing)
+        self._raise_error()
+
+    def close(self, raise_error: bool = True) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._pending is None and not self._writing)
+            self._closed = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        if raise_error:
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending is not None or self._closed)
+                if self._pending is None:
+                    return
+                data, self._pending, self._writing = self._pending, None, True
+            try:
+                write_checkpoint(self.folder, data)
+            except BaseException as err:  # handed to the training thread at its next call
+                self._error = err
+            finally:
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
 
 
 def _maybe_inject_fault() -> None:

@@ -47,7 +47,7 @@ from runner.loop import (
 )
 from runner.losses import Loss
 from runner.checkpoint import load_checkpoint, restore_rng_state, rng_state
-from runner.checkpoint import save_checkpoint as save_checkpoint_file
+from runner.checkpoint import CheckpointWriter
 from runner.epochs import StopFlag, TrainState, run_epochs, summary_of
 from runner.instruments.hook import Instruments, make_instruments
 from runner.registry import build
@@ -421,11 +421,13 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: 
     return diffs
 
 
-def _checkpoint_payload(run: Run, state: TrainState, log_position: tuple[str, int]) -> dict[str, Any]:
+def _checkpoint_payload(run: Run, state: TrainState, log_position: tuple[str, int], config: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint holds; ``config``: ``_comparable_config(run.cfg)``, resolved once per
+    run by the caller (resolving it costs more than the rest of the payload)."""
     event_path, size = log_position
     return {
         "format": CHECKPOINT_FORMAT,
-        "config": _comparable_config(run.cfg),
+        "config": config,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
@@ -577,18 +579,23 @@ def _train_into(run: Run, out: Path, state: TrainState | None, log_position: tup
     logger = TensorBoardLogger(out, resume_from=log_position)
     hparams = hparams_of(run, *_hydra_job(out))
 
+    checkpoints = CheckpointWriter(out / CHECKPOINT_DIR)
+    config = _comparable_config(cfg)
+
     def save_checkpoint(current: TrainState) -> None:
-        save_checkpoint_file(out / CHECKPOINT_DIR, _checkpoint_payload(run, current, logger.position()))
+        checkpoints.submit(_checkpoint_payload(run, current, logger.position(), config))
 
     status = "failed"
     try:
-        if state is None:
-            logger.log_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
-            logger.log_hparams(hparams)
-            save_checkpoint(TrainState())  # so a kill before the first boundary still resumes cleanly
-        summary = fit(run, logger, state, save_checkpoint)
-        status = summary["status"]
-        run.instruments.finish(out, logger, summary)
+        with checkpoints:  # every checkpoint on disk before the results say the run ended
+            if state is None:
+                logger.log_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
+                logger.log_hparams(hparams)
+                save_checkpoint(TrainState())
+                checkpoints.wait()  # on disk before the first update: a kill from here on resumes
+            summary = fit(run, logger, state, save_checkpoint)
+            status = summary["status"]
+            run.instruments.finish(out, logger, summary)
     finally:
         try:
             if status != "interrupted":

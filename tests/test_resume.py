@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.checkpoint import FAULT_ENV, LAST, PREV, load_checkpoint, save_checkpoint
+from runner.checkpoint import FAULT_ENV, LAST, PREV, CheckpointWriter, load_checkpoint, save_checkpoint
 from runner.errors import ConfigError, DataError
 from runner.train import train
 
@@ -286,3 +286,36 @@ def test_checkpoints_store_the_event_file_by_name(make_cfg, tmp_path):
     interrupted_in_process(make_cfg, tmp_path / "r")
     name, size = torch.load(tmp_path / "r" / "checkpoints" / LAST, weights_only=True)["tensorboard"]
     assert "/" not in name and (tmp_path / "r" / name).stat().st_size >= size > 0
+
+
+def test_the_checkpoint_writer_writes_the_state_as_it_was_when_submitted(tmp_path):
+    """Serialised at submit (training goes on changing the tensors); the newest wins."""
+    weights = torch.zeros(3)
+    with CheckpointWriter(tmp_path) as writer:
+        writer.submit({"step": 0, "weights": weights})
+        writer.wait()
+        for step in range(1, 20):
+            weights.fill_(step)
+            writer.submit({"step": step, "weights": weights})
+        weights.fill_(-1.0)  # after the last submit: not in any file
+    saved, path = load_checkpoint(tmp_path)
+    assert path.name == LAST and saved["step"] == 19
+    torch.testing.assert_close(saved["weights"], torch.full((3,), 19.0), rtol=0, atol=0)
+    previous, _ = load_checkpoint(tmp_path, accept=lambda payload, p: payload if p.name == PREV else 1 / 0)
+    assert 0 <= previous["step"] < 19  # an older whole checkpoint, kept as prev
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST, PREV]
+
+
+def test_a_failed_background_write_is_raised_by_the_training_thread(tmp_path):
+    """A write the thread could not do (here: the folder is a file) reaches the run, which
+    then ends with the error instead of believing it has a checkpoint."""
+    folder = tmp_path / "checkpoints"
+    folder.write_text("not a folder")
+    writer = CheckpointWriter(folder)
+    writer.submit({"step": 0})
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.submit({"step": 1})
+    with pytest.raises(OSError):
+        writer.close()
+    assert folder.read_text() == "not a folder"

@@ -69,7 +69,7 @@ from runner.train import (
     standardization_line,
 )
 from runner.checkpoint import save_checkpoint as save_checkpoint_file
-from runner.train import _checkpoint_payload
+from runner.train import _checkpoint_payload, _comparable_config
 
 log = logging.getLogger(__name__)
 train_log = logging.getLogger("runner.train")
@@ -344,7 +344,7 @@ class FusedLauncher(Launcher):
                 state = TrainState()
                 logger.log_text("config", "```yaml\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "```")
                 logger.log_hparams(hparams)
-                save_checkpoint_file(job.out / CHECKPOINT_DIR, _checkpoint_payload(run, state, logger.position()))
+                save_checkpoint_file(job.out / CHECKPOINT_DIR, _checkpoint_payload(run, state, logger.position(), _comparable_config(run.cfg)))
         return Member(run=run, out=job.out, logger=logger, state=state, hparams=hparams, active=lambda job=job: self._active(job))
 
     def _train(self, members: list[Member]) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from runner.checkpoint import save_checkpoint as save_checkpoint_file
+from runner.checkpoint import CheckpointWriter
 from runner.epochs import (
     StopFlag,
     TrainState,
@@ -42,6 +42,7 @@ from runner.train import (
     CHECKPOINT_DIR,
     Run,
     _checkpoint_payload,
+    _comparable_config,
     write_results,
 )
 
@@ -61,12 +62,16 @@ class Member:
     active: Callable[[], AbstractContextManager]  # this job's Hydra config and log file, while inside
     summary: dict[str, Any] | None = None
     per_iteration: bool = field(init=False)
+    checkpoints: CheckpointWriter = field(init=False)
+    config: dict[str, Any] = field(init=False)  # what its checkpoints record of the config
 
     def __post_init__(self) -> None:
         self.per_iteration = self.run.cfg.scheduler.interval == "iteration"
+        self.checkpoints = CheckpointWriter(self.out / CHECKPOINT_DIR)
+        self.config = _comparable_config(self.run.cfg)
 
     def save(self) -> None:
-        save_checkpoint_file(self.out / CHECKPOINT_DIR, _checkpoint_payload(self.run, self.state, self.logger.position()))
+        self.checkpoints.submit(_checkpoint_payload(self.run, self.state, self.logger.position(), self.config))
 
 
 class FusedGroup:
@@ -181,6 +186,7 @@ def finish_member(member: Member, stop: StopFlag) -> dict[str, Any]:
     summary = summary_of(run, state)
     status = summary["status"]
     try:
+        member.checkpoints.close()  # on disk before the results say the job ended
         if status != "interrupted":
             member.logger.log_status(status)
     finally:
@@ -206,6 +212,7 @@ def train_group(members: Sequence[Member]) -> None:
             _epochs(group, ref, device, stop)
         except BaseException:
             for member in group.members:  # a crash mid-group: close the files the others would need
+                member.checkpoints.close(raise_error=False)
                 member.logger.close()
             raise
         for member in group.members:
