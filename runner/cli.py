@@ -34,7 +34,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
 from runner import preflight
-from runner.errors import ConfigError, RunnerError
+from runner.errors import ConfigError, RunnerError, print_error
 from runner.launchers import distributed
 from runner.memory import OutOfMemory, release_device_memory
 from runner.rundir import DiskFull, RunDirRefused
@@ -84,7 +84,7 @@ def hydra_main(cfg: DictConfig) -> float:
             raise
         # A mistake in the user's config or data, or a run too big for the device:
         # one clear line, no traceback.
-        print(f"Error: {one_line(err)}", file=sys.stderr)
+        print_error(one_line(err))
         if not in_sweep:
             preflight.remove_fresh_run_dir(hydra_cfg)
             raise SystemExit(2) from None
@@ -215,7 +215,7 @@ def run_cli(argv: list[str]) -> int:
         if session is not None:
             error = session.agree_error(error)  # every rank refuses, or none does
         if error is not None:
-            print(f"Error: {error}", file=sys.stderr)
+            print_error(error)
             return 2
         if session is not None and not session.leader:
             run = next(iter(_prebuilt.values()), None)

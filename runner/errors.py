@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+
+def print_error(message: str) -> None:
+    """``Error: <message>`` on stderr in one write. Under torchrun every rank prints into the
+    same pipe; ``print`` writes the newline separately, so two ranks' lines could splice into one."""
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
 
 
 class RunnerError(Exception):

@@ -49,7 +49,7 @@ from torch.optim import Optimizer
 from runner.batches import EpochSource
 from runner.checkpoint import restore_rng_state, rng_state
 from runner.epochs import StopFlag, TrainState
-from runner.errors import ConfigError
+from runner.errors import ConfigError, print_error
 from runner.loggers import MetricLogger
 from runner.loop import FlatGradients
 from runner.losses import Loss
@@ -359,6 +359,6 @@ def follow(run: Any | None, session: Session) -> int:
         summary = fit(run, NullLogger())
     except LeaderEnded as ended:
         if ended.code not in (0, 130):
-            print(f"Error: rank 0 did not start the run (exit status {ended.code}); its message says why", file=sys.stderr)
+            print_error(f"rank 0 did not start the run (exit status {ended.code}); its message says why")
         return ended.code
     return 130 if summary["status"] == "interrupted" else 0
