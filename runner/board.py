@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from runner.errors import print_error
+
 HOST = "127.0.0.1"  # the dashboard is for this machine only (ssh -L to reach it from another)
 DEFAULT_DIR = "outputs"
 # At most this many points per tag and plugin; see the module docstring for why not 0.
@@ -135,13 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logdir = Path(args.dir)
     if not logdir.is_dir():
         what = "is not a directory" if logdir.exists() else "does not exist"
-        print(f"Error: board DIR={args.dir} {what}: give a run or sweep directory, e.g. outputs", file=sys.stderr)
+        print_error(f"board DIR={args.dir} {what}: give a run or sweep directory, e.g. outputs")
         return 2
     if not 0 <= args.port <= 0xFFFF:
-        print(f"Error: --port={args.port} is not allowed: 0 (a free port) or 1..65535", file=sys.stderr)
+        print_error(f"--port={args.port} is not allowed: 0 (a free port) or 1..65535")
         return 2
     if args.max_points < 1:
-        print(f"Error: --max-points={args.max_points} is not allowed: an integer >= 1", file=sys.stderr)
+        print_error(f"--max-points={args.max_points} is not allowed: an integer >= 1")
         return 2
     from tensorboard.program import TensorBoardServerException
 
@@ -151,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"TensorBoard on {logdir.resolve()}: {url}  (Ctrl-C to stop)", flush=True)
         threading.Event().wait()  # the server runs in a daemon thread; wait for Ctrl-C
     except TensorBoardServerException as err:  # e.g. --port taken
-        print(f"Error: TensorBoard could not start: {err.msg}", file=sys.stderr)
+        print_error(f"TensorBoard could not start: {err.msg}")
         return 1
     except KeyboardInterrupt:  # also while still starting
         print("TensorBoard stopped.", flush=True)

@@ -45,7 +45,7 @@ from runner.aggregate import (
     write_seed_aggregates,
 )
 from runner.board import board_command
-from runner.errors import RunnerError
+from runner.errors import RunnerError, print_error
 from runner.schema import split_items
 
 __all__ = ["PLOTS", "Labels", "PlotSpec", "ReportError", "main", "write_report"]
@@ -852,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root: Path = args.directory
     problem = _problem_with(root)
     if problem:
-        print(f"Error: {problem}", file=sys.stderr)
+        print_error(problem)
         return 2
     write_seed_aggregates(root)
     print(write_report(root))

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from runner.errors import DataError, RunnerError
+from runner.errors import DataError, RunnerError, print_error
 
 LOCK_FILE = ".lock"
 EVENT_PREFIX = "events.out.tfevents."
@@ -191,7 +191,7 @@ class RunDirCallback(Callback):
                 self._lock.__enter__()
         except RunnerError as err:
             # Hydra turns a callback's exception into a warning and carries on.
-            print(f"Error: {err}", file=sys.stderr)
+            print_error(str(err))
             raise SystemExit(2) from None
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -203,5 +203,5 @@ class RunDirCallback(Callback):
         try:
             check_usable(Path(str(config.hydra.sweep.dir)).absolute())
         except RunnerError as err:
-            print(f"Error: {err}", file=sys.stderr)
+            print_error(str(err))
             raise SystemExit(2) from None

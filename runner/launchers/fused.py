@@ -57,7 +57,6 @@ from runner.memory import release_device_memory
 from runner.rundir import check_usable, exclusive, keep_record, restore_record
 from runner.text import plural
 from runner.train import (
-    CHECKPOINT_DIR,
     Run,
     _hydra_job,
     _prior_attempt,
@@ -68,8 +67,6 @@ from runner.train import (
     record_failure,
     standardization_line,
 )
-from runner.checkpoint import save_checkpoint as save_checkpoint_file
-from runner.train import _checkpoint_payload, _comparable_config
 
 log = logging.getLogger(__name__)
 train_log = logging.getLogger("runner.train")
@@ -340,12 +337,15 @@ class FusedLauncher(Launcher):
             train_log.info("%s", standardization_line(run))
             logger = TensorBoardLogger(job.out, resume_from=position)
             hparams = hparams_of(run, *_hydra_job(job.out))
-            if state is None:
-                state = TrainState()
+            fresh = state is None
+            if fresh:
                 logger.log_text("config", "```yaml\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "```")
                 logger.log_hparams(hparams)
-                save_checkpoint_file(job.out / CHECKPOINT_DIR, _checkpoint_payload(run, state, logger.position(), _comparable_config(run.cfg)))
-        return Member(run=run, out=job.out, logger=logger, state=state, hparams=hparams, active=lambda job=job: self._active(job))
+            member = Member(run=run, out=job.out, logger=logger, state=state or TrainState(), hparams=hparams, active=lambda job=job: self._active(job))
+            if fresh:
+                member.save()
+                member.checkpoints.wait()  # on disk before the first update, as a single run's
+        return member
 
     def _train(self, members: list[Member]) -> None:
         """Train the group; a crash records every unfinished member as failed, as the task
