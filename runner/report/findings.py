@@ -134,6 +134,8 @@ def quantity(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value:.3g} s"
     number = f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+    if unit and value == 1 and unit.endswith("s"):
+        unit = unit[:-1]  # 1 update, 1 epoch
     return f"{number} {unit}" if unit else number
 
 
