@@ -12,8 +12,10 @@ What lives where:
 
 - :mod:`~runner.report.records`: the runs read (:class:`RunRecord`), grouped into
   configurations and labelled (:class:`Labels`), and what of their logs could not be read;
-- :mod:`~runner.report.findings`: the equal points, values, Welch tests, sentences and caveats
-  of the "Findings" section, and ``findings.json``;
+- :mod:`~runner.report.findings`: where runs are compared on each axis (the equal points), each
+  configuration's values there, Welch's tests, and ``findings.json``;
+- :mod:`~runner.report.sentences`: the "Findings" section in words: a sentence per axis, the
+  budget, the caveats, a single run's paragraph;
 - :mod:`~runner.report.plots`: :data:`PLOTS`, one line per configuration in its own colour,
   drawn on matplotlib's Agg canvas;
 - :mod:`~runner.report.tables`: the runs table;

@@ -40,7 +40,7 @@ FIGSIZE, DPI = (9.0, 5.0), 100
 # Legend text is wrapped at this many characters (it sits right of the axes, in their height).
 LEGEND_WRAP = 34
 # The title is wrapped at this many characters, so it ends before the legend begins.
-TITLE_WRAP = 78
+TITLE_WRAP = 64
 
 # Runs whose curves climb out of the others' range: the y-limits come from the rest.
 BLOWN_UP = ("diverged", LOSS_GREW)
