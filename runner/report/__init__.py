@@ -29,7 +29,7 @@ from runner.report.markdown import SECTIONS, sweep_study, write_report
 from runner.report.plots import PLOTS, Line, PlotSpec, curve_of, draw, finite_prefix, lines_of
 from runner.report.records import Labels, ReportError, RunRecord, configurations, load_records
 
-__all__ = ["PLOTS", "SECTIONS", "Labels", "PlotSpec", "ReportError", "main", "sweep_study", "write_report"]
+__all__ = ["PLOTS", "SECTIONS", "Labels", "Line", "PlotSpec", "ReportError", "RunRecord", "main", "sweep_study", "write_report"]
 
 # The names the tests knew when this package was one module (runner/report.py).
 _configurations = configurations

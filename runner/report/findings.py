@@ -33,8 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from runner.aggregate import Series
-from runner.report.records import LOSS_GREW, Labels, RunRecord, compact_ints, divergence_note, growth_note
-from runner.seedstats import ALPHA, MIN_SEEDS, TOO_FEW, Comparison, Spread, compare, spread
+from runner.report.records import Labels, RunRecord
+from runner.seedstats import ALPHA, TOO_FEW, Comparison, Spread, compare, spread
 
 METRIC = "loss/train_full"
 FINDINGS_FILE = "findings.json"

@@ -1,16 +1,13 @@
-"""The report's figures: one line per configuration (seeds as a band), drawn on matplotlib's Agg canvas.
+"""The report's figures: one line per configuration in its own colour, seeds as a min–max band, legends beside the axes."""
 
-Seeds of one configuration are drawn as one line (their mean) with a shaded min–max band, in
-one colour per configuration from a qualitative palette; legends sit outside the axes. Figures
-are drawn on matplotlib's Agg canvas directly, so neither pyplot's global state nor the
-caller's backend is touched.
-"""
+# Figures are drawn on matplotlib's Agg canvas directly, so neither pyplot's global state nor
+# the caller's backend is touched.
 
 from __future__ import annotations
 
 import math
 import textwrap
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
