@@ -53,6 +53,7 @@ __all__ = [
     "seed_groups",
     "seed_of",
     "seed_stats",
+    "unread_tail",
     "write_seed_aggregates",
 ]
 
@@ -379,6 +380,20 @@ def read_scalar_series(run: Path) -> dict[str, Series]:
             wall_times=np.concatenate([p[3] for p in parts])[sort].astype(np.float64),
         )
     return series
+
+
+def unread_tail(path: Path) -> int:
+    """Bytes after an event file's last whole record, which :func:`read_scalar_series` skips.
+
+    0 for a complete file; more for one cut short (a copy or a disk that ran out, a writer
+    still appending) or whose framing breaks off (a damaged length header).
+    """
+    buf = Path(path).read_bytes()
+    starts, lengths = _record_bounds(buf)
+    # A record is its length (8 bytes), the length's CRC (4), the data, the data's CRC (4);
+    # starts point at the data.
+    end = int(starts[-1] + lengths[-1] + 4) if len(starts) else 0
+    return len(buf) - end
 
 
 # --------------------------------------------------------------------------- statistics
