@@ -12,7 +12,8 @@
 #   OUT                    where the results go (required)
 #   GPU_CHECK_SKIP_CUDA=1  skip the CUDA steps (each says why) and run the same scripts on the
 #                          CPU at tiny sizes instead; automatic when there is no usable GPU
-#   GPU_CHECK_VENV=DIR     use this existing venv instead of creating and installing one
+#   GPU_CHECK_VENV=DIR     the venv (default $TMPDIR/hpr_gpu_check_venv): created when absent; the
+#                          torch and the project it already has are kept
 #   GPU_CHECK_BUDGET_S     the whole script's time budget in seconds (default 460)
 #   GPU_CHECK_STEPS        only these CUDA steps, comma-separated (default: all of
 #                          pytest,torchrun,startup,memory,loop,fused)
@@ -47,11 +48,13 @@ SKIP_REASON=""
 
 # ------------------------------------------------------------------ the table
 clean() {  # one table cell: no pipes, no line breaks, not too long
-    printf '%s' "$1" | tr '\n' ';' | sed 's/|/\//g; s/;/; /g; s/; *$//' | cut -c1-400
+    printf '%s' "$1" | sed ':a;N;$!ba;s/\n/; /g' | sed 's/|/\//g' | cut -c1-400
 }
 
-add_row() {  # step device status seconds result log
-    ROWS+=("$(clean "$1")|$2|$(clean "$3")|$4|$(clean "$5")|$6")
+add_row() {  # step device status seconds result log (the log named only if it was written)
+    local log=$6
+    [ -n "$log" ] && [ ! -f "$OUT/$log" ] && log=""
+    ROWS+=("$(clean "$1")|$2|$(clean "$3")|$4|$(clean "$5")|$log")
     write_table
 }
 
@@ -120,7 +123,7 @@ machine() {
     echo "## nvidia-smi"; timeout 30 nvidia-smi 2>&1 || echo "nvidia-smi: not available (exit $?)"
     echo "## nvidia-smi query"; timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1
     echo "## pythons"; for p in python3 python3.13 python3.12 python3.11 python; do command -v "$p" >/dev/null && echo "$p: $($p --version 2>&1) at $(command -v "$p")"; done
-    echo "## system torch"; timeout 60 python3 -c "import torch; print('torch', torch.__version__, 'cuda build', torch.version.cuda, 'cuda available', torch.cuda.is_available())" 2>&1 | tail -n 3
+    echo "## system torch"; timeout 60 python3 -c "import torch; print('torch', torch.__version__, 'cuda build', torch.version.cuda, 'cuda available', torch.cuda.is_available())" 2>&1 | tail -n 1
     echo "## pip"; timeout 30 python3 -m pip --version 2>&1; timeout 30 python3 -m pip config list 2>&1
     echo "## uv"; command -v uv || echo "no uv"
     echo "## registry: pip index versions torch"; timeout 40 python3 -m pip index versions torch 2>&1 | head -c 3000
@@ -149,40 +152,40 @@ pick_python() {
     echo python3
 }
 
-if [ -n "${GPU_CHECK_VENV:-}" ]; then
-    VENV=$GPU_CHECK_VENV
-    VPY=$VENV/bin/python
-    if "$VPY" -c 'import runner, torch' >/dev/null 2>&1; then
-        add_row "venv" "host" "ok" 0 "reused GPU_CHECK_VENV=$VENV ($("$VPY" --version 2>&1))" ""
-    else
-        add_row "venv" "host" "failed" 0 "GPU_CHECK_VENV=$VENV cannot import runner and torch" ""
-    fi
-    add_row "install torch" "host" "skipped" 0 "skipped: reusing GPU_CHECK_VENV" ""
-    add_row "install project" "host" "skipped" 0 "skipped: reusing GPU_CHECK_VENV" ""
+# The venv lives outside the checkout and outlives the script: a second try on a machine that is
+# still warm skips the install (minutes when pip downloads torch's CUDA build).
+VENV=${GPU_CHECK_VENV:-${TMPDIR:-/tmp}/hpr_gpu_check_venv}
+VPY=$VENV/bin/python
+if [ -x "$VPY" ]; then
+    add_row "venv" host "ok" 0 "reused $VENV ($("$VPY" --version 2>&1))" ""
 else
-    VENV=$WORK/venv
-    VPY=$VENV/bin/python
     BASE_PY=$(pick_python)
     # --system-site-packages: a torch the machine already has (with its CUDA) stays usable.
     run_step "venv" host 90 venv.log "'$BASE_PY' -m venv --system-site-packages '$VENV' && '$VPY' -m pip --version"
-    add_row "venv" host "$STATUS" "$ELAPSED" "$( [ "$STATUS" = ok ] && echo "$VENV from $BASE_PY ($($BASE_PY --version 2>&1))" || last_line venv.log)" "logs/venv.log"
+    add_row "venv" host "$STATUS" "$ELAPSED" "$( [ "$STATUS" = ok ] && echo "created $VENV from $BASE_PY ($($BASE_PY --version 2>&1))" || last_line venv.log)" "logs/venv.log"
     if [ "$STATUS" != ok ]; then
-        VPY=$BASE_PY  # without a venv, the machine's own python is all there is
+        VPY=$(command -v "$BASE_PY")  # without a venv, the machine's own python is all there is
     fi
+fi
 
-    # torch: keep a preinstalled one that sees the GPU; otherwise the pinned version.
-    HAVE=$(timeout 60 "$VPY" -c 'import torch; print(torch.__version__, torch.cuda.is_available())' 2>/dev/null)
-    if [ -z "$SKIP_REASON" ] && [ "${HAVE#* }" = "True" ]; then
-        add_row "install torch" host "skipped" 0 "kept the machine's torch ${HAVE% *}, which sees the GPU" ""
-    else
-        run_step "install torch" host 240 install_torch.log "'$VPY' -m pip install ${PIP_EXTRA[*]} torch==2.13.0"
-        add_row "install torch" host "$STATUS" "$ELAPSED" "$(last_line install_torch.log)" "logs/install_torch.log"
-    fi
+# torch: one already there (the machine's, or from an earlier try) is kept; the CUDA check below
+# replaces it if it cannot see the GPU. Otherwise the pinned version.
+HAVE=$(timeout 60 "$VPY" -c 'import torch; print(torch.__version__, "cuda available", torch.cuda.is_available())' 2>/dev/null)
+if [ -n "$HAVE" ]; then
+    add_row "install torch" host "skipped" 0 "skipped: the environment has torch $HAVE" ""
+else
+    run_step "install torch" host 240 install_torch.log "'$VPY' -m pip install --progress-bar off ${PIP_EXTRA[*]} torch==2.13.0"
+    add_row "install torch" host "$STATUS" "$ELAPSED" "${RESULT:-$(last_line install_torch.log)}" "logs/install_torch.log"
+fi
 
-    # The project and what the CUDA tests import (pytest); not the [test] extra's Ray/Slurm/Optuna.
+# The project (editable, from this checkout) and what the CUDA tests import (pytest); not the
+# [test] extra's Ray/Slurm/Optuna/Selenium.
+if timeout 60 "$VPY" -c "import sys, pytest, runner; sys.exit(not runner.__file__.startswith('$REPO/'))" 2>/dev/null; then
+    add_row "install project" host "skipped" 0 "skipped: the environment has the project from this checkout, and pytest" ""
+else
     run_step "install project" host 180 install_project.log \
-        "'$VPY' -m pip install ${PIP_EXTRA[*]} -e . pytest || { echo '--- again without build isolation (no registry for setuptools?)'; '$VPY' -m pip install ${PIP_EXTRA[*]} --no-build-isolation -e . pytest; }"
-    add_row "install project" host "$STATUS" "$ELAPSED" "$(last_line install_project.log)" "logs/install_project.log"
+        "'$VPY' -m pip install --progress-bar off ${PIP_EXTRA[*]} -e . pytest || { echo '--- again without build isolation (no registry for setuptools?)'; '$VPY' -m pip install --progress-bar off ${PIP_EXTRA[*]} --no-build-isolation -e . pytest; }"
+    add_row "install project" host "$STATUS" "$ELAPSED" "${RESULT:-$(last_line install_project.log)}" "logs/install_project.log"
 fi
 
 # ------------------------------------------------------------------ 3. can torch see the GPU?
@@ -200,7 +203,7 @@ if [ -z "$SKIP_REASON" ] && ! grep -q 'cuda available True' <<<"$TORCH_LINE"; th
     echo "CUDA builds of 2.13.0 the index lists: ${CANDIDATES:-none}" >>"$LOGS/torch_cuda_build.log"
     if [ -n "$CANDIDATES" ]; then
         for candidate in $CANDIDATES; do
-            run_step "torch CUDA build" host 240 torch_cuda_build_try.log "'$VPY' -m pip install ${PIP_EXTRA[*]} 'torch==$candidate'"
+            run_step "torch CUDA build" host 240 torch_cuda_build_try.log "'$VPY' -m pip install --progress-bar off ${PIP_EXTRA[*]} 'torch==$candidate'"
             cat "$LOGS/torch_cuda_build_try.log" >>"$LOGS/torch_cuda_build.log"
             TORCH_LINE=$(probe_torch)
             grep -q 'cuda available True' <<<"$TORCH_LINE" && break
@@ -253,7 +256,7 @@ summary_of() {  # what the result cell says about a finished step: key, log, Mar
     local key=$1 log=$2
     case $key in
         pytest) grep -E '[0-9]+ (passed|failed|error|skipped|deselected|tests? collected)' "$LOGS/$log" | tail -n 1 ;;
-        torchrun) grep -ciq nccl "$LOGS/$log" && echo "the run finished; its log names nccl" || last_line "$log" ;;
+        torchrun) if [ "$STATUS" = ok ]; then echo "the run finished and wrote summary.json; backend its log names: $(grep -oiE 'nccl|gloo' "$LOGS/$log" | sort -u | tr '\n' ' ')"; else last_line "$log"; fi ;;
         *) if [ "$STATUS" = ok ] && [ -s "$OUT/$3" ]; then echo "table below ($3)"; else last_line "$log"; fi ;;
     esac
 }
