@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check (issue 22): on a bare machine with one NVIDIA GPU, in one go and within a time
 # budget (default 460 s), record the machine, install the project into a fresh venv from this
-# checkout, then run the CUDA tests, torchrun over NCCL and the GPU figures, and write
-# $OUT/gpu_results.md (one table row per step, then each benchmark's own Markdown) and the raw
-# logs under $OUT/logs. Every step has its own timeout; a failed step is a row of the table,
-# never the end of the script.
+# checkout, then run the CUDA tests, torchrun over NCCL and the GPU figures, and write two files:
+# $OUT/gpu_results.md (one table row per step, then each benchmark's own Markdown) and
+# $OUT/logs.tar.gz (the raw logs, logs/*, and the benchmarks' Markdown, sections/*), both rewritten
+# after every step (the device tool sends back at most 8 files). Every step has its own timeout;
+# a failed step is a row of the table, never the end of the script.
 #
 # Run from the repository root:   OUT=/tmp/gpu_out bash bench/gpu_check.sh
 #
@@ -17,8 +18,11 @@
 #   GPU_CHECK_BUDGET_S     the whole script's time budget in seconds (default 460)
 #   GPU_CHECK_STEPS        only these CUDA steps, comma-separated (default: all of
 #                          pytest,torchrun,startup,memory,loop,fused)
-#   GPU_CHECK_WHEELS=DIR   a folder of wheels pip may also install from (--find-links)
-#   GPU_CHECK_PYTHON       the interpreter to build the venv from (default: the newest python3.x >= 3.11)
+#   GPU_CHECK_WHEELS=DIR   a folder of wheels pip may also install from (--find-links; default .whl
+#                          when it exists: bench/gpu_wheels.sh fills it for a machine with no index)
+#   GPU_CHECK_PYTHON       the interpreter to build the venv from (default: the first python3,
+#                          python3.13, python3.12, python3.11 that is >= 3.11 and holds torch, else
+#                          the first that is >= 3.11)
 
 set -u
 export LC_ALL=C.UTF-8 PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1 MPLBACKEND=Agg PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -33,14 +37,17 @@ if [ ! -f bench/gpu_check.sh ] || [ ! -f pyproject.toml ]; then
 fi
 
 REPO=$PWD
-LOGS=$OUT/logs
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")  # run folders: large, not sent back
-mkdir -p "$LOGS"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")  # logs, sections, run folders
+LOGS=$WORK/logs
+SECTIONS_DIR=$WORK/sections
+mkdir -p "$OUT" "$LOGS" "$SECTIONS_DIR"
 BUDGET=${GPU_CHECK_BUDGET_S:-460}
 STEPS=${GPU_CHECK_STEPS:-pytest,torchrun,startup,memory,loop,fused}
 START=$SECONDS
-PIP_EXTRA=()
-[ -n "${GPU_CHECK_WHEELS:-}" ] && PIP_EXTRA+=(--find-links "$GPU_CHECK_WHEELS")
+WHEELS=${GPU_CHECK_WHEELS:-}
+[ -z "$WHEELS" ] && [ -d .whl ] && WHEELS=$REPO/.whl
+PIP_EXTRA=(--progress-bar off)
+[ -n "$WHEELS" ] && PIP_EXTRA+=(--find-links "$WHEELS")
 
 ROWS=()      # "step|device|status|seconds|result|log", in order
 SECTIONS=()  # benchmark Markdown files appended after the table
@@ -53,7 +60,7 @@ clean() {  # one table cell: no pipes, no line breaks, not too long
 
 add_row() {  # step device status seconds result log (the log named only if it was written)
     local log=$6
-    [ -n "$log" ] && [ ! -f "$OUT/$log" ] && log=""
+    [ -n "$log" ] && [ ! -f "$WORK/$log" ] && log=""
     ROWS+=("$(clean "$1")|$2|$(clean "$3")|$4|$(clean "$5")|$log")
     write_table
 }
@@ -69,6 +76,8 @@ write_table() {
             echo "CUDA steps skipped: $SKIP_REASON"
         fi
         echo
+        echo "Logs: \\`logs.tar.gz\\` beside this file (\\`tar -xzf logs.tar.gz\\`: logs/, and the benchmarks' Markdown in sections/)."
+        echo
         echo "| step | device | status | seconds | result | log |"
         echo "|---|---|---|---:|---|---|"
         local row
@@ -77,9 +86,10 @@ write_table() {
         done
         local section
         for section in "${SECTIONS[@]}"; do
-            [ -s "$OUT/$section" ] && { echo; cat "$OUT/$section"; }
+            [ -s "$SECTIONS_DIR/$section" ] && { echo; cat "$SECTIONS_DIR/$section"; }
         done
     } >"$OUT/gpu_results.md"
+    tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs sections 2>/dev/null
 }
 
 remaining() { echo $((BUDGET - (SECONDS - START))); }
@@ -126,16 +136,23 @@ machine() {
     echo "## system torch"; timeout 60 python3 -c "import torch; print('torch', torch.__version__, 'cuda build', torch.version.cuda, 'cuda available', torch.cuda.is_available())" 2>&1 | tail -n 1
     echo "## pip"; timeout 30 python3 -m pip --version 2>&1; timeout 30 python3 -m pip config list 2>&1
     echo "## uv"; command -v uv || echo "no uv"
-    echo "## registry: pip index versions torch"; timeout 40 python3 -m pip index versions torch 2>&1 | head -c 3000
+    echo "## registry: pip index versions torch"; timeout 40 python3 -m pip index versions torch --timeout 5 --retries 0 2>&1 | head -c 3000
+    echo "## wheels carried (.whl or GPU_CHECK_WHEELS)"; ls "${WHEELS:-/nonexistent}" 2>&1
 }
 t0=$SECONDS
 machine >"$LOGS/machine.txt" 2>&1
 GPU_NAME=$(timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
 SYS_TORCH=$(grep -A1 '^## system torch' "$LOGS/machine.txt" | tail -n 1)
-if grep -q '^Available versions' "$LOGS/machine.txt"; then REGISTRY="reachable"; else REGISTRY="not reachable (pip index versions torch failed)"; fi
+if grep -q '^Available versions' "$LOGS/machine.txt"; then
+    REGISTRY="reachable"
+else
+    REGISTRY="not reachable (pip index versions torch failed): pip installs only from ${WHEELS:-no wheel folder} (--no-index)"
+    PIP_EXTRA+=(--no-index)
+fi
 add_row "machine" "host" "ok" "$((SECONDS - t0))" \
     "GPU: ${GPU_NAME:-none (nvidia-smi failed or absent)}; $(python3 --version 2>&1); system torch: $SYS_TORCH; $(nproc) cores; package registry $REGISTRY" \
     "logs/machine.txt"
+[ -n "$WHEELS" ] && add_row "wheels" host "ok" 0 "pip may install from $WHEELS: $(ls "$WHEELS" 2>&1 | tr '\n' ' ')" ""
 
 if [ "${GPU_CHECK_SKIP_CUDA:-0}" = "1" ]; then
     SKIP_REASON="GPU_CHECK_SKIP_CUDA=1 (CUDA steps skipped on request)"
@@ -144,12 +161,27 @@ elif [ -z "$GPU_NAME" ]; then
 fi
 
 # ------------------------------------------------------------------ 2. venv and install
-pick_python() {
+pick_python() {  # the first >= 3.11 that holds torch (the lent machine's python3 does), else the first >= 3.11
     local p
-    for p in ${GPU_CHECK_PYTHON:-} python3.13 python3.12 python3.11 python3; do
+    [ -n "${GPU_CHECK_PYTHON:-}" ] && { echo "$GPU_CHECK_PYTHON"; return; }
+    for p in python3 python3.13 python3.12 python3.11; do
+        command -v "$p" >/dev/null && timeout 60 "$p" -c 'import sys, torch; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo "$p"; return; }
+    done
+    for p in python3 python3.13 python3.12 python3.11; do
         command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo "$p"; return; }
     done
     echo python3
+}
+
+# When the base interpreter is itself a venv (the lent machine's python3 is /opt/torch/.venv's),
+# --system-site-packages reaches only the python it was made from, not that venv's packages:
+# a .pth file adds them, so its torch (a CUDA build) and the rest stay importable, and pip sees
+# them as installed.
+share_base_packages() {
+    local base=$1
+    "$base" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null || return 0
+    "$base" -c 'import site, sysconfig; print("\n".join(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()])))' \
+        >"$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_gpu_check_base.pth"
 }
 
 # The venv lives outside the checkout and outlives the script: a second try on a machine that is
@@ -161,8 +193,14 @@ if [ -x "$VPY" ]; then
 else
     BASE_PY=$(pick_python)
     # --system-site-packages: a torch the machine already has (with its CUDA) stays usable.
-    run_step "venv" host 90 venv.log "'$BASE_PY' -m venv --system-site-packages '$VENV' && '$VPY' -m pip --version"
-    add_row "venv" host "$STATUS" "$ELAPSED" "$( [ "$STATUS" = ok ] && echo "created $VENV from $BASE_PY ($($BASE_PY --version 2>&1))" || last_line venv.log)" "logs/venv.log"
+    # Without ensurepip (Debian's python3 without python3-venv), a venv without pip of its own
+    # still runs pip: the base venv's, through the .pth file below.
+    run_step "venv" host 90 venv.log "'$BASE_PY' -m venv --system-site-packages '$VENV' || { echo '--- again without pip'; rm -rf '$VENV'; '$BASE_PY' -m venv --without-pip --system-site-packages '$VENV'; }"
+    if [ "$STATUS" = ok ]; then
+        share_base_packages "$BASE_PY"
+        "$VPY" -m pip --version >>"$LOGS/venv.log" 2>&1 || { STATUS="failed (no pip in the venv)"; rm -rf "$VENV"; }
+    fi
+    add_row "venv" host "$STATUS" "$ELAPSED" "$( [ "$STATUS" = ok ] && echo "created $VENV from $(command -v "$BASE_PY") ($($BASE_PY --version 2>&1))$( [ -f "$VENV"/lib/*/site-packages/_gpu_check_base.pth ] && echo ", with that venv's packages")" || last_line venv.log)" "logs/venv.log"
     if [ "$STATUS" != ok ]; then
         VPY=$(command -v "$BASE_PY")  # without a venv, the machine's own python is all there is
     fi
@@ -174,18 +212,25 @@ HAVE=$(timeout 60 "$VPY" -c 'import torch; print(torch.__version__, "cuda availa
 if [ -n "$HAVE" ]; then
     add_row "install torch" host "skipped" 0 "skipped: the environment has torch $HAVE" ""
 else
-    run_step "install torch" host 240 install_torch.log "'$VPY' -m pip install --progress-bar off ${PIP_EXTRA[*]} torch==2.13.0"
+    run_step "install torch" host 240 install_torch.log "'$VPY' -m pip install ${PIP_EXTRA[*]} torch==2.13.0"
     add_row "install torch" host "$STATUS" "$ELAPSED" "${RESULT:-$(last_line install_torch.log)}" "logs/install_torch.log"
 fi
 
 # The project (editable, from this checkout) and what the CUDA tests import (pytest); not the
 # [test] extra's Ray/Slurm/Optuna/Selenium.
-if timeout 60 "$VPY" -c "import sys, pytest, runner; sys.exit(not runner.__file__.startswith('$REPO/'))" 2>/dev/null; then
+# Asked from / : "python -c" in the checkout would import runner/ from the working directory.
+if (cd / && timeout 60 "$VPY" -c "import sys, pytest, hydra, runner; sys.exit(not runner.__file__.startswith('$REPO/'))") >/dev/null 2>&1; then
     add_row "install project" host "skipped" 0 "skipped: the environment has the project from this checkout, and pytest" ""
 else
     run_step "install project" host 180 install_project.log \
-        "'$VPY' -m pip install --progress-bar off ${PIP_EXTRA[*]} -e . pytest || { echo '--- again without build isolation (no registry for setuptools?)'; '$VPY' -m pip install --progress-bar off ${PIP_EXTRA[*]} --no-build-isolation -e . pytest; }"
+        "'$VPY' -m pip install ${PIP_EXTRA[*]} -e . pytest || { echo '--- again without build isolation (no index for setuptools?)'; '$VPY' -m pip install ${PIP_EXTRA[*]} --no-build-isolation -e . pytest; }"
     add_row "install project" host "$STATUS" "$ELAPSED" "${RESULT:-$(last_line install_project.log)}" "logs/install_project.log"
+fi
+
+# tests/test_ddp.py starts the torchrun beside sys.executable: a torch shared from the base venv
+# brought none into this one.
+if [ -d "$VENV/bin" ] && [ ! -e "$VENV/bin/torchrun" ] && [ "$VPY" = "$VENV/bin/python" ]; then
+    printf '#!/bin/sh\nexec "%s" -m torch.distributed.run "$@"\n' "$VPY" >"$VENV/bin/torchrun" && chmod +x "$VENV/bin/torchrun"
 fi
 
 # ------------------------------------------------------------------ 3. can torch see the GPU?
@@ -199,11 +244,11 @@ if [ -z "$SKIP_REASON" ] && ! grep -q 'cuda available True' <<<"$TORCH_LINE"; th
     # The GPU is there but this torch cannot use it (a CPU wheel, or none): try a CUDA build of
     # the same version among those the reachable index lists (pip has no --index-url here).
     echo "torch in the venv: $TORCH_LINE" >"$LOGS/torch_cuda_build.log"
-    CANDIDATES=$(timeout 60 "$VPY" -m pip index versions torch 2>>"$LOGS/torch_cuda_build.log" | grep -o '2\.13\.0+cu[0-9]*' | sort -u -t u -k2 -n -r | head -n 2)
+    CANDIDATES=$(timeout 60 "$VPY" -m pip index versions torch --timeout 5 --retries 0 2>>"$LOGS/torch_cuda_build.log" | grep -o '2\.13\.0+cu[0-9]*' | sort -u -t u -k2 -n -r | head -n 2)
     echo "CUDA builds of 2.13.0 the index lists: ${CANDIDATES:-none}" >>"$LOGS/torch_cuda_build.log"
     if [ -n "$CANDIDATES" ]; then
         for candidate in $CANDIDATES; do
-            run_step "torch CUDA build" host 240 torch_cuda_build_try.log "'$VPY' -m pip install --progress-bar off ${PIP_EXTRA[*]} 'torch==$candidate'"
+            run_step "torch CUDA build" host 240 torch_cuda_build_try.log "'$VPY' -m pip install ${PIP_EXTRA[*]} 'torch==$candidate'"
             cat "$LOGS/torch_cuda_build_try.log" >>"$LOGS/torch_cuda_build.log"
             TORCH_LINE=$(probe_torch)
             grep -q 'cuda available True' <<<"$TORCH_LINE" && break
@@ -228,36 +273,37 @@ PY="'$VPY'"
 TORCHRUN="$PY -m torch.distributed.run"  # torchrun, from the venv's torch
 CUDA_TESTS="tests/test_cuda.py tests/test_instruments_cuda.py tests/test_ddp.py"
 step_pytest=("pytest -m cuda (CUDA tests, sync-debug, cuda_graph = eager, NCCL torchrun)" pytest 200
-    "$PY -m pytest -m cuda $CUDA_TESTS -q -rs -p no:cacheprovider --junitxml='$LOGS/pytest_cuda.xml'"
-    "$PY -m pytest -m cuda $CUDA_TESTS -q -p no:cacheprovider --collect-only"
+    "$PY -m pytest -m cuda $CUDA_TESTS -q -rs --junitxml='$LOGS/pytest_cuda.xml'"
+    "$PY -m pytest -m cuda $CUDA_TESTS -q --collect-only"
     "")
 step_torchrun=("torchrun, 1 process on 1 GPU (nccl)" torchrun 90
     "$TORCHRUN --standalone --nproc_per_node=1 -m runner dataset=iris epochs=2 batch_size=25 micro_batch_size=4 device=cuda progress=false hydra.run.dir='$WORK/torchrun' && ls '$WORK/torchrun'/summary.json"
     "$TORCHRUN --standalone --nproc_per_node=1 -m runner dataset=iris epochs=1 device=cpu progress=false hydra.run.dir='$WORK/torchrun_cpu' && ls '$WORK/torchrun_cpu'/summary.json"
     "")
 step_startup=("first update latency (fresh process, eager and cuda_graph)" startup 100
-    "$PY bench/startup.py --device cuda --quick --rounds 3 --out '$OUT/startup.md'"
-    "$PY bench/startup.py --device cpu --quick --rounds 1 --out '$OUT/startup.md'"
+    "$PY bench/startup.py --device cuda --quick --rounds 3 --out '$SECTIONS_DIR/startup.md'"
+    "$PY bench/startup.py --device cpu --quick --rounds 1 --out '$SECTIONS_DIR/startup.md'"
     startup.md)
 step_memory=("BGD peak memory against the runner's estimate (with and without micro_batch_size)" memory 100
-    "$PY bench/bgd_memory.py --device cuda --out '$OUT/bgd_memory.md'"
-    "$PY bench/bgd_memory.py --device cpu --max-rows 1e5 --out '$OUT/bgd_memory.md'"
+    "$PY bench/bgd_memory.py --device cuda --out '$SECTIONS_DIR/bgd_memory.md'"
+    "$PY bench/bgd_memory.py --device cpu --max-rows 1e5 --out '$SECTIONS_DIR/bgd_memory.md'"
     bgd_memory.md)
 step_loop=("µs per iteration, one run, batch 1/32/full, eager and cuda_graph" loop 150
-    "$PY bench/loop_overhead.py --device cuda --quick --out '$OUT/loop_overhead.md'"
-    "$PY bench/loop_overhead.py --device cpu --batches 32 --epochs 32=1 --rounds 1 --out '$OUT/loop_overhead.md'"
+    "$PY bench/loop_overhead.py --device cuda --quick --out '$SECTIONS_DIR/loop_overhead.md'"
+    "$PY bench/loop_overhead.py --device cpu --batches 32 --epochs 32=1 --rounds 1 --out '$SECTIONS_DIR/loop_overhead.md'"
     loop_overhead.md)
 step_fused=("fused group K = 8, 64, 256 against the basic launcher (runs/s)" fused 150
-    "$PY bench/fused_sweep.py --device cuda --ks 8 64 256 --batch-sizes 1 32 --iterations 100 --rounds 1 >'$OUT/fused_sweep.md'"
-    "$PY bench/fused_sweep.py --device cpu --ks 2 --batch-sizes 32 --iterations 5 --rounds 1 >'$OUT/fused_sweep.md'"
+    "$PY bench/fused_sweep.py --device cuda --ks 8 64 256 --batch-sizes 1 32 --iterations 100 --rounds 1 >'$SECTIONS_DIR/fused_sweep.md'"
+    "$PY bench/fused_sweep.py --device cpu --ks 2 --batch-sizes 32 --iterations 5 --rounds 1 >'$SECTIONS_DIR/fused_sweep.md'"
     fused_sweep.md)
 
 summary_of() {  # what the result cell says about a finished step: key, log, Markdown section
     local key=$1 log=$2
     case $key in
-        pytest) grep -E '[0-9]+ (passed|failed|error|skipped|deselected|tests? collected)' "$LOGS/$log" | tail -n 1 ;;
+        pytest) local counts; counts=$(grep -E '[0-9]+ (passed|failed|errors?|skipped|deselected|tests? collected)' "$LOGS/$log" | tail -n 1)
+                echo "${counts:-$(last_line "$log")}" ;;
         torchrun) if [ "$STATUS" = ok ]; then echo "the run finished and wrote summary.json; backend its log names: $(grep -oiE 'nccl|gloo' "$LOGS/$log" | sort -u | tr '\n' ' ')"; else last_line "$log"; fi ;;
-        *) if [ "$STATUS" = ok ] && [ -s "$OUT/$3" ]; then echo "table below ($3)"; else last_line "$log"; fi ;;
+        *) if [ "$STATUS" = ok ] && [ -s "$SECTIONS_DIR/$3" ]; then echo "table below ($3)"; else last_line "$log"; fi ;;
     esac
 }
 
@@ -265,7 +311,7 @@ for key in pytest torchrun startup memory loop fused; do
     unset -n step 2>/dev/null
     declare -n step="step_$key"
     name=${step[0]} limit=${step[2]} gpu_cmd=${step[3]} cpu_cmd=${step[4]} section=${step[5]}
-    [ -n "$section" ] && rm -f "$OUT/$section"
+    [ -n "$section" ] && rm -f "$SECTIONS_DIR/$section"
     if [ -n "$SKIP_REASON" ]; then
         add_row "$name" cuda "skipped" 0 "skipped: $SKIP_REASON" ""
         run_step "$name" cpu 150 "${key}_cpu.log" "$cpu_cmd"
@@ -283,6 +329,7 @@ for key in pytest torchrun startup memory loop fused; do
     fi
 done
 
+write_table
 rm -rf "$WORK"
 echo "GPU check done in $((SECONDS - START)) s: $OUT/gpu_results.md"
 cat "$OUT/gpu_results.md"

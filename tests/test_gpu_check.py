@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ CUDA_STEPS = [
     "fused group K = 8, 64, 256 against the basic launcher (runs/s)",
 ]
 REASON = "GPU_CHECK_SKIP_CUDA=1 (CUDA steps skipped on request)"
-SECTIONS = {  # Markdown file under $OUT -> the heading the benchmark writes
+SECTIONS = {  # Markdown file under sections/ in logs.tar.gz -> the heading the benchmark writes
     "startup.md": "## Start-up: seconds to the first update",
     "bgd_memory.md": "## BGD peak memory on cpu: measured against the runner's estimate",
     "loop_overhead.md": "## Loop overhead: the runner against a bare torch loop",
@@ -50,7 +51,10 @@ def skipped_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
         "GPU_CHECK_VENV": str(Path(sys.executable).parents[1]),
     }
     done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    return done, out
+    unpacked = tmp_path_factory.mktemp("gpu_logs")
+    with tarfile.open(out / "logs.tar.gz") as archive:
+        archive.extractall(unpacked, filter="data")
+    return done, out, unpacked
 
 
 def table(markdown: str) -> list[dict[str, str]]:
@@ -63,14 +67,17 @@ def table(markdown: str) -> list[dict[str, str]]:
 
 
 def test_every_cuda_step_is_skipped_with_its_reason_and_its_cpu_plumbing_passes(skipped_run):
-    done, out = skipped_run
+    done, out, logs = skipped_run
     assert done.returncode == 0, done.stderr[-3000:]
+    # Two files, so that the device tool (at most 8 files back) returns all of it.
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_results.md", "logs.tar.gz"]
     markdown = (out / "gpu_results.md").read_text()
     # The benchmarks' own tables follow the step table; the step table comes first.
     rows = table(_step_table(markdown))
     steps = [row["step"] for row in rows]
     assert steps == [
-        "machine", "venv", "install torch", "install project", "torch sees the GPU",
+        "machine", *(["wheels"] if (REPO / ".whl").is_dir() else []),  # bench/gpu_wheels.sh's folder, when filled
+        "venv", "install torch", "install project", "torch sees the GPU",
         *[s for name in CUDA_STEPS[1:] for s in (name, f"{name} (CPU plumbing, tiny)")],
     ]
     cuda = [row for row in rows if row["device"] == "cuda"]
@@ -80,8 +87,8 @@ def test_every_cuda_step_is_skipped_with_its_reason_and_its_cpu_plumbing_passes(
     plumbing = [row for row in rows if row["device"] == "cpu"]
     assert len(plumbing) == len(CUDA_STEPS) - 1
     for row in plumbing:
-        assert row["status"] == "ok", (row, (out / row["log"]).read_text()[-3000:])
-        assert int(row["seconds"]) >= 0 and (out / row["log"]).is_file()
+        assert row["status"] == "ok", (row, (logs / row["log"]).read_text()[-3000:])
+        assert int(row["seconds"]) >= 0 and (logs / row["log"]).is_file()
     by_step = {row["step"]: row for row in rows}
     assert by_step["machine"]["status"] == "ok" and "system torch" in by_step["machine"]["result"]
     assert by_step["venv"]["result"] == f"reused {Path(sys.executable).parents[1]} (Python {sys.version.split()[0]})"
@@ -89,17 +96,17 @@ def test_every_cuda_step_is_skipped_with_its_reason_and_its_cpu_plumbing_passes(
     assert by_step["install project"]["result"] == "skipped: the environment has the project from this checkout, and pytest"
     assert re.search(r"\d+ tests? collected", by_step[f"{CUDA_STEPS[1]} (CPU plumbing, tiny)"]["result"])
     assert f"CUDA steps skipped: {REASON}" in markdown
-    assert (out / "logs" / "machine.txt").read_text().count("## ") >= 8
+    assert (logs / "logs" / "machine.txt").read_text().count("## ") >= 9
 
 
 def test_each_benchmark_table_is_written_and_appended(skipped_run):
-    _, out = skipped_run
+    _, out, logs = skipped_run
     markdown = (out / "gpu_results.md").read_text()
     for name, heading in SECTIONS.items():
-        text = (out / name).read_text()
+        text = (logs / "sections" / name).read_text()
         assert heading in text, name
         assert text.strip() in markdown, name
-    bgd = [line for line in (out / "bgd_memory.md").read_text().splitlines() if line.startswith("| 80000 |")]
+    bgd = [line for line in (logs / "sections" / "bgd_memory.md").read_text().splitlines() if line.startswith("| 80000 |")]
     assert [line.split("|")[2].strip() for line in bgd] == ["null", "65536"]
     assert all(line.split("|")[5].strip() == "—" for line in bgd)  # the CPU keeps no peak: not invented
 
