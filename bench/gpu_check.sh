@@ -222,7 +222,7 @@ fi
 if (cd / && timeout 60 "$VPY" -c "import sys, pytest, hydra, runner; sys.exit(not runner.__file__.startswith('$REPO/'))") >/dev/null 2>&1; then
     add_row "install project" host "skipped" 0 "skipped: the environment has the project from this checkout, and pytest" ""
 else
-    run_step "install project" host 180 install_project.log \
+    run_step "install project" host 300 install_project.log \
         "'$VPY' -m pip install ${PIP_EXTRA[*]} -e . pytest || { echo '--- again without build isolation (no index for setuptools?)'; '$VPY' -m pip install ${PIP_EXTRA[*]} --no-build-isolation -e . pytest; }"
     add_row "install project" host "$STATUS" "$ELAPSED" "${RESULT:-$(last_line install_project.log)}" "logs/install_project.log"
 fi
@@ -293,7 +293,7 @@ step_loop=("µs per iteration, one run, batch 1/32/full, eager and cuda_graph" l
     "$PY bench/loop_overhead.py --device cpu --batches 32 --epochs 32=1 --rounds 1 --out '$SECTIONS_DIR/loop_overhead.md'"
     loop_overhead.md)
 step_fused=("fused group K = 8, 64, 256 against the basic launcher (runs/s)" fused 150
-    "$PY bench/fused_sweep.py --device cuda --ks 8 64 256 --batch-sizes 1 32 --iterations 100 --rounds 1 >'$SECTIONS_DIR/fused_sweep.md'"
+    "$PY bench/fused_sweep.py --device cuda --ks 8 64 256 --batch-sizes 1 --iterations 100 --rounds 1 >'$SECTIONS_DIR/fused_sweep.md'"
     "$PY bench/fused_sweep.py --device cpu --ks 2 --batch-sizes 32 --iterations 5 --rounds 1 >'$SECTIONS_DIR/fused_sweep.md'"
     fused_sweep.md)
 
@@ -314,7 +314,7 @@ for key in pytest torchrun startup memory loop fused; do
     [ -n "$section" ] && rm -f "$SECTIONS_DIR/$section"
     if [ -n "$SKIP_REASON" ]; then
         add_row "$name" cuda "skipped" 0 "skipped: $SKIP_REASON" ""
-        run_step "$name" cpu 150 "${key}_cpu.log" "$cpu_cmd"
+        run_step "$name" cpu 240 "${key}_cpu.log" "$cpu_cmd"
         add_row "$name (CPU plumbing, tiny)" cpu "$STATUS" "$ELAPSED" "${RESULT:-$(summary_of "$key" "${key}_cpu.log" "$section")}" "logs/${key}_cpu.log"
     elif [[ ",$STEPS," != *",$key,"* ]]; then
         add_row "$name" cuda "skipped" 0 "skipped: not in GPU_CHECK_STEPS=$STEPS" ""
