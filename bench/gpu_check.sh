@@ -76,7 +76,7 @@ write_table() {
             echo "CUDA steps skipped: $SKIP_REASON"
         fi
         echo
-        echo "Logs: \\`logs.tar.gz\\` beside this file (\\`tar -xzf logs.tar.gz\\`: logs/, and the benchmarks' Markdown in sections/)."
+        echo 'Logs: `logs.tar.gz` beside this file (`tar -xzf logs.tar.gz`: logs/, and the Markdown of each benchmark in sections/).'
         echo
         echo "| step | device | status | seconds | result | log |"
         echo "|---|---|---|---:|---|---|"
@@ -195,7 +195,13 @@ else
     # --system-site-packages: a torch the machine already has (with its CUDA) stays usable.
     # Without ensurepip (Debian's python3 without python3-venv), a venv without pip of its own
     # still runs pip: the base venv's, through the .pth file below.
-    run_step "venv" host 90 venv.log "'$BASE_PY' -m venv --system-site-packages '$VENV' || { echo '--- again without pip'; rm -rf '$VENV'; '$BASE_PY' -m venv --without-pip --system-site-packages '$VENV'; }"
+    # From a base that is a venv, no pip or setuptools of the new venv's own: they would shadow the
+    # base's (an older setuptools than its torch needs, on python 3.11).
+    if "$BASE_PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null; then
+        run_step "venv" host 90 venv.log "'$BASE_PY' -m venv --without-pip --system-site-packages '$VENV'"
+    else
+        run_step "venv" host 90 venv.log "'$BASE_PY' -m venv --system-site-packages '$VENV' || { echo '--- again without pip'; rm -rf '$VENV'; '$BASE_PY' -m venv --without-pip --system-site-packages '$VENV'; }"
+    fi
     if [ "$STATUS" = ok ]; then
         share_base_packages "$BASE_PY"
         "$VPY" -m pip --version >>"$LOGS/venv.log" 2>&1 || { STATUS="failed (no pip in the venv)"; rm -rf "$VENV"; }
@@ -222,8 +228,18 @@ fi
 if (cd / && timeout 60 "$VPY" -c "import sys, pytest, hydra, runner; sys.exit(not runner.__file__.startswith('$REPO/'))") >/dev/null 2>&1; then
     add_row "install project" host "skipped" 0 "skipped: the environment has the project from this checkout, and pytest" ""
 else
+    # Last resort, where no build backend will do (no index for setuptools>=68 and an older one
+    # in the venv): the dependencies from pyproject.toml, and the checkout on sys.path through a
+    # .pth file, which is what an editable install amounts to for this pure-Python package.
+    cat >"$WORK/install_as_path.sh" <<INSTALL
+set -e
+deps=\$('$VPY' -c 'import tomllib; print(" ".join(repr(d) for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
+eval "'$VPY' -m pip install ${PIP_EXTRA[*]} \$deps pytest"
+echo '$REPO' >"\$('$VPY' -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_hparam_runner_checkout.pth"
+echo "installed the dependencies; the checkout $REPO is on sys.path through a .pth file (no package metadata)"
+INSTALL
     run_step "install project" host 300 install_project.log \
-        "'$VPY' -m pip install ${PIP_EXTRA[*]} -e . pytest || { echo '--- again without build isolation (no index for setuptools?)'; '$VPY' -m pip install ${PIP_EXTRA[*]} --no-build-isolation -e . pytest; }"
+        "'$VPY' -m pip install ${PIP_EXTRA[*]} -e . pytest || { echo '--- again without build isolation (no index for setuptools?)'; '$VPY' -m pip install ${PIP_EXTRA[*]} --no-build-isolation -e . pytest; } || { echo '--- the dependencies, and the checkout through a .pth file'; bash '$WORK/install_as_path.sh'; }"
     add_row "install project" host "$STATUS" "$ELAPSED" "${RESULT:-$(last_line install_project.log)}" "logs/install_project.log"
 fi
 
