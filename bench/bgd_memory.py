@@ -29,9 +29,17 @@ A third kind of child checks that the micro-batched update equals the one-shot u
 initial weights, one step each, max |difference| of the weights (float64 up to 10^6 rows,
 float32 above).
 
+``--device cuda`` measures the runner itself on a GPU instead: a run built by ``build_run``
+(``dataset=linreg dataset.d=10 model=linear loss=mse batch_size=full``, with
+``micro_batch_size=65536`` and without), two epochs through ``train_one_epoch`` as ``fit``
+runs them; the peak is ``torch.cuda.max_memory_allocated()`` (reset once the data and the model
+are on the device) minus what was allocated then, set against the runner's own estimate
+(``Run.memory_estimate``, from ``runner/memory.py``). ``--device cpu`` runs the same code with
+the estimate only (torch keeps no peak for host memory), to check the script.
+
 Usage::
 
-    .venv/bin/python bench/bgd_memory.py [--max-rows 1000000] [--out FILE]
+    .venv/bin/python bench/bgd_memory.py [--max-rows 1000000] [--device cuda] [--out FILE]
 """
 
 from __future__ import annotations
@@ -173,6 +181,89 @@ def child(n: int, mode: str, dtype_name: str) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- the runner on a device
+def device_measurement(n: int, micro: int | None, device: str) -> dict:
+    """Peak device memory of two BGD epochs of the runner's own run, against its estimate."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import runner.schema  # noqa: F401  (registers the schemas)
+    from runner.cli import CONF_DIR
+    from runner.loop import epoch_order, train_one_epoch
+    from runner.memory import release_device_memory
+    from runner.progress import NoProgress
+    from runner.train import build_run
+
+    overrides = [
+        "dataset=linreg", f"dataset.n={n}", f"dataset.d={FEATURES}", "model=linear", "loss=mse", "batch_size=full",
+        f"epochs={UPDATES}", f"optimizer.lr={LR}", f"micro_batch_size={micro if micro else 'null'}", f"device={device}",
+        "progress=false", "output_dir=unused",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        run = build_run(compose("config", overrides=overrides))
+    cuda = run.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if cuda else 0
+    t0 = time.perf_counter()
+    losses = []
+    for _ in range(UPDATES):  # one update per epoch, as fit runs it
+        order = epoch_order(run.order_generator, len(run.train), run.cfg.shuffle, run.device)
+        source = run.train.source(order, run.bounded_memory)
+        losses.append(train_one_epoch(run.step, run.optimizer, run.iteration_scheduler, source, run.slices, NoProgress()).losses)
+        del source, order
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / UPDATES
+    peak = torch.cuda.max_memory_allocated() - before if cuda else None
+    result = {
+        "rows": len(run.train),
+        "micro": micro,
+        "data_mb": (run.train.X.nbytes + run.train.Y.nbytes) / MB,
+        "estimate_mb": run.memory_estimate / MB,
+        "peak_mb": None if peak is None else peak / MB,
+        "seconds_per_update": seconds,
+        "finite": bool(torch.isfinite(torch.cat(losses)).all()),
+    }
+    del run
+    release_device_memory()
+    return result
+
+
+def device_table(max_rows: float, device: str, command: str) -> str:
+    import torch
+
+    started = time.perf_counter()
+    results = [device_measurement(n, micro, device) for n in (10**5, 10**6, 10**7) if n <= max_rows for micro in (None, MICRO_BATCH)]
+    gpu = f"{torch.cuda.get_device_name()}, torch CUDA {torch.version.cuda}" if device == "cuda" else "none (CPU: no peak is measured)"
+    out = [
+        f"## BGD peak memory on {device}: measured against the runner's estimate",
+        "",
+        f"- Machine: {platform.platform()}; CPU: {cpu_model()}; GPU: {gpu}",
+        f"- Versions: python {platform.python_version()}, torch {torch.__version__}; runner code: {code_version()}",
+        f"- Command: `{command}` (total {time.perf_counter() - started:.0f} s)",
+        f"- Each row: `build_run` of `dataset=linreg dataset.d={FEATURES} model=linear loss=mse batch_size=full` "
+        f"(20 % of the rows held out), {UPDATES} epochs of one update through `train_one_epoch`; peak = "
+        "`torch.cuda.max_memory_allocated()` minus the memory allocated once the data and the model were on the "
+        "device; estimate = `Run.memory_estimate` (runner/memory.py: activations × 3, parameters × 4, the epoch's "
+        "permuted copy of the data unless micro-batched).",
+        "",
+        "| training rows | micro_batch_size | data MB | runner estimate MB | measured peak MB | peak / estimate | s/update | losses finite |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        peak = "—" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
+        ratio = "—" if r["peak_mb"] is None else f"{r['peak_mb'] / r['estimate_mb']:.2f}"
+        out.append(
+            f"| {r['rows']} | {r['micro'] or 'null'} | {r['data_mb']:.1f} | {r['estimate_mb']:.1f} | {peak} | {ratio} | "
+            f"{r['seconds_per_update']:.4f} | {r['finite']} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 # --------------------------------------------------------------------------- parent side
 def run_child(n: int, mode: str, dtype: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), mode, dtype]
@@ -185,6 +276,7 @@ def run_child(n: int, mode: str, dtype: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-rows", type=float, default=1e7, help="largest row count (default 1e7)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="measure the runner's own run on this device against its estimate")
     parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
     parser.add_argument("--child", nargs=3, metavar=("N", "MODE", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,6 +289,14 @@ def main() -> None:
     import torch
 
     command = " ".join(shlex.quote(a) for a in [python_for_display(), "bench/bgd_memory.py", *sys.argv[1:]])
+    if args.device:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: torch.cuda.is_available() is False here")
+        markdown = device_table(args.max_rows, args.device, command)
+        print(markdown)
+        if args.out:
+            args.out.write_text(markdown)
+        return
     sizes = [n for n in (10**5, 10**6, 10**7) if n <= args.max_rows]
     started = time.perf_counter()
     rows = []

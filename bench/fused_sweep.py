@@ -23,7 +23,10 @@ Both write what their launcher writes for a job (checkpoints included), into fre
 
 Usage::
 
-    .venv/bin/python bench/fused_sweep.py [--quick] [--ks 1 8 32] [--batch-sizes 1 32] [--rounds 3]
+    .venv/bin/python bench/fused_sweep.py [--quick] [--ks 1 8 32] [--batch-sizes 1 32] [--rounds 3] [--iterations N] [--device cuda]
+
+``--device cuda`` trains every run on the GPU (each timed variant ends with
+``torch.cuda.synchronize()``); ``--iterations N`` caps each run at N updates (``budget=updates``).
 
 Prints a ready markdown table (and the machine/versions block) for ``docs/benchmarks.md``.
 """
@@ -54,8 +57,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import code_version, cpu_model, python_for_display, version  # noqa: E402
 
 
+DEVICE = "cpu"  # --device
+
+
+def synchronize() -> None:
+    """Wait for the kernels a GPU variant queued, so that they count in its time."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def build(seed: int, batch_size: int, iterations: int | None, out: Path):
-    overrides = ["progress=false", "device=cpu", "epochs=1", "optimizer.lr=0.01", f"batch_size={batch_size}", f"seed={seed}", f"output_dir={out}"]
+    overrides = ["progress=false", f"device={DEVICE}", "epochs=1", "optimizer.lr=0.01", f"batch_size={batch_size}", f"seed={seed}", f"output_dir={out}"]
     if iterations is not None:
         overrides += ["budget=updates", f"budget_amount={iterations}"]
     GlobalHydra.instance().clear()
@@ -68,6 +80,7 @@ def basic(k: int, batch_size: int, iterations: int | None, root: Path) -> float:
     started = time.perf_counter()
     for run in runs:
         train(run.cfg, run)
+    synchronize()
     return time.perf_counter() - started
 
 
@@ -82,6 +95,7 @@ def fused(k: int, batch_size: int, iterations: int | None, root: Path) -> float:
             for seed, run in enumerate(runs)
         ]
         train_group(members)
+    synchronize()
     return time.perf_counter() - started
 
 
@@ -91,8 +105,14 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="200 iterations per run instead of a whole epoch, 1 round (checks the script runs)")
+    parser.add_argument("--iterations", type=int, help="updates per run instead of a whole epoch (--quick: 200)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the runs train (default cpu)")
     args = parser.parse_args()
-    iterations = 200 if args.quick else None
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch.cuda.is_available() is False here")
+    iterations = args.iterations or (200 if args.quick else None)
     rounds = 1 if args.quick else args.rounds
     variants = {"basic": basic, "fused": fused}
     cells = [(k, b) for b in args.batch_sizes for k in args.ks]
@@ -109,11 +129,12 @@ def main() -> None:
                     print(f"round {round_} K={k} batch {b} {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
     iters = {b: build(0, b, iterations, Path(tempfile.gettempdir()) / "unused").plan.total_iterations for b in args.batch_sizes}
 
-    print(f"Machine: {cpu_model()}, {torch.get_num_threads()} torch threads; Python {sys.version.split()[0]}, "
-          f"torch {version('torch')}, hydra-core {version('hydra-core')}; {code_version()}.")
+    gpu = f"; GPU {torch.cuda.get_device_name()}, torch CUDA {torch.version.cuda}" if DEVICE == "cuda" else ""
+    print(f"Machine: {cpu_model()}, {torch.get_num_threads()} torch threads{gpu}; Python {sys.version.split()[0]}, "
+          f"torch {version('torch')}, hydra-core {version('hydra-core')}; {code_version()}; device {DEVICE}.")
     print(f"Command: `{python_for_display()} bench/fused_sweep.py {shlex.join(sys.argv[1:])}`".rstrip() + "; "
           f"median of {rounds} interleaved round{'s' if rounds > 1 else ''}; "
-          f"{'200 iterations' if args.quick else 'one epoch'} per run.\n")
+          f"{f'{iterations} iterations' if iterations else 'one epoch'} per run.\n")
     print("| K runs | batch size | iterations per run | basic: runs/s | fused: runs/s | speed-up | basic: µs per run-iteration | fused: µs per run-iteration |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, b in cells:

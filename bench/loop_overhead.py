@@ -35,9 +35,14 @@ run's event file; free of the start-up spread the difference carries).
 a time, at batch sizes 1 and 32, to show where any overhead goes, plus "what-if" rows that
 run ``runner_loop`` with a change the runner does not make (to size a fix).
 
+``--device cuda`` times the loop on a GPU (every timed body ends with
+``torch.cuda.synchronize()``, so queued kernels count): ``bare``, ``runner_loop``, ``runner_fit``
+and ``runner_fit_cuda_graph`` (the whole ``fit`` with ``cuda_graph=true``: the update captured
+once and replayed); the DataLoader, SummaryWriter and Lightning variants are CPU-only here.
+
 Usage::
 
-    .venv/bin/python bench/loop_overhead.py [--quick] [--dissect] [--cli] [--out FILE]
+    .venv/bin/python bench/loop_overhead.py [--quick] [--dissect] [--cli] [--device cuda] [--out FILE]
 """
 
 from __future__ import annotations
@@ -93,6 +98,9 @@ QUICK_EPOCHS = {"1": 1, "32": 10, "full": 50}
 BUFFER_POINTS = 1024
 TAG = "loss/train_iter"
 
+# Where every variant runs (--device); the CPU unless asked.
+DEVICE = torch.device("cpu")
+
 # A measurement: set up untimed, return (timed body, untimed check/clean-up).
 Body = Callable[[], None]
 Variant = Callable[[int, int, Path], "tuple[Body, Callable[[], None]]"]
@@ -103,7 +111,7 @@ def compose_cfg(overrides: list[str], output_dir: Path) -> object:
     """The config ``python -m runner <overrides>`` would run (as tests/conftest.py builds it)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=["progress=false", "device=cpu", *overrides, f"output_dir={output_dir}"])
+        cfg = compose("config", overrides=["progress=false", f"device={DEVICE.type}", *overrides, f"output_dir={output_dir}"])
     GlobalHydra.instance().clear()
     return cfg
 
@@ -113,6 +121,7 @@ class Setting:
 
     def __init__(self, batch: str, epochs: int, root: Path):
         self.cfg = compose_cfg([f"batch_size={batch}", f"epochs={epochs}"], root / "unused")
+        self.graph_cfg = compose_cfg([f"batch_size={batch}", f"epochs={epochs}", "cuda_graph=true"], root / "unused") if DEVICE.type == "cuda" else None
         run = build_run(self.cfg)
         self.epochs = epochs
         self.batch_size = run.batch_size
@@ -131,7 +140,7 @@ class Setting:
         self.val_n = len(run.val) if run.val is not None else 0
 
     def plain_model(self) -> nn.Sequential:
-        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).to(DEVICE)
         model[0].load_state_dict({k[2:]: v for k, v in self.init.items() if k.startswith("1.")})
         model[2].load_state_dict({k[2:]: v for k, v in self.init.items() if k.startswith("3.")})
         return model
@@ -174,7 +183,7 @@ def manual_loop(
     def body() -> None:
         step = 0
         for _ in range(epochs):
-            order = torch.randperm(n, generator=generator)
+            order = torch.randperm(n, generator=generator).to(DEVICE)
             X, y = data[order], labels[order]
             losses, norms = [], []
             for rows in slices:
@@ -316,8 +325,8 @@ def runner_loop(s: Setting, logdir: Path):
     return runner_epochs(s, logdir)
 
 
-def runner_fit(s: Setting, logdir: Path):
-    run = build_run(s.cfg)
+def runner_fit(s: Setting, logdir: Path, graph: bool = False):
+    run = build_run(s.graph_cfg if graph else s.cfg)
     logger = TensorBoardLogger(logdir)
     summary: dict = {}
 
@@ -330,6 +339,10 @@ def runner_fit(s: Setting, logdir: Path):
         check_event_file(logdir, s.iterations)
 
     return body, check
+
+
+def runner_fit_cuda_graph(s: Setting, logdir: Path):
+    return runner_fit(s, logdir, graph=True)
 
 
 def lightning_variant(s: Setting, logdir: Path):  # pragma: no cover - Lightning is optional
@@ -426,7 +439,7 @@ def same_work(s: Setting, root: Path) -> float:
     """
     model, generator = s.plain_model(), torch.Generator().manual_seed(s.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=s.lr)
-    order = torch.randperm(s.n, generator=generator)
+    order = torch.randperm(s.n, generator=generator).to(DEVICE)
     X, y = s.X[order], s.labels[order]
     bare_losses = []
     for rows in s.slices():
@@ -457,6 +470,12 @@ RETRIES = 3
 RETRY_BUDGET = 30  # repeats in all, so a machine that stays busy cannot stretch a run without end
 FOREIGN: list[float] = []
 RETRIED = {"count": 0}
+
+
+def synchronize() -> None:
+    """Wait for the kernels a GPU body queued, so that they count in its time (no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def busy_cpu_seconds() -> float:
@@ -499,6 +518,7 @@ def measure(
                 busy0, own0 = busy_cpu_seconds(), own_cpu_seconds()
                 t0 = time.perf_counter()
                 body()
+                synchronize()
                 elapsed = time.perf_counter() - t0
                 foreign = max(0.0, (busy_cpu_seconds() - busy0) - (own_cpu_seconds() - own0)) / elapsed
                 check()
@@ -606,6 +626,7 @@ def header(command: str, load_start: tuple[float, ...]) -> list[str]:
         f"torch intra-op threads {torch.get_num_threads()} (default, not set), inter-op threads {torch.get_num_interop_threads()}",
         f"- Versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"tensorboard {version('tensorboard')}, lightning {version('lightning')}",
+        *gpu_line(),
         f"- Command: `{command}`; runner code: {code_version()}",
         f"- Load average (1/5/15 min) at start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, "
         f"at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}; CPU used by other processes during the "
@@ -613,6 +634,14 @@ def header(command: str, load_start: tuple[float, ...]) -> list[str]:
         f"max {max(FOREIGN) if FOREIGN else math.nan:.3f}; {RETRIED['count']} runs repeated because others used "
         f"> {FOREIGN_LIMIT} of a core",
     ]
+
+
+def gpu_line() -> list[str]:
+    """The GPU, driver-side CUDA and torch's CUDA build, when the loop ran on one."""
+    if DEVICE.type != "cuda":
+        return []
+    props = torch.cuda.get_device_properties(DEVICE)
+    return [f"- Device: {props.name}, {props.total_memory / 2**30:.0f} GiB; torch CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"]
 
 
 def table(results, settings, variants, bare_name: str) -> list[str]:
@@ -649,8 +678,15 @@ def main() -> None:
         "--cli", action="store_true", help="also time the whole command line per extra epoch, in fresh processes"
     )
     parser.add_argument("--cli-rounds", type=int, help="rounds of the command-line timing (default 5, --quick 2)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loops run (default cpu)")
     parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch.cuda.is_available() is False here")
+    if DEVICE.type == "cuda" and (args.dissect or args.cli):
+        parser.error("--dissect and --cli time the CPU loop only; drop them with --device cuda")
     rounds = args.rounds or (3 if args.quick else 9)
     dissect_rounds = args.dissect_rounds or (3 if args.quick else 9)
     epochs = dict(QUICK_EPOCHS if args.quick else EPOCHS)
@@ -674,6 +710,8 @@ def main() -> None:
     }
     if HAVE_LIGHTNING:
         variants["lightning"] = lightning_variant
+    if DEVICE.type == "cuda":
+        variants = {"bare": bare, "runner_loop": runner_loop, "runner_fit": runner_fit, "runner_fit_cuda_graph": runner_fit_cuda_graph}
 
     started = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="bench_loop_overhead_"))
@@ -704,7 +742,7 @@ def main() -> None:
         "",
         *header(command, load_start),
         f"- Setting: digits, {s0.n} training samples ({s0.val_n} held out for validation), MLP 64-128-10 (ReLU), "
-        f"SGD lr {s0.lr:g}, cross-entropy, CPU. {rounds} timed rounds after one warm-up round; all variants "
+        f"SGD lr {s0.lr:g}, cross-entropy, {'CPU' if DEVICE.type == 'cpu' else 'CUDA (each timed run ends with torch.cuda.synchronize())'}. {rounds} timed rounds after one warm-up round; all variants "
         "interleaved in one process, order rotated every round. µs/iter = wall time of one whole run "
         "(the epochs shown) / its iterations; ratio = median over rounds of variant / bare in the same round; "
         "ratio of minima = fastest run / fastest bare run (interference only ever slows a run down). "

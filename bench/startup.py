@@ -16,7 +16,12 @@ what the big imports cost and whether each was imported at all.
 
 Usage::
 
-    .venv/bin/python bench/startup.py [--rounds 5] [--out FILE]
+    .venv/bin/python bench/startup.py [--rounds 5] [--device cuda] [--quick] [--out FILE]
+
+``--device D`` adds ``device=D`` to every run (on ``cuda``, one more setting runs the default
+with ``cuda_graph=true``); on a GPU the first update's time is when it was issued, so it
+includes CUDA's initialisation and the first kernels' loading but not the update's own
+kernels. ``--quick`` times only the default run and skips the import table.
 """
 
 from __future__ import annotations
@@ -86,6 +91,14 @@ def import_costs(overrides: list[str], root: Path, n: int) -> dict[str, float | 
     return costs
 
 
+def gpu_name(device: str | None) -> str:
+    """The GPU the runs trained on (asked in a child, so this process never initialises CUDA)."""
+    if device != "cuda":
+        return ""
+    done = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name(), torch.version.cuda)"], capture_output=True, text=True)
+    return f"; GPU and torch CUDA: {done.stdout.strip() or 'unknown'}"
+
+
 def fmt(samples: list[float]) -> str:
     return f"{statistics.median(samples):.2f} ({min(samples):.2f}–{max(samples):.2f})"
 
@@ -93,23 +106,30 @@ def fmt(samples: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed runs per setting (default 5)")
+    parser.add_argument("--device", help="add device=DEVICE to every run (e.g. cuda)")
+    parser.add_argument("--quick", action="store_true", help="only the default run, no import table")
     parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
     args = parser.parse_args()
     load_start = os.getloadavg()
-    results: dict[str, list[dict[str, float]]] = {label: [] for label, _ in SETTINGS}
+    settings = SETTINGS[:1] if args.quick else list(SETTINGS)
+    if args.device == "cuda":
+        settings.append(("default, 1 epoch, cuda_graph=true", ["epochs=1", "cuda_graph=true"]))
+    if args.device:
+        settings = [(f"{label}, device={args.device}", [*overrides, f"device={args.device}"]) for label, overrides in settings]
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, _ in settings}
     imports = {}
     with tempfile.TemporaryDirectory(prefix="bench_startup_") as tmp:
         root = Path(tmp)
         n = 0
         for r in range(args.rounds + 1):  # round 0 warms the file cache, untimed
-            shift = r % len(SETTINGS)
-            for label, overrides in SETTINGS[shift:] + SETTINGS[:shift]:
+            shift = r % len(settings)
+            for label, overrides in settings[shift:] + settings[:shift]:
                 n += 1
                 sample = one_run(overrides, root, n)
                 if r:
                     results[label].append(sample)
             print(f"  round {r}/{args.rounds}{' (warm-up)' if r == 0 else ''} done", file=sys.stderr, flush=True)
-        for n, (label, overrides) in enumerate(SETTINGS):
+        for n, (label, overrides) in enumerate([] if args.quick else settings):
             imports[label] = import_costs(overrides, root, n)
     load_end = os.getloadavg()
 
@@ -117,7 +137,7 @@ def main() -> None:
     out = [
         "## Start-up: seconds to the first update",
         "",
-        f"- Machine: {platform.platform()}; CPU: {cpu_model()}; {os.cpu_count()} logical cores",
+        f"- Machine: {platform.platform()}; CPU: {cpu_model()}; {os.cpu_count()} logical cores{gpu_name(args.device)}",
         f"- Versions: python {platform.python_version()}, torch {version('torch')}, hydra-core {version('hydra-core')}, "
         f"scikit-learn {version('scikit-learn')}, matplotlib {version('matplotlib')}",
         f"- Command: `{cmd}`; runner code: {code_version()}",
@@ -133,7 +153,7 @@ def main() -> None:
     for label, samples in results.items():
         cells = [fmt([s[key] for s in samples]) for key in ("first update", "training done", "process exit")]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
-    out += [
+    out += [] if args.quick else [
         "",
         "Import cost in one run of each (cumulative seconds from `python -X importtime`, which itself slows "
         "imports; — = not imported at all):",
