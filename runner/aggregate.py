@@ -35,6 +35,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard.summary import custom_scalars
 
+from runner.outcomes import LEDGER_DIR, not_results
 from runner.tbwriter import EventWriter, encode_scalar
 
 __all__ = [
@@ -107,7 +108,9 @@ def _path_key(path: Path) -> tuple:
 def find_runs(root: Path) -> list[Path]:
     """Every run directory (one holding ``summary.json``) under ``root``.
 
-    ``root`` itself counts when it is a run. Hidden directories (``.hydra``,
+    ``root`` itself counts when it is a run, unless the sweep above it refused that job
+    (its directory holds another config's run, or another process's: :mod:`runner.outcomes`).
+    Hidden directories (``.hydra``,
     ``.attempts``) and the directories this package generates (:data:`EXCLUDED_DIRS`)
     are skipped.
 
@@ -118,9 +121,11 @@ def find_runs(root: Path) -> list[Path]:
         The run directories, ordered by path with numbers compared by value.
     """
     root = Path(root)
-    runs = []
+    runs, foreign = [], set()
     for current, dirs, files in os.walk(root):
-        if SUMMARY_FILE in files:
+        if LEDGER_DIR in dirs:  # a sweep: the directories its jobs were refused hold other runs
+            foreign |= {path.absolute() for path in not_results(Path(current))}
+        if SUMMARY_FILE in files and Path(current).absolute() not in foreign:
             runs.append(Path(current))
         # Pruned in place so os.walk never descends into them.
         dirs[:] = [d for d in dirs if d not in EXCLUDED_DIRS and not d.startswith(".")]

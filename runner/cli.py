@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
-from runner import preflight
+from runner import outcomes, preflight
 from runner.errors import ConfigError, RunnerError, print_error
 from runner.launchers import distributed
 from runner.memory import OutOfMemory, release_device_memory
@@ -79,6 +79,17 @@ def hydra_main(cfg: DictConfig) -> float:
         if in_sweep and os.environ.get(FAULT_ENV) == str(hydra_cfg.job.num):
             raise RuntimeError(f"failure injected by {FAULT_ENV} for job {hydra_cfg.job.num}")
         summary = train(cfg, _prebuilt.pop(preflight.config_key(cfg), None))
+    except RunDirRefused as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print_error(one_line(err))
+        if not in_sweep:
+            preflight.remove_fresh_run_dir(hydra_cfg)
+            raise SystemExit(2) from None
+        # Its directory holds another config's run, or another process writes it: that run is
+        # not this job's result, and nothing is recorded over it.
+        _record_outcome(hydra_cfg, outcomes.REFUSED, one_line(err))
+        return math.inf
     except RunnerError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -88,23 +99,28 @@ def hydra_main(cfg: DictConfig) -> float:
         if not in_sweep:
             preflight.remove_fresh_run_dir(hydra_cfg)
             raise SystemExit(2) from None
-        if not isinstance(err, RunDirRefused):  # a refused job's directory holds another run's results
-            record_failure(cfg.output_dir, str(err), status="oom" if isinstance(err, OutOfMemory) else "failed", resumable=isinstance(err, DiskFull))
+        status = "oom" if isinstance(err, OutOfMemory) else "failed"
+        record_failure(cfg.output_dir, str(err), status=status, resumable=isinstance(err, DiskFull))
+        _record_outcome(hydra_cfg, status, one_line(err))
         return math.inf
     except torch.OutOfMemoryError as err:
         if not in_sweep:
             raise
         log.error("Out of memory: %s. Set micro_batch_size to compute the same update in chunks.", err)
         record_failure(cfg.output_dir, f"out of memory: {err}. Set micro_batch_size.", status="oom")
+        _record_outcome(hydra_cfg, "oom", str(err))
         return math.inf
     except Exception as err:
         if not in_sweep:
             raise
         log.exception("Job failed; the sweep goes on.")
         record_failure(cfg.output_dir, f"{type(err).__name__}: {err}", traceback.format_exc())
+        _record_outcome(hydra_cfg, "failed", f"{type(err).__name__}: {err}")
         return math.inf
     finally:
         release_device_memory()
+    if in_sweep:
+        _record_outcome(hydra_cfg, summary["status"])
     if summary["status"] == "interrupted":
         # Stopped by a signal after saving a checkpoint: exit like an interrupted program,
         # which also stops a sweep; re-running the same command resumes.
@@ -114,6 +130,12 @@ def hydra_main(cfg: DictConfig) -> float:
         if summary[key] is not None:
             return summary[key]
     return math.inf
+
+
+def _record_outcome(hydra_cfg: Any, outcome: str, error: str | None = None) -> None:
+    """What this sweep job ended as, in the sweep's ledger (:mod:`runner.outcomes`)."""
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        outcomes.record(Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num), Path(str(hydra_cfg.runtime.output_dir)), outcome, error)
 
 
 def one_line(err: RunnerError) -> str:
