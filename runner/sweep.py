@@ -144,6 +144,8 @@ def sweep_outcome(root: Path) -> tuple[str, int]:
     finished = [root / entry["dir"] for entry in outcomes.entries(root).values() if entry["outcome"] in RESULT_STATUSES]
     grew = sum(1 for run in finished if read_summary(run).get("loss_grew"))
     line = f"{plural(sum(tally.values()), 'job')}: " + ", ".join(f"{tally[status]} {status}" for status in outcomes.ordered(tally))
+    if not tally:
+        line += "no job recorded its outcome"
     if grew:
         line += f" ({grew} of them with a loss that grew by >= {LOSS_GREW_FACTOR:g}x; see report.md)"
     code = 0 if tally and set(tally) <= set(RESULT_STATUSES) else EXIT_JOBS_FAILED
