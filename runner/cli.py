@@ -7,9 +7,12 @@ refused one writes nothing, then hands it to Hydra, whose task function only cal
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import os
+import re
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -27,10 +30,10 @@ from hydra._internal.utils import (
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
 from runner import outcomes, preflight
@@ -169,6 +172,51 @@ def _unknown_key(err: BaseException, overrides: list[str]) -> ConfigError | None
     return ConfigError(key, _given(key, overrides), f"a key of the schema: {nearest_keys(key.rsplit('.', 1)[-1], fields)}")
 
 
+def _missing_option(err: BaseException, overrides: list[str]) -> ConfigError | None:
+    """``optimizer=adma``: Hydra lists the group's options; name the nearest too."""
+    if not isinstance(err, MissingConfigException) or not err.options or "/" not in (err.missing_cfg_file or ""):
+        return None
+    group, option = err.missing_cfg_file.rsplit("/", 1)
+    options = sorted(err.options)
+    close = difflib.get_close_matches(option, options, n=2, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(f'{group}={c}' for c in close)}?" if close else ""
+    return ConfigError(group, _given(group, overrides) or option, f"one of {', '.join(options)} (conf/{group}/*.yaml){hint}")
+
+
+# OmegaConf's words for a value that is not of the key's type, in the user's words.
+_TYPE_WORDS = {"Float": "a number, e.g. 0.01 or 1e-3", "Integer": "a whole number", "Boolean": "true or false"}
+
+
+def _wrong_type(err: BaseException, overrides: list[str]) -> ConfigError | None:
+    """``optimizer.lr=abc``: OmegaConf's text names its own classes; say what the key takes."""
+    cause = err.__cause__
+    if not isinstance(cause, ValidationError) or not cause.full_key:
+        return None
+    found = re.search(r"could not be converted to (\w+)", str(cause))
+    allowed = _TYPE_WORDS.get(found.group(1), f"a value of type {found.group(1).lower()}") if found else str(cause).splitlines()[0]
+    return ConfigError(cause.full_key, _given(cause.full_key, overrides), allowed)
+
+
+def _unparsable(err: BaseException) -> RunnerError | None:
+    """An override Hydra's grammar cannot read (``;``, ``|``, unbalanced quotes, bytes that are
+    not UTF-8): the value needs quoting, so show how."""
+    if not isinstance(err, OverrideParseException):
+        return None
+    return RunnerError(f"the override {err.override!r} cannot be parsed: {quote_hint(err.override)}")
+
+
+def quote_hint(override: str) -> str:
+    """How to write ``key=value`` so Hydra reads the value as one string, on a POSIX shell:
+    Hydra's double quotes inside the shell's single quotes."""
+    key, sep, value = override.partition("=")
+    if not sep:
+        return "write it as key=value"
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in override):  # bytes Python could not decode
+        return "it is not UTF-8 text; values and keys must be UTF-8"
+    inner = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "quote it like this: " + shlex.quote(f"{key.strip()}={inner}")
+
+
 def _given(key: str, overrides: list[str]) -> str | None:
     """The value the command line gave ``key`` (the last one wins, as in Hydra)."""
     given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
@@ -194,7 +242,10 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
         try:
             cfg = app.compose_config(config_name, args.overrides, run_mode=mode, with_log_configuration=False)
         except (HydraException, OmegaConfBaseException) as err:
-            raise _unknown_key(err, args.overrides) or RunnerError(_hydra_one_line(err)) from None
+            raise (
+                _unknown_key(err, args.overrides) or _missing_option(err, args.overrides) or _wrong_type(err, args.overrides)
+                or _unparsable(err) or RunnerError(_hydra_one_line(err))
+            ) from None
         preflight.check_hydra(cfg, multirun)
         if session is not None:
             distributed.check_command(multirun)

@@ -238,3 +238,48 @@ def test_log_lines_do_not_land_on_the_progress_bar(tmp_path):
     # Only the console handler is rerouted: Hydra's log file still gets every line.
     (log_file,) = (tmp_path / "run").glob("*.log")
     assert log_file.read_text().count("[runner.epochs][INFO] - epoch ") == 4
+
+
+# ------------------------------------------------------------------ refusals that help (issue 19)
+# (argv, the whole Error line): the key, the value, what is allowed, the nearest spellings.
+HELPFUL_REFUSALS = [
+    (
+        ["optimizer=adma"],
+        "optimizer='adma' is not allowed: one of adagrad, adam, adamw, lars, momentum, nesterov, rmsprop, sgd "
+        "(conf/optimizer/*.yaml); did you mean optimizer=adam or optimizer=adamw?",
+    ),
+    (
+        ["dataset=diabetes"],
+        "loss='sparse_categorical_crossentropy' is not allowed: dataset 'diabetes' has a regression target, so choose "
+        "a regression loss: loss=<one of mse, mae, mape, msle, cosine_similarity, poisson, huber, log_cosh>",
+    ),
+    (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number, e.g. 0.01 or 1e-3"),
+    (["epochs=many"], "epochs='many' is not allowed: a whole number"),
+    (["optimizer.zz=1"], "optimizer.zz='1' is not allowed: a key of the schema: did you mean lr? (python -m runner --help lists every key)"),
+    (["optimizer.lr=a;b"], "the override 'optimizer.lr=a;b' cannot be parsed: quote it like this: 'optimizer.lr=\"a;b\"'"),
+    (["dataset.path=a b|c"], "the override 'dataset.path=a b|c' cannot be parsed: quote it like this: 'dataset.path=\"a b|c\"'"),
+    (["optimizer.lr=a\udcffb"], "the override 'optimizer.lr=a\\udcffb' cannot be parsed: it is not UTF-8 text; values and keys must be UTF-8"),
+]
+
+
+@pytest.mark.parametrize("argv,line", HELPFUL_REFUSALS, ids=[a[0][0].encode("ascii", "backslashreplace").decode() for a in HELPFUL_REFUSALS])
+def test_a_refusal_names_key_value_what_is_allowed_and_the_nearest(argv, line, tmp_path, monkeypatch, capsys):
+    from runner.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    capsys.readouterr()
+    assert run_cli([*argv, "progress=false", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"Error: {line}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_data_file_names_dataset_path(tmp_path, monkeypatch, capsys):
+    from runner.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert run_cli(["dataset=file", "dataset.path=nope.csv", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("Error: dataset.path='nope.csv' is not allowed: an existing .npz or .csv file (there is no such file;")
+    assert str(tmp_path) in line
