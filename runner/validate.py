@@ -64,11 +64,18 @@ def _seed(key: str, value: Any) -> None:
         raise ConfigError(key, value, f"an integer in [{low}, {high}] (2**32 - 1: what numpy and scikit-learn accept)")
 
 
+def _subsequence(short: str, long: str) -> bool:
+    """Every letter of ``short`` appears in ``long``, in order."""
+    letters = iter(long)
+    return bool(short) and all(c in letters for c in short)
+
+
 def nearest_keys(key: str, known: list[str]) -> str:
     """'did you mean ...?' with the closest of ``known``, else all of them."""
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-    if not close:  # nothing alike: the nearest by spelling still, never every key
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.0)
+    if not close:  # nothing alike: an abbreviation (lr in learning_rate), else the nearest spelling
+        short = [k for k in known if _subsequence(k, key) or _subsequence(key, k)]
+        close = difflib.get_close_matches(key, short or known, n=1, cutoff=0.0)
     return f"did you mean {' or '.join(close)}? (python -m runner --help lists every key)"
 
 

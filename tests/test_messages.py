@@ -255,9 +255,9 @@ HELPFUL_REFUSALS = [
     ),
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number, e.g. 0.01 or 1e-3"),
     (["epochs=many"], "epochs='many' is not allowed: a whole number"),
-    (["optimizer.zz=1"], "optimizer.zz='1' is not allowed: a key of the schema: did you mean lr? (python -m runner --help lists every key)"),
+    (["optimizer.learning_rate=1"], "optimizer.learning_rate='1' is not allowed: a key of the schema: did you mean lr? (python -m runner --help lists every key)"),
     (["optimizer.lr=a;b"], "the override 'optimizer.lr=a;b' cannot be parsed: quote it like this: 'optimizer.lr=\"a;b\"'"),
-    (["dataset.path=a b|c"], "the override 'dataset.path=a b|c' cannot be parsed: quote it like this: 'dataset.path=\"a b|c\"'"),
+    (["dataset=file", "dataset.path=x&y(1).csv"], "the override 'dataset.path=x&y(1).csv' cannot be parsed: quote it like this: 'dataset.path=\"x&y(1).csv\"'"),
     (["optimizer.lr=a\udcffb"], "the override 'optimizer.lr=a\\udcffb' cannot be parsed: it is not UTF-8 text; values and keys must be UTF-8"),
 ]
 
