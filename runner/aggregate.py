@@ -409,8 +409,10 @@ class SeedStats:
 
     @property
     def std(self) -> np.ndarray:
-        """Population standard deviation (ddof=0): the seeds are all there is."""
-        return self.values.astype(np.float64).std(axis=0)
+        """Sample standard deviation (ddof=1), the estimate of the seed-to-seed spread the
+        report's tables use too (:mod:`runner.seedstats`); 0 with a single seed (no spread seen)."""
+        wide = self.values.astype(np.float64)
+        return wide.std(axis=0, ddof=1) if len(wide) > 1 else np.zeros(wide.shape[1:])
 
 
 def is_positional(tag: str) -> bool:
@@ -520,7 +522,7 @@ def _describe(label: str, members: Sequence[Path], skipped: Sequence[tuple[Path,
         "members": [m.name for m in members],
         "excluded": [{"run": p.name, "status": status} for p, status in skipped],
         "statistics": ["mean", *_STAT_SUFFIXES],
-        "std": "population (ddof=0)",
+        "std": "sample (ddof=1), as report.md",
         "tags": {
             tag: {
                 "points": int(len(s.steps)),
@@ -537,7 +539,7 @@ def write_seed_aggregates(root: Path) -> list[Path]:
     """Writes ``<group>/seed_aggregate/`` for each seed group with at least two finished runs.
 
     For every scalar tag all finished members have, the aggregate run holds ``<tag>``
-    (the mean across seeds), ``<tag>/min``, ``<tag>/max`` and ``<tag>/std`` (population)
+    (the mean across seeds), ``<tag>/min``, ``<tag>/max`` and ``<tag>/std`` (sample, ddof=1)
     at each step present in every member; ``by_time_ms/`` tags, whose steps are
     measured times, pair the seeds' k-th points instead. Diverged and failed seeds are
     left out (and listed in ``aggregate.json``). An existing aggregate is replaced, and
