@@ -320,8 +320,39 @@ def _hydra_cli(argv: list[str]) -> int:
     return 0
 
 
+class PipeSafeStream:
+    """``sys.stdout``/``sys.stderr`` that go quiet once their reader has gone (``| head -1``):
+    the run goes on, writes its files and ends as it would have, with no "Logging error"
+    tracebacks and no "Exception ignored" at exit. Later writes go to ``/dev/null``."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def _silence(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # the buffered rest, and every later write, go here
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     """Console script ``hpr`` and ``python -m runner``."""
+    sys.stdout, sys.stderr = PipeSafeStream(sys.stdout), PipeSafeStream(sys.stderr)
     code = run_cli(sys.argv[1:])
     if distributed.under_torchrun():
         distributed.exit_worker(code)
