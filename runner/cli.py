@@ -217,6 +217,18 @@ def quote_hint(override: str) -> str:
     return "quote it like this: " + shlex.quote(f"{key.strip()}={inner}")
 
 
+def check_number_lengths(overrides: list[str]) -> None:
+    """A whole number longer than Python converts (``seed=`` and 50,000 digits) would be a
+    ``ValueError`` traceback from Hydra's parser: refuse it here, naming the key."""
+    limit = sys.get_int_max_str_digits() or math.inf
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        digits = value.strip().lstrip("+-").replace("_", "")
+        if sep and digits.isdigit() and len(digits) > limit:
+            shown = f"{value.strip()[:12]}... ({len(digits)} digits)"
+            raise ConfigError(key.lstrip("+~"), shown, f"a number of at most {limit} digits (every key that takes a number has a far smaller range)")
+
+
 def _given(key: str, overrides: list[str]) -> str | None:
     """The value the command line gave ``key`` (the last one wins, as in Hydra)."""
     given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
@@ -235,6 +247,7 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
         search_path.prepend(provider="command-line", path=path, anchor=SearchPathQuery(provider="schema"))
     GlobalHydra.instance().clear()
     try:
+        check_number_lengths(args.overrides)
         app = Hydra.create_main_hydra2(task_name=detect_task_name(calling_file, calling_module), config_search_path=search_path)
         config_name = args.config_name or "config"
         multirun = args.multirun or app.get_mode(config_name=config_name, overrides=args.overrides) == RunMode.MULTIRUN

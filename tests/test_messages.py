@@ -283,3 +283,16 @@ def test_a_missing_data_file_names_dataset_path(tmp_path, monkeypatch, capsys):
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("Error: dataset.path='nope.csv' is not allowed: an existing .npz or .csv file (there is no such file;")
     assert str(tmp_path) in line
+
+
+def test_a_number_too_long_to_read_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
+    from runner.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert run_cli(["seed=" + "9" * 50_000, f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "Error: seed='999999999999... (50000 digits)' is not allowed: a number of at most 4300 digits "
+        "(every key that takes a number has a far smaller range)"
+    ]
+    assert list(tmp_path.iterdir()) == []
