@@ -41,6 +41,7 @@ from runner.errors import ConfigError, RunnerError, print_error
 from runner.launchers import distributed
 from runner.memory import OutOfMemory, release_device_memory
 from runner.rundir import DiskFull, RunDirRefused
+from runner.sweep import check_search_space
 from runner.train import Run, build_run, record_failure, train
 from runner.validate import nearest_keys
 
@@ -260,6 +261,8 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
                 or _unparsable(err) or RunnerError(_hydra_one_line(err))
             ) from None
         preflight.check_hydra(cfg, multirun)
+        if multirun:
+            check_search_space(cfg)
         if session is not None:
             distributed.check_command(multirun)
         task = preflight.task_config(cfg)

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from runner import outcomes
 from runner.board import board_command
 from runner.epochs import LOSS_GREW_FACTOR
-from runner.errors import RunnerError, print_error
+from runner.errors import ConfigError, RunnerError, print_error
 from runner.memory import OutOfMemory
 from runner.text import plural
 
@@ -77,6 +77,33 @@ def split_sweep_keys(config: DictConfig) -> tuple[list[str], list[str]]:
         final[override.key_or_group] = override
     swept = sorted(key for key, override in final.items() if _gives_several_values(override))
     return swept, sorted(set(final) - set(swept))
+
+
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+def check_search_space(config: DictConfig) -> None:
+    """An Optuna sweep that can run at least one trial, over intervals it can sample: Optuna
+    itself fails after the sweep has started (``n_trials=0`` ends in "No trials are completed
+    yet", a reversed or non-positive log interval in a ``ValueError`` traceback)."""
+    sweeper = config.hydra.sweeper
+    if sweeper._target_ != OPTUNA_SWEEPER:
+        return
+    for key in ("n_trials", "n_jobs"):
+        value = sweeper.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ConfigError(f"hydra.sweeper.{key}", value, "a whole number >= 1")
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    for override in OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task)):
+        if not override.is_interval_sweep():
+            continue
+        space = override.value()
+        low, high, log = space.start, space.end, "log" in space.tags
+        shown = f"{'tag(log, ' if log else ''}interval({low}, {high}){')' if log else ''}"
+        if not low < high:
+            raise ConfigError(override.key_or_group, shown, f"an interval whose start is below its end, e.g. interval({high}, {low})")
+        if log and low <= 0:
+            raise ConfigError(override.key_or_group, shown, "a log interval of positive numbers (its logarithm is sampled), e.g. tag(log, interval(1e-4, 1.0))")
 
 
 def name_jobs_by_swept_keys(config: DictConfig) -> list[str]:
