@@ -59,6 +59,7 @@ def test_counts_of_one_are_singular_in_messages(tmp_path, caplog):
     from runner.data.files import load_npz
     from runner.errors import ConfigError, DataError
     from runner.schedulers import warmup_cosine
+    from runner import outcomes
     from runner.sweep import sweep_outcome
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -69,6 +70,8 @@ def test_counts_of_one_are_singular_in_messages(tmp_path, caplog):
         load_npz(tmp_path / "d.npz")
     (tmp_path / "sweep" / "a").mkdir(parents=True)
     (tmp_path / "sweep" / "a" / "summary.json").write_text('{"status": "done"}')
+    outcomes.start(tmp_path / "sweep", expected=1)
+    outcomes.record(tmp_path / "sweep", 0, tmp_path / "sweep" / "a", "done")
     assert sweep_outcome(tmp_path / "sweep") == ("1 job: 1 done", 0)
     # lr 0: the loss cannot improve after the first epoch, so patience 1 stops at epoch 2.
     caplog.set_level(logging.INFO, logger="runner.epochs")
