@@ -35,6 +35,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard.summary import custom_scalars
 
+from runner.outcomes import LEDGER_DIR, not_results
 from runner.tbwriter import EventWriter, encode_scalar
 
 __all__ = [
@@ -108,7 +109,9 @@ def _path_key(path: Path) -> tuple:
 def find_runs(root: Path) -> list[Path]:
     """Every run directory (one holding ``summary.json``) under ``root``.
 
-    ``root`` itself counts when it is a run. Hidden directories (``.hydra``,
+    ``root`` itself counts when it is a run, unless the sweep above it refused that job
+    (its directory holds another config's run, or another process's: :mod:`runner.outcomes`).
+    Hidden directories (``.hydra``,
     ``.attempts``) and the directories this package generates (:data:`EXCLUDED_DIRS`)
     are skipped.
 
@@ -119,9 +122,11 @@ def find_runs(root: Path) -> list[Path]:
         The run directories, ordered by path with numbers compared by value.
     """
     root = Path(root)
-    runs = []
+    runs, foreign = [], set()
     for current, dirs, files in os.walk(root):
-        if SUMMARY_FILE in files:
+        if LEDGER_DIR in dirs:  # a sweep: the directories its jobs were refused hold other runs
+            foreign |= {path.absolute() for path in not_results(Path(current))}
+        if SUMMARY_FILE in files and Path(current).absolute() not in foreign:
             runs.append(Path(current))
         # Pruned in place so os.walk never descends into them.
         dirs[:] = [d for d in dirs if d not in EXCLUDED_DIRS and not d.startswith(".")]
@@ -419,8 +424,10 @@ class SeedStats:
 
     @property
     def std(self) -> np.ndarray:
-        """Population standard deviation (ddof=0): the seeds are all there is."""
-        return self.values.astype(np.float64).std(axis=0)
+        """Sample standard deviation (ddof=1), the estimate of the seed-to-seed spread the
+        report's tables use too (:mod:`runner.seedstats`); 0 with a single seed (no spread seen)."""
+        wide = self.values.astype(np.float64)
+        return wide.std(axis=0, ddof=1) if len(wide) > 1 else np.zeros(wide.shape[1:])
 
 
 def is_positional(tag: str) -> bool:
@@ -530,7 +537,7 @@ def _describe(label: str, members: Sequence[Path], skipped: Sequence[tuple[Path,
         "members": [m.name for m in members],
         "excluded": [{"run": p.name, "status": status} for p, status in skipped],
         "statistics": ["mean", *_STAT_SUFFIXES],
-        "std": "population (ddof=0)",
+        "std": "sample (ddof=1), as report.md",
         "tags": {
             tag: {
                 "points": int(len(s.steps)),
@@ -547,7 +554,7 @@ def write_seed_aggregates(root: Path) -> list[Path]:
     """Writes ``<group>/seed_aggregate/`` for each seed group with at least two finished runs.
 
     For every scalar tag all finished members have, the aggregate run holds ``<tag>``
-    (the mean across seeds), ``<tag>/min``, ``<tag>/max`` and ``<tag>/std`` (population)
+    (the mean across seeds), ``<tag>/min``, ``<tag>/max`` and ``<tag>/std`` (sample, ddof=1)
     at each step present in every member; ``by_time_ms/`` tags, whose steps are
     measured times, pair the seeds' k-th points instead. Diverged and failed seeds are
     left out (and listed in ``aggregate.json``). An existing aggregate is replaced, and

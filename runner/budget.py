@@ -26,6 +26,9 @@ class Plan:
 
     iterations: tuple[int, ...] | None
     seconds: float = math.inf
+    # Where the plan cannot meet the budget exactly (``samples``: updates use whole batches),
+    # what it does instead, in words: the run's log and summary.json state it.
+    deviation: str | None = None
 
     @property
     def total_iterations(self) -> int | None:
@@ -45,7 +48,7 @@ def make_plan(budget: str, amount: float | None, epochs: int, batch_sizes: list[
     """Plan a run whose epochs consist of batches of ``batch_sizes`` (one epoch's worth).
 
     ``samples``: stop at the first update by which at least ``amount`` samples were
-    processed. ``updates``: exactly ``amount`` updates.
+    processed (``Plan.deviation`` says by how many it goes over). ``updates``: exactly ``amount`` updates.
     """
     if budget not in UNITS:
         raise ConfigError("budget", budget, f"one of {', '.join(UNITS)}")
@@ -71,4 +74,11 @@ def make_plan(budget: str, amount: float | None, epochs: int, batch_sizes: list[
     while seen < rest:
         seen += batch_sizes[partial]
         partial += 1
-    return Plan(iterations=(len(batch_sizes),) * full + ((partial,) if partial else ()))
+    planned = full * per_epoch + seen
+    deviation = None
+    if planned != amount:
+        deviation = (
+            f"budget=samples budget_amount={amount:g}: the run processes {planned:,} samples ({planned - amount:g} more), "
+            f"because an update uses a whole batch (batch size {max(batch_sizes):,}); it stops at the first update that reaches the amount"
+        )
+    return Plan(iterations=(len(batch_sizes),) * full + ((partial,) if partial else ()), deviation=deviation)

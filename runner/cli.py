@@ -7,9 +7,12 @@ refused one writes nothing, then hands it to Hydra, whose task function only cal
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import os
+import re
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -27,17 +30,18 @@ from hydra._internal.utils import (
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
-from runner import preflight
+from runner import outcomes, preflight
 from runner.errors import ConfigError, RunnerError, print_error
 from runner.launchers import distributed
 from runner.memory import OutOfMemory, release_device_memory
 from runner.rundir import DiskFull, RunDirRefused
+from runner.sweep import check_search_space
 from runner.train import Run, build_run, record_failure, train
 from runner.validate import nearest_keys
 
@@ -79,6 +83,17 @@ def hydra_main(cfg: DictConfig) -> float:
         if in_sweep and os.environ.get(FAULT_ENV) == str(hydra_cfg.job.num):
             raise RuntimeError(f"failure injected by {FAULT_ENV} for job {hydra_cfg.job.num}")
         summary = train(cfg, _prebuilt.pop(preflight.config_key(cfg), None))
+    except RunDirRefused as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print_error(one_line(err))
+        if not in_sweep:
+            preflight.remove_fresh_run_dir(hydra_cfg)
+            raise SystemExit(2) from None
+        # Its directory holds another config's run, or another process writes it: that run is
+        # not this job's result, and nothing is recorded over it.
+        _record_outcome(hydra_cfg, outcomes.REFUSED, one_line(err))
+        return math.inf
     except RunnerError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -88,23 +103,28 @@ def hydra_main(cfg: DictConfig) -> float:
         if not in_sweep:
             preflight.remove_fresh_run_dir(hydra_cfg)
             raise SystemExit(2) from None
-        if not isinstance(err, RunDirRefused):  # a refused job's directory holds another run's results
-            record_failure(cfg.output_dir, str(err), status="oom" if isinstance(err, OutOfMemory) else "failed", resumable=isinstance(err, DiskFull))
+        status = "oom" if isinstance(err, OutOfMemory) else "failed"
+        record_failure(cfg.output_dir, str(err), status=status, resumable=isinstance(err, DiskFull))
+        _record_outcome(hydra_cfg, status, one_line(err))
         return math.inf
     except torch.OutOfMemoryError as err:
         if not in_sweep:
             raise
         log.error("Out of memory: %s. Set micro_batch_size to compute the same update in chunks.", err)
         record_failure(cfg.output_dir, f"out of memory: {err}. Set micro_batch_size.", status="oom")
+        _record_outcome(hydra_cfg, "oom", str(err))
         return math.inf
     except Exception as err:
         if not in_sweep:
             raise
         log.exception("Job failed; the sweep goes on.")
         record_failure(cfg.output_dir, f"{type(err).__name__}: {err}", traceback.format_exc())
+        _record_outcome(hydra_cfg, "failed", f"{type(err).__name__}: {err}")
         return math.inf
     finally:
         release_device_memory()
+    if in_sweep:
+        _record_outcome(hydra_cfg, summary["status"])
     if summary["status"] == "interrupted":
         # Stopped by a signal after saving a checkpoint: exit like an interrupted program,
         # which also stops a sweep; re-running the same command resumes.
@@ -114,6 +134,12 @@ def hydra_main(cfg: DictConfig) -> float:
         if summary[key] is not None:
             return summary[key]
     return math.inf
+
+
+def _record_outcome(hydra_cfg: Any, outcome: str, error: str | None = None) -> None:
+    """What this sweep job ended as, in the sweep's ledger (:mod:`runner.outcomes`)."""
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        outcomes.record(Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num), Path(str(hydra_cfg.runtime.output_dir)), outcome, error)
 
 
 def one_line(err: RunnerError) -> str:
@@ -147,6 +173,63 @@ def _unknown_key(err: BaseException, overrides: list[str]) -> ConfigError | None
     return ConfigError(key, _given(key, overrides), f"a key of the schema: {nearest_keys(key.rsplit('.', 1)[-1], fields)}")
 
 
+def _missing_option(err: BaseException, overrides: list[str]) -> ConfigError | None:
+    """``optimizer=adma``: Hydra lists the group's options; name the nearest too."""
+    if not isinstance(err, MissingConfigException) or not err.options or "/" not in (err.missing_cfg_file or ""):
+        return None
+    group, option = err.missing_cfg_file.rsplit("/", 1)
+    options = sorted(err.options)
+    close = difflib.get_close_matches(option, options, n=2, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(f'{group}={c}' for c in close)}?" if close else ""
+    return ConfigError(group, _given(group, overrides) or option, f"one of {', '.join(options)} (conf/{group}/*.yaml){hint}")
+
+
+# OmegaConf's words for a value that is not of the key's type, in the user's words.
+_TYPE_WORDS = {"Float": "a number, e.g. 0.01 or 1e-3", "Integer": "a whole number", "Boolean": "true or false"}
+
+
+def _wrong_type(err: BaseException, overrides: list[str]) -> ConfigError | None:
+    """``optimizer.lr=abc``: OmegaConf's text names its own classes; say what the key takes."""
+    cause = err.__cause__
+    if not isinstance(cause, ValidationError) or not cause.full_key:
+        return None
+    found = re.search(r"could not be converted to (\w+)", str(cause))
+    allowed = _TYPE_WORDS.get(found.group(1), f"a value of type {found.group(1).lower()}") if found else str(cause).splitlines()[0]
+    return ConfigError(cause.full_key, _given(cause.full_key, overrides), allowed)
+
+
+def _unparsable(err: BaseException) -> RunnerError | None:
+    """An override Hydra's grammar cannot read (``;``, ``|``, unbalanced quotes, bytes that are
+    not UTF-8): the value needs quoting, so show how."""
+    if not isinstance(err, OverrideParseException):
+        return None
+    return RunnerError(f"the override {err.override!r} cannot be parsed: {quote_hint(err.override)}")
+
+
+def quote_hint(override: str) -> str:
+    """How to write ``key=value`` so Hydra reads the value as one string, on a POSIX shell:
+    Hydra's double quotes inside the shell's single quotes."""
+    key, sep, value = override.partition("=")
+    if not sep:
+        return "write it as key=value"
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in override):  # bytes Python could not decode
+        return "it is not UTF-8 text; values and keys must be UTF-8"
+    inner = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "quote it like this: " + shlex.quote(f"{key.strip()}={inner}")
+
+
+def check_number_lengths(overrides: list[str]) -> None:
+    """A whole number longer than Python converts (``seed=`` and 50,000 digits) would be a
+    ``ValueError`` traceback from Hydra's parser: refuse it here, naming the key."""
+    limit = sys.get_int_max_str_digits() or math.inf
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        digits = value.strip().lstrip("+-").replace("_", "")
+        if sep and digits.isdigit() and len(digits) > limit:
+            shown = f"{value.strip()[:12]}... ({len(digits)} digits)"
+            raise ConfigError(key.lstrip("+~"), shown, f"a number of at most {limit} digits (every key that takes a number has a far smaller range)")
+
+
 def _given(key: str, overrides: list[str]) -> str | None:
     """The value the command line gave ``key`` (the last one wins, as in Hydra)."""
     given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
@@ -165,6 +248,7 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
         search_path.prepend(provider="command-line", path=path, anchor=SearchPathQuery(provider="schema"))
     GlobalHydra.instance().clear()
     try:
+        check_number_lengths(args.overrides)
         app = Hydra.create_main_hydra2(task_name=detect_task_name(calling_file, calling_module), config_search_path=search_path)
         config_name = args.config_name or "config"
         multirun = args.multirun or app.get_mode(config_name=config_name, overrides=args.overrides) == RunMode.MULTIRUN
@@ -172,8 +256,13 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
         try:
             cfg = app.compose_config(config_name, args.overrides, run_mode=mode, with_log_configuration=False)
         except (HydraException, OmegaConfBaseException) as err:
-            raise _unknown_key(err, args.overrides) or RunnerError(_hydra_one_line(err)) from None
+            raise (
+                _unknown_key(err, args.overrides) or _missing_option(err, args.overrides) or _wrong_type(err, args.overrides)
+                or _unparsable(err) or RunnerError(_hydra_one_line(err))
+            ) from None
         preflight.check_hydra(cfg, multirun)
+        if multirun:
+            check_search_space(cfg)
         if session is not None:
             distributed.check_command(multirun)
         task = preflight.task_config(cfg)
@@ -247,8 +336,39 @@ def _hydra_cli(argv: list[str]) -> int:
     return 0
 
 
+class PipeSafeStream:
+    """``sys.stdout``/``sys.stderr`` that go quiet once their reader has gone (``| head -1``):
+    the run goes on, writes its files and ends as it would have, with no "Logging error"
+    tracebacks and no "Exception ignored" at exit. Later writes go to ``/dev/null``."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def _silence(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # the buffered rest, and every later write, go here
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
     """Console script ``hpr`` and ``python -m runner``."""
+    sys.stdout, sys.stderr = PipeSafeStream(sys.stdout), PipeSafeStream(sys.stderr)
     code = run_cli(sys.argv[1:])
     if distributed.under_torchrun():
         distributed.exit_worker(code)

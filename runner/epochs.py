@@ -340,6 +340,9 @@ def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
             f"{initial_loss:.4g} at the initial weights (flagged at >= {LOSS_GREW_FACTOR:g}x); lower optimizer.lr"
         )
         log.warning("The %s", warnings[-1])
+    if run.plan.deviation is not None:
+        warnings.append(run.plan.deviation)  # the budget is not met exactly: say so where the results are
+        log.warning("%s.", run.plan.deviation)
     n_per_epoch = sum(b.stop - b.start for b in run.slices)
     epochs_begun = state.epoch - (1 if state.position == 0 and not state.epoch_losses else 0)
     return {

@@ -8,20 +8,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from collections import Counter
-
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from runner import outcomes
 from runner.board import board_command
 from runner.epochs import LOSS_GREW_FACTOR
-from runner.errors import RunnerError
+from runner.errors import ConfigError, RunnerError, print_error
 from runner.memory import OutOfMemory
 from runner.text import plural
 
@@ -80,6 +79,33 @@ def split_sweep_keys(config: DictConfig) -> tuple[list[str], list[str]]:
     return swept, sorted(set(final) - set(swept))
 
 
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+def check_search_space(config: DictConfig) -> None:
+    """An Optuna sweep that can run at least one trial, over intervals it can sample: Optuna
+    itself fails after the sweep has started (``n_trials=0`` ends in "No trials are completed
+    yet", a reversed or non-positive log interval in a ``ValueError`` traceback)."""
+    sweeper = config.hydra.sweeper
+    if sweeper._target_ != OPTUNA_SWEEPER:
+        return
+    for key in ("n_trials", "n_jobs"):
+        value = sweeper.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ConfigError(f"hydra.sweeper.{key}", value, "a whole number >= 1")
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    for override in OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task)):
+        if not override.is_interval_sweep():
+            continue
+        space = override.value()
+        low, high, log = space.start, space.end, "log" in space.tags
+        shown = f"{'tag(log, ' if log else ''}interval({low}, {high}){')' if log else ''}"
+        if not low < high:
+            raise ConfigError(override.key_or_group, shown, f"an interval whose start is below its end, e.g. interval({high}, {low})")
+        if log and low <= 0:
+            raise ConfigError(override.key_or_group, shown, "a log interval of positive numbers (its logarithm is sampled), e.g. tag(log, interval(1e-4, 1.0))")
+
+
 def name_jobs_by_swept_keys(config: DictConfig) -> list[str]:
     """Leave the overrides every job shares out of the job directories' names.
 
@@ -125,31 +151,63 @@ def validate_sweep(config: DictConfig) -> int:
 
 
 # Statuses that are results: a diverged run answers the question "does this lr work?".
-RESULT_STATUSES = ("done", "diverged")
-# The sweep's exit code when any job failed or ran out of memory (its results are incomplete).
+RESULT_STATUSES = outcomes.RESULTS
+# The sweep's exit code when any job did not finish (failed, ran out of memory, was refused).
 EXIT_JOBS_FAILED = 1
 
 
 def sweep_outcome(root: Path) -> tuple[str, int]:
-    """The sweep's final line and exit code, from the runs' summary.json under ``root``.
+    """The sweep's final line and exit code, from the outcome each job of this sweep recorded
+    (:mod:`runner.outcomes`), never from the summaries a directory happens to hold: a refused
+    job's directory holds another run's ``done``.
 
     ``15 jobs: 14 done, 1 diverged`` and 0 when every job is a result (done or diverged);
-    ``... 1 failed — exit 1`` when any job failed or ran out of memory. Done runs whose loss
+    ``... 1 failed, 1 refused — exit 1`` when any job did not finish. Done runs whose loss
     grew by orders of magnitude are counted in the line, not in the exit code.
     """
-    from runner.aggregate import find_runs
+    from runner.aggregate import read_summary
 
-    summaries = [json.loads((run / "summary.json").read_text()) for run in find_runs(root)]
-    counts = Counter(summary.get("status", "unknown") for summary in summaries)
-    grew = sum(1 for summary in summaries if summary.get("loss_grew"))
-    jobs = plural(len(summaries), "job")
-    order = [*RESULT_STATUSES, "failed", "oom", "interrupted"]
-    statuses = sorted(counts, key=lambda status: (order.index(status) if status in order else len(order), status))
-    line = f"{jobs}: " + ", ".join(f"{counts[status]} {status}" for status in statuses)
+    tally = outcomes.counts(root)
+    finished = [root / entry["dir"] for entry in outcomes.entries(root).values() if entry["outcome"] in RESULT_STATUSES]
+    grew = sum(1 for run in finished if read_summary(run).get("loss_grew"))
+    line = f"{plural(sum(tally.values()), 'job')}: " + ", ".join(f"{tally[status]} {status}" for status in outcomes.ordered(tally))
+    if not tally:
+        line += "no job recorded its outcome"
     if grew:
         line += f" ({grew} of them with a loss that grew by >= {LOSS_GREW_FACTOR:g}x; see report.md)"
-    code = 0 if set(counts) <= set(RESULT_STATUSES) else EXIT_JOBS_FAILED
+    code = 0 if tally and set(tally) <= set(RESULT_STATUSES) else EXIT_JOBS_FAILED
     return (line if code == 0 else f"{line} — exit {code}"), code
+
+
+def check_job_dirs(config: DictConfig) -> None:
+    """Every job's directory is (or can become) a directory, checked before the first job
+    starts: Hydra creates it before any of our code runs, and a file there would be a
+    traceback that ends the sweep midway."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner.rundir import check_usable
+
+    loader = GlobalHydra.instance().config_loader()
+    problems = []
+    for number, overrides in enumerate(sweep_jobs(config)):
+        job = loader.load_sweep_config(config, overrides)
+        with open_dict(job):
+            job.hydra.job.num = job.hydra.job.id = number
+        out = Path(str(OmegaConf.select(job, "hydra.sweep.dir")), str(OmegaConf.select(job, "hydra.sweep.subdir"))).absolute()
+        try:
+            check_usable(out)
+        except RunnerError as err:
+            problems.append(f"  #{number} {' '.join(overrides)}: {str(err).splitlines()[0]}")
+    if problems:
+        raise SweepConfigError(f"{len(problems)} of {plural(len(sweep_jobs(config)), 'job directory', 'job directories')} cannot be used; nothing was started:\n" + "\n".join(problems))
+
+
+def expected_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep will launch, when the sweeper says so upfront."""
+    if config.hydra.sweeper._target_ == BASIC_SWEEPER:
+        return len(sweep_jobs(config))
+    trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+    return trials if isinstance(trials, int) else None
 
 
 class SweepCallback(Callback):
@@ -168,9 +226,16 @@ class SweepCallback(Callback):
             except SweepConfigError as err:
                 # Hydra turns a callback's exception into a warning and carries on; a sweep with
                 # an impossible point must not start at all, so leave the process instead.
-                print(f"Error: {err}", file=sys.stderr)
+                print_error(str(err))
                 raise SystemExit(2) from None
         name_jobs_by_swept_keys(config)
+        if config.hydra.sweeper._target_ == BASIC_SWEEPER:
+            try:
+                check_job_dirs(config)
+            except SweepConfigError as err:
+                print_error(str(err))
+                raise SystemExit(2) from None
+        outcomes.start(Path(config.hydra.sweep.dir), expected_jobs(config))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra creates the run directory right after this: note whether it is new, so
@@ -185,8 +250,6 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(config.hydra.sweep.dir)
         self._finish(root)
-        if not root.is_dir():
-            return
         line, code = sweep_outcome(root)
         log.log(logging.INFO if code == 0 else logging.ERROR, "Sweep finished: %s", line)
         log.info("Open in TensorBoard: %s", board_command(root))
@@ -196,8 +259,10 @@ class SweepCallback(Callback):
 
     @staticmethod
     def _finish(root: Path) -> None:
-        if not root.is_dir() or not any(root.rglob("summary.json")):
-            return
+        from runner.aggregate import find_runs
+
+        if not root.is_dir() or not find_runs(root):
+            return  # no results here (or only runs this sweep was refused: not its results)
         try:
             report = finish(root)
         except Exception:

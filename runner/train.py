@@ -51,7 +51,7 @@ from runner.checkpoint import CheckpointWriter
 from runner.epochs import StopFlag, TrainState, run_epochs, summary_of
 from runner.instruments.hook import Instruments, make_instruments
 from runner.registry import build
-from runner.rundir import DiskFull, RunDirRefused, check_usable, event_file, exclusive, hydra_job_of, is_disk_full, keep_record, restore_record
+from runner.rundir import NEW_DIRECTORY, DiskFull, RunDirRefused, check_usable, event_file, exclusive, hydra_job_of, is_disk_full, keep_record, restore_record
 from runner.schedulers import NEEDS_RUN_LENGTH
 from runner.text import plural
 from runner.validate import FLOAT32_MAX, check_combination, check_config, resolve_batch_size
@@ -479,8 +479,10 @@ def _resume_point(run: Run, out: Path, payload: Any, path: Path) -> tuple[TrainS
     if payload.get("format") == 1 and isinstance(stored, str):
         stored = Path(stored).name  # format 1 stored the path it was written at
     path = event_file(out, stored)
-    if not isinstance(size, int) or not 0 < size <= path.stat().st_size:
-        raise RunDirRefused(path, f"is shorter than the checkpoint says ({size!r} bytes); restore it, or use resume=never in a new output directory")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise RunDirRefused(out / CHECKPOINT_DIR, f"the checkpoint says the event file ends at {size!r}, which is not a length this runner writes (a whole number of bytes > 0); it is not a checkpoint this runner wrote: {NEW_DIRECTORY}")
+    if size > path.stat().st_size:
+        raise RunDirRefused(path, f"is {path.stat().st_size} bytes, shorter than the {size} bytes the checkpoint says; restore it, or use resume=never in a new output directory")
     return state, (path, size)
 
 

@@ -64,10 +64,19 @@ def _seed(key: str, value: Any) -> None:
         raise ConfigError(key, value, f"an integer in [{low}, {high}] (2**32 - 1: what numpy and scikit-learn accept)")
 
 
+def _subsequence(short: str, long: str) -> bool:
+    """Every letter of ``short`` appears in ``long``, in order."""
+    letters = iter(long)
+    return bool(short) and all(c in letters for c in short)
+
+
 def nearest_keys(key: str, known: list[str]) -> str:
     """'did you mean ...?' with the closest of ``known``, else all of them."""
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-    return f"did you mean {' or '.join(close)}?" if close else f"known keys: {', '.join(sorted(known))}"
+    if not close:  # nothing alike: an abbreviation (lr in learning_rate), else the nearest spelling
+        short = [k for k in known if _subsequence(k, key) or _subsequence(key, k)]
+        close = difflib.get_close_matches(key, short or known, n=1, cutoff=0.0)
+    return f"did you mean {' or '.join(close)}? (python -m runner --help lists every key)"
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -216,12 +225,12 @@ def check_combination(cfg: DictConfig, train: Dataset, val: Dataset | None = Non
     task = train.task
     loss_cls = target_of("loss", cfg.loss)
     model_cls = target_of("model", cfg.model)
-    loss_name = OmegaConf.select(cfg, "loss._target_").rsplit(".", 1)[-1]
+    loss_name = loss_cls.option  # the name the user types: loss=<option>
     model_name = OmegaConf.select(cfg, "model._target_").rsplit(".", 1)[-1].lower()  # the option name: cnn, mlp...
     regression_losses = ", ".join(cls.option for cls in LOSSES.values() if not cls.needs_classes)
     if loss_cls.needs_classes and task != CLASSIFICATION:
         raise ConfigError(
-            "loss", loss_name, f"a regression loss ({regression_losses}): dataset '{cfg.dataset.name}' has a regression target"
+            "loss", loss_name, f"dataset '{cfg.dataset.name}' has a regression target, so choose a regression loss: loss=<one of {regression_losses}>"
         )
     if loss_cls.target_domain == "one-sign" and task == CLASSIFICATION:
         raise ConfigError("loss", loss_name, "a loss for class labels: MAPE divides by the target, and one-hot targets are mostly 0")

@@ -115,7 +115,7 @@ def test_aggregate_is_exactly_the_seed_statistics(sweep):
                 "": wide.mean(axis=0),
                 "/min": values.min(axis=0),
                 "/max": values.max(axis=0),
-                "/std": wide.std(axis=0),  # population std
+                "/std": wide.std(axis=0, ddof=1),  # the sample std, as the report's tables
             }
             for suffix, want in expected.items():
                 got = aggregate[tag + suffix]
@@ -149,7 +149,9 @@ def test_aggregate_json_holds_the_final_metrics_over_seeds(sweep):
     from scipy import stats
 
     write_seed_aggregates(sweep)
-    final = json.loads((sweep / "batch_size=8" / AGGREGATE_DIR / "aggregate.json").read_text())["final"]
+    written = json.loads((sweep / "batch_size=8" / AGGREGATE_DIR / "aggregate.json").read_text())
+    assert written["std"] == "sample (ddof=1), as report.md"  # the bands and the report's tables agree
+    final = written["final"]
     losses = [json.loads((sweep / "batch_size=8" / f"seed={k}" / "summary.json").read_text())["val_loss"] for k in range(3)]
     assert final["val_loss"]["values"] == losses and final["val_loss"]["n"] == 3
     assert final["val_loss"]["std"] == pytest.approx(np.std(losses, ddof=1), rel=1e-12)

@@ -19,7 +19,12 @@ def test_plans():
     assert make_plan("epochs", None, 3, sizes) == Plan((4, 4, 4))
     assert make_plan("updates", 10, 99, sizes) == Plan((4, 4, 2))
     assert make_plan("samples", 200, 99, sizes) == Plan((4, 4))
-    assert make_plan("samples", 233, 99, sizes) == Plan((4, 4, 2))  # 200 + 32 < 233 <= 200 + 64
+    over = make_plan("samples", 233, 99, sizes)  # 200 + 32 < 233 <= 200 + 64
+    assert over.iterations == (4, 4, 2)
+    assert over.deviation == (
+        "budget=samples budget_amount=233: the run processes 264 samples (31 more), because an update uses a "
+        "whole batch (batch size 32); it stops at the first update that reaches the amount"
+    )
     assert make_plan("seconds", 1.5, 99, sizes) == Plan(None, 1.5)
 
 
@@ -85,3 +90,13 @@ def test_lr_scaling(rule, expected, make_cfg):
 def test_bad_lr_scaling(make_cfg):
     with pytest.raises(ConfigError, match="lr_scaling"):
         build_run(make_cfg(*LINREG_100, "lr_scaling=cubic"))
+
+
+def test_a_sample_budget_not_met_exactly_says_so_in_the_log_and_summary(make_cfg, caplog):
+    """BGD on 100 samples with budget_amount=250 processes 300: stated, never silent."""
+    run = build_run(make_cfg(*LINREG_100, "batch_size=full", "budget=samples", "budget_amount=250"))
+    summary = fit(run, MemoryLogger())
+    assert summary["samples_seen"] == 300
+    note = "budget=samples budget_amount=250: the run processes 300 samples (50 more), because an update uses a whole batch (batch size 100)"
+    assert any(w.startswith(note) for w in summary["warnings"])
+    assert any(note in record.getMessage() for record in caplog.records)

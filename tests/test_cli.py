@@ -70,3 +70,18 @@ def test_help_into_a_closed_pipe_ends_without_a_traceback():
     proc.stdout.close()  # no reader left: the first write fails with EPIPE
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1 and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow  # a real training run in a process
+def test_a_reader_that_goes_away_does_not_break_the_run(tmp_path):
+    """`hpr ... | head -1`: the run finishes and writes its results; no logging tracebacks."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "runner", "dataset=blobs", "epochs=1", "progress=false", f"hydra.run.dir={tmp_path / 'r'}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert run.stdout.readline().strip()  # the first line, as `head -1` reads it
+    run.stdout.close()  # ... and goes away
+    stderr = run.stderr.read()
+    assert run.wait(timeout=600) == 0, stderr
+    assert "Logging error" not in stderr and "BrokenPipe" not in stderr and "Traceback" not in stderr, stderr
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "done"

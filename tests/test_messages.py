@@ -59,6 +59,7 @@ def test_counts_of_one_are_singular_in_messages(tmp_path, caplog):
     from runner.data.files import load_npz
     from runner.errors import ConfigError, DataError
     from runner.schedulers import warmup_cosine
+    from runner import outcomes
     from runner.sweep import sweep_outcome
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -69,6 +70,8 @@ def test_counts_of_one_are_singular_in_messages(tmp_path, caplog):
         load_npz(tmp_path / "d.npz")
     (tmp_path / "sweep" / "a").mkdir(parents=True)
     (tmp_path / "sweep" / "a" / "summary.json").write_text('{"status": "done"}')
+    outcomes.start(tmp_path / "sweep", expected=1)
+    outcomes.record(tmp_path / "sweep", 0, tmp_path / "sweep" / "a", "done")
     assert sweep_outcome(tmp_path / "sweep") == ("1 job: 1 done", 0)
     # lr 0: the loss cannot improve after the first epoch, so patience 1 stops at epoch 2.
     caplog.set_level(logging.INFO, logger="runner.epochs")
@@ -238,3 +241,61 @@ def test_log_lines_do_not_land_on_the_progress_bar(tmp_path):
     # Only the console handler is rerouted: Hydra's log file still gets every line.
     (log_file,) = (tmp_path / "run").glob("*.log")
     assert log_file.read_text().count("[runner.epochs][INFO] - epoch ") == 4
+
+
+# ------------------------------------------------------------------ refusals that help (issue 19)
+# (argv, the whole Error line): the key, the value, what is allowed, the nearest spellings.
+HELPFUL_REFUSALS = [
+    (
+        ["optimizer=adma"],
+        "optimizer='adma' is not allowed: one of adagrad, adam, adamw, lars, momentum, nesterov, rmsprop, sgd "
+        "(conf/optimizer/*.yaml); did you mean optimizer=adam or optimizer=adamw?",
+    ),
+    (
+        ["dataset=diabetes"],
+        "loss='sparse_categorical_crossentropy' is not allowed: dataset 'diabetes' has a regression target, so choose "
+        "a regression loss: loss=<one of mse, mae, mape, msle, cosine_similarity, poisson, huber, log_cosh>",
+    ),
+    (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number, e.g. 0.01 or 1e-3"),
+    (["epochs=many"], "epochs='many' is not allowed: a whole number"),
+    (["optimizer.learning_rate=1"], "optimizer.learning_rate='1' is not allowed: a key of the schema: did you mean lr? (python -m runner --help lists every key)"),
+    (["optimizer.lr=a;b"], "the override 'optimizer.lr=a;b' cannot be parsed: quote it like this: 'optimizer.lr=\"a;b\"'"),
+    (["dataset=file", "dataset.path=x&y(1).csv"], "the override 'dataset.path=x&y(1).csv' cannot be parsed: quote it like this: 'dataset.path=\"x&y(1).csv\"'"),
+    (["optimizer.lr=a\udcffb"], "the override 'optimizer.lr=a\\udcffb' cannot be parsed: it is not UTF-8 text; values and keys must be UTF-8"),
+]
+
+
+@pytest.mark.parametrize("argv,line", HELPFUL_REFUSALS, ids=[a[0][0].encode("ascii", "backslashreplace").decode() for a in HELPFUL_REFUSALS])
+def test_a_refusal_names_key_value_what_is_allowed_and_the_nearest(argv, line, tmp_path, monkeypatch, capsys):
+    from runner.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    capsys.readouterr()
+    assert run_cli([*argv, "progress=false", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"Error: {line}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_data_file_names_dataset_path(tmp_path, monkeypatch, capsys):
+    from runner.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert run_cli(["dataset=file", "dataset.path=nope.csv", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("Error: dataset.path='nope.csv' is not allowed: an existing .npz or .csv file (there is no such file;")
+    assert str(tmp_path) in line
+
+
+def test_a_number_too_long_to_read_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
+    from runner.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert run_cli(["seed=" + "9" * 50_000, f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "Error: seed='999999999999... (50000 digits)' is not allowed: a number of at most 4300 digits "
+        "(every key that takes a number has a far smaller range)"
+    ]
+    assert list(tmp_path.iterdir()) == []

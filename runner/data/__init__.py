@@ -157,6 +157,8 @@ def _file(cfg: Any) -> Dataset:
     from runner.data import files
 
     path = Path(cfg.path)
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError("dataset.path", cfg.path, f"an existing .npz or .csv file (there is no such file; relative paths start at {Path.cwd()})")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         X, y = files.load_npz(path)

@@ -48,13 +48,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from runner.batches import InMemorySplit
 from runner.cli import FAULT_ENV
 from runner.epochs import TrainState
-from runner.errors import RunnerError
+from runner.errors import RunnerError, print_error
 from runner.launchers.fused_group import Member, train_group
 from runner.launchers.stacked import stackable_layers
 from runner.launchers.stacked_optim import structural_key
 from runner.loggers import TensorBoardLogger
 from runner.memory import release_device_memory
-from runner.rundir import check_usable, exclusive, keep_record, restore_record
+from runner import outcomes
+from runner.rundir import DiskFull, check_usable, exclusive, is_disk_full, keep_record, restore_record
 from runner.text import plural
 from runner.train import (
     Run,
@@ -138,6 +139,7 @@ class FusedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        self._jobs: list[Job] = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -154,6 +156,7 @@ class FusedLauncher(Launcher):
             idx = initial_job_idx + i
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             jobs.append(self._compose(idx, list(overrides)))
+        self._jobs = jobs
         units = self._plan(jobs)
         returns: dict[int, JobReturn] = {}
         for unit in units:
@@ -353,13 +356,30 @@ class FusedLauncher(Launcher):
         try:
             train_group(members)
         except Exception as err:  # noqa: BLE001 - a sweep goes on past a failed job
-            trace = traceback.format_exc()
-            log.exception("Fused group failed; the sweep goes on.")
+            disk_full = is_disk_full(err)
+            if disk_full:
+                # As a single run on a full disk: one line per job, the checkpoints resume it.
+                logging.raiseExceptions = False  # the log files cannot take the lines either
+            else:
+                log.exception("Fused group failed; the sweep goes on.")
+            trace = None if disk_full else traceback.format_exc()
             for member in members:
                 if member.summary is None:
-                    record_failure(member.out, f"{type(err).__name__}: {err}", trace)
+                    error = str(DiskFull(member.out)) if disk_full else f"{type(err).__name__}: {err}"
+                    if disk_full:
+                        print_error(error)
+                    record_failure(member.out, error, trace, resumable=disk_full)
         finally:
             release_device_memory()
+        for member in members:
+            summary = member.summary
+            self._record(member.out, summary["status"] if summary is not None else "failed")
+
+    def _record(self, out: Path, outcome: str) -> None:
+        """A member's outcome in the sweep's ledger, as the task function records a job's."""
+        assert self.config is not None
+        job = next(j for j in self._jobs if j.out == out)
+        outcomes.record(Path(str(self.config.hydra.sweep.dir)), job.idx, out, outcome)
 
     def _job_return(self, job: Job, member: Member) -> JobReturn:
         """The ``JobReturn`` ``run_job`` builds, with what the task function would have returned."""
