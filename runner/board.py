@@ -142,11 +142,11 @@ class StartupTimeout(Exception):
     """TensorBoard did not answer within :data:`STARTUP_S`; the message says what was awaited."""
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether TensorBoard answers an HTTP request at ``url`` (never through a proxy)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"{url.rstrip('/')}/data/environment", timeout=PROBE_TIMEOUT_S) as response:
+        with opener.open(f"{url.rstrip('/')}/data/environment", timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -176,7 +176,7 @@ def start_and_wait(logdir: Path, port: int, max_points: int, limit_s: float = ST
         raise outcome["error"]  # type: ignore[misc]
     url = str(outcome["url"])
     deadline = time.monotonic() + limit_s
-    while not _answers(url):
+    while not _answers(url, min(PROBE_TIMEOUT_S, limit_s)):
         time.sleep(0.5)
         if time.monotonic() > deadline:
             raise StartupTimeout(f"TensorBoard at {url} did not answer an HTTP request within {limit_s:.0f} s "

@@ -171,7 +171,11 @@ class RunLinks:
         self.path = Path(tempfile.mkdtemp(prefix="hpr-board-"))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_until_stopped, name="hpr-board-links", daemon=True)
-        self.refresh()
+        try:
+            self.refresh()
+        except BaseException:  # Ctrl-C while listing: leave nothing behind
+            self.__exit__()
+            raise
 
     def refresh(self) -> None:
         """Add a link for every run not linked yet (a link, once made, keeps its name)."""
