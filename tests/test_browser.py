@@ -353,16 +353,13 @@ def test_hparams_shows_the_loss_first_without_ticking(dashboard, driver, shots):
 
 # ------------------------------------------------------------------------- docs screenshots
 def save_screenshots(sweep: Path, out: Path) -> None:
-    """Start the board on ``sweep`` as a run prints it and save the Time Series (loss tags),
-    Custom Scalars and HParams tabs to ``out``."""
+    """Start the board on ``sweep`` as a run prints it, open the URL it prints, and save Time
+    Series (as the link opens it), Custom Scalars and HParams (as they open) to ``out``."""
     import shlex
-
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     from runner.board import board_command
 
-    with board(shlex.split(board_command(sweep)), cwd=sweep) as (_, url):
+    with board(shlex.split(board_command(sweep)), cwd=sweep) as (started, url):
         chrome = make_driver()
         try:
             for fragment, name, ready in (
@@ -371,16 +368,16 @@ def save_screenshots(sweep: Path, out: Path) -> None:
                  "return deepAll(document, 'tf-custom-scalar-multi-line-chart-card').length"),
                 ("hparams", "board_hparams", "return deepAll(document, 'vaadin-grid#sessionGroupsTable').length"),
             ):
-                open_tab(chrome, url, fragment)
+                if fragment == "timeseries":
+                    chrome.get(started.printed_url)  # exactly as printed
+                else:
+                    open_tab(chrome, url, fragment)
                 wait_for(lambda: chrome.execute_script(DEEP_ALL + ready), fragment, chrome)
-                if fragment == "timeseries":  # the loss charts, without the settings pane
-                    chrome.find_element(By.CSS_SELECTOR, "metrics-tag-filter input").send_keys("^loss/train_(iter|full)$", Keys.ESCAPE)
-                    chrome.find_element(By.XPATH, "//metrics-main-view//button[normalize-space()='Settings']").click()
-                if fragment == "hparams":  # the swept keys and the compared metrics in view
+                if fragment == "hparams":  # the constant columns (budget) unticked: the metrics in view
                     chrome.execute_script(DEEP_ALL + """
-                      for (const box of deepAll(document, 'paper-checkbox.hparam-checkbox, paper-checkbox.metric-checkbox')) {
-                        if (box.checked !== arguments[0].includes(box.textContent.trim())) box.click();
-                      }""", ["batch_size", "regime", "seed", "loss/train_full", "loss/val", "acc/val"])
+                      for (const box of deepAll(document, 'paper-checkbox.hparam-checkbox')) {
+                        if (box.checked && !arguments[0].includes(box.textContent.trim())) box.click();
+                      }""", ["batch_size", "regime", "seed"])
                 time.sleep(10)  # let every chart load and draw
                 screenshot(chrome, name, [out])
         finally:
