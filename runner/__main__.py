@@ -14,8 +14,10 @@ import sys
 def main() -> None:
     try:
         if sys.argv[1:2] == ["board"]:
-            from runner.board import main as board
-
+            try:
+                from runner.board import main as board
+            except KeyboardInterrupt:  # Ctrl-C while loading: as quiet as once started
+                raise SystemExit(130) from None
             raise SystemExit(board(sys.argv[2:]))
         from runner.cli import main as train
 

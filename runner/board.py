@@ -23,6 +23,9 @@ import shutil
 import signal
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +35,10 @@ HOST = "127.0.0.1"  # the dashboard is for this machine only (ssh -L to reach it
 DEFAULT_DIR = "outputs"
 # At most this many points per tag and plugin; see the module docstring for why not 0.
 KEEP_EVERY_POINT = 1_000_000_000
+# How long start-up may take before the board gives up saying what it waited for (a port
+# held by a program that never answers must not leave the user at a silent prompt).
+STARTUP_S = 60.0
+PROBE_TIMEOUT_S = 5.0
 
 
 def dashboard_dir(run_dir: str | Path) -> Path:
@@ -131,8 +138,63 @@ def _stop_on_signals() -> None:
         signal.signal(signum, handler)
 
 
+class StartupTimeout(Exception):
+    """TensorBoard did not answer within :data:`STARTUP_S`; the message says what was awaited."""
+
+
+def _answers(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether TensorBoard answers an HTTP request at ``url`` (never through a proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{url.rstrip('/')}/data/environment", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def start_and_wait(logdir: Path, port: int, max_points: int, limit_s: float = STARTUP_S) -> str:
+    """:func:`start` in a worker thread, then a request to the served URL, all within
+    ``limit_s``; raise :class:`StartupTimeout` naming what did not happen in time.
+
+    The main thread only waits here, so Ctrl-C stops the board at any point of start-up.
+    """
+    outcome: dict[str, object] = {}
+
+    def launch() -> None:
+        try:
+            outcome["url"] = start(logdir, port, max_points)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=launch, name="hpr-board-start", daemon=True)
+    worker.start()
+    worker.join(limit_s)
+    where = f"{HOST}:{port}" if port else f"a free port on {HOST}"
+    if worker.is_alive():
+        raise StartupTimeout(f"TensorBoard did not start listening on {where} within {limit_s:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    url = str(outcome["url"])
+    deadline = time.monotonic() + limit_s
+    while not _answers(url, min(PROBE_TIMEOUT_S, limit_s)):
+        time.sleep(0.5)
+        if time.monotonic() > deadline:
+            raise StartupTimeout(f"TensorBoard at {url} did not answer an HTTP request within {limit_s:.0f} s "
+                                 f"(is another program holding port {url.rsplit(':', 1)[-1].strip('/')}?)")
+    return url
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``hpr board [DIR] [--port P] [--max-points N]``; returns the exit status."""
+    _stop_on_signals()  # first: Ctrl-C at any point of start-up ends quietly
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("TensorBoard stopped.", flush=True)
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     logdir = Path(args.dir)
     if not logdir.is_dir():
@@ -147,16 +209,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from tensorboard.program import TensorBoardServerException
 
-    _stop_on_signals()
-    try:
-        url = start(logdir.resolve(), args.port, args.max_points)
-        print(f"TensorBoard on {logdir.resolve()}: {url}  (Ctrl-C to stop)", flush=True)
+    from runner.boardview import HINT, RunLinks, view_url
+
+    with RunLinks(logdir) as links:
+        try:
+            url = start_and_wait(links.path, args.port, args.max_points)
+        except TensorBoardServerException as err:  # e.g. --port taken
+            print_error(f"--port={args.port}: TensorBoard could not start: {err.msg}")
+            return 2
+        except StartupTimeout as err:
+            print_error(f"{err}; stopped waiting")
+            return 2
+        print(f"TensorBoard on {logdir.resolve()}: {view_url(url)}  (Ctrl-C to stop)", flush=True)
+        print(HINT, flush=True)
         threading.Event().wait()  # the server runs in a daemon thread; wait for Ctrl-C
-    except TensorBoardServerException as err:  # e.g. --port taken
-        print_error(f"TensorBoard could not start: {err.msg}")
-        return 1
-    except KeyboardInterrupt:  # also while still starting
-        print("TensorBoard stopped.", flush=True)
     return 0
 
 

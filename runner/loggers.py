@@ -20,6 +20,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import summary as tb_summary
 
 from runner.aggregate import layout_summary
+from runner.tbhparams import experiment_plugin_data, tb_value
 from runner.tbwriter import EventWriter
 
 SESSION_STATUS = {
@@ -102,12 +103,13 @@ class TensorBoardLogger(MetricLogger):
         self._writer.add_summary(image_summary(name, png), step=step)
 
     def log_hparams(self, hparams: Mapping[str, Any]) -> None:
-        # Only the session's start: no run writes an experiment summary, so TensorBoard
-        # infers the experiment from all sessions it finds (each hparam's values, and
-        # `differs` where they are not all equal: those columns show first). A metric's
+        # The experiment (hyperparameters in display order, the curated metrics; the same in
+        # every run of a sweep: see runner.tbhparams), then this session's start. A metric's
         # value is the last point of the run's own series with that tag.
+        self._write_hparams_plugin_data(metadata.EXPERIMENT_TAG, experiment_plugin_data(hparams, self.log_dir))
         start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
         for name, value in hparams.items():
+            value = tb_value(value)
             if value is None:
                 continue  # no value type in TensorBoard; an absent hparam shows as empty
             if isinstance(value, bool):

@@ -29,6 +29,7 @@ from conftest import read_scalars
 
 PRINTED = "Open in TensorBoard: "
 URL = re.compile(r"http://127\.0\.0\.1:(\d+)/")
+PRINTED_URL = re.compile(r"http://127\.0\.0\.1:\d+/\S*")  # the whole link, with its query
 SWEEP_S = 600.0  # a five-job sweep takes ~30 s on a busy 2-core machine
 READY_S = 60.0  # the board's URL line
 SERVED_S = 90.0  # every run's every point, from TensorBoard's first load (it reloads every 5 s)
@@ -79,21 +80,33 @@ class Job:
     """A run directory and what TensorBoard should serve for it."""
 
     path: Path
-    run: str  # TensorBoard's run name: the event files' directory, relative to the logdir
+    run: str  # the run's name on the board: the sweep's experiment and its path in the sweep
     iterations: int
     summary: dict = field(repr=False)
 
 
+def board_name(root: Path, event_dir: Path) -> str:
+    """The name ``hpr board ROOT`` gives the run in ``event_dir``: ``<experiment>/<path in the
+    sweep>`` for a sweep's job (``gd_compare/batch_size=8``), the directory's name for a run."""
+    import yaml
+
+    multirun = root / "multirun.yaml"
+    if not multirun.is_file():
+        return event_dir.name
+    label = yaml.safe_load(multirun.read_text())["hydra"]["runtime"]["choices"].get("experiment") or root.name
+    return f"{label}/{event_dir.relative_to(root).as_posix()}"
+
+
 def jobs_of(root: Path) -> list[Job]:
     """Every finished run under ``root`` (a directory with ``summary.json``), with the run name
-    TensorBoard gives its per-iteration events, found from where its event files are."""
+    the board gives its per-iteration events, found from where its event files are."""
     jobs = []
     for summary_path in sorted(root.rglob("summary.json")):
         path = summary_path.parent
         # The directory holding its per-iteration loss (a single run's directory also holds
         # the report's extras); not a failed attempt's, kept under .attempts/.
         event_dirs = {p.parent for p in path.rglob("events.out.tfevents.*") if ".attempts" not in p.relative_to(path).parts}
-        runs = {d.relative_to(root).as_posix() for d in event_dirs if "loss/train_iter" in read_scalars(d)}
+        runs = {board_name(root, d) for d in event_dirs if "loss/train_iter" in read_scalars(d)}
         assert len(runs) == 1, f"{path}: per-iteration events in {sorted(runs)}"
         summary = json.loads(summary_path.read_text())
         jobs.append(Job(path, runs.pop(), summary["iterations"], summary))
@@ -150,6 +163,7 @@ class Board:
             env={k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")},
         )
         self.lines: list[str] = []
+        self.printed_url = ""  # the whole URL printed, as a user copies it
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -180,6 +194,7 @@ class Board:
             if line is None:
                 break  # the process ended
             if line and (match := URL.search(line)):
+                self.printed_url = PRINTED_URL.search(line).group(0)
                 return match.group(0)
         raise AssertionError(f"the board printed no URL within {READY_S:.0f} s.\n{self.log()}")
 

@@ -22,6 +22,8 @@ extra (selenium); skipped, saying so, when the browser or driver is missing.
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 import shutil
 import sys
 import time
@@ -137,13 +139,14 @@ def screenshot(driver, name: str, dirs: list[Path]) -> None:
 
 # ----------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def dashboard(tmp_path_factory) -> Iterator[tuple[str, Path, list[Job]]]:
-    """A small gd_compare sweep and the board its printed command starts: (url, root, jobs)."""
+def dashboard(tmp_path_factory) -> Iterator[tuple[str, Path, list[Job], str]]:
+    """A small gd_compare sweep (three batch sizes, two seeds each) and the board its printed
+    command starts: (url, root, jobs, the URL the board printed)."""
     if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.skip("needs chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
-    root, command, _ = gd_compare_sweep(tmp_path_factory.mktemp("user"))
-    with board(command, cwd=root) as (_, url):
-        yield url, root, jobs_of(root)
+    root, command, _ = gd_compare_sweep(tmp_path_factory.mktemp("user"), "batch_size=full,1,32", "seed=0,1")
+    with board(command, cwd=root) as (started, url):
+        yield url, root, jobs_of(root), started.printed_url
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +167,7 @@ def shots(tmp_path_factory) -> list[Path]:
 
 # -------------------------------------------------------------------------------------- tests
 def test_time_series_draws_every_point_of_every_run(dashboard, driver, shots):
-    url, root, jobs = dashboard
+    url, root, jobs, _ = dashboard
     open_tab(driver, url, "timeseries", "?forceSVG=true")
     listed = {r["run"]: r["color"] for r in wait_for(
         lambda: {job.run for job in jobs} <= {r["run"] for r in driver.execute_script(TIME_SERIES_RUNS)}
@@ -175,12 +178,14 @@ def test_time_series_draws_every_point_of_every_run(dashboard, driver, shots):
     from selenium.webdriver.common.by import By
 
     driver.find_element(By.CSS_SELECTOR, "metrics-tag-filter input").send_keys("^loss/train_iter$")
-    expected = {listed[job.run]: job.iterations for job in jobs}
+    expected = Counter(job.iterations for job in jobs)
 
-    def drawn() -> dict[str, int] | None:
+    def drawn() -> Counter | None:
+        # Every job's line with all its points (the seed aggregates' mean lines come on top;
+        # with more runs than the palette has colours, a colour can name two runs).
         lines = driver.execute_script(TIME_SERIES_LINES, "loss/train_iter") or []
-        counts = {line["color"]: line["vertices"] for line in lines}
-        return counts if all(counts.get(color) == n for color, n in expected.items()) else None
+        counts = Counter(line["vertices"] for line in lines)
+        return counts if not expected - counts else None
 
     try:
         wait_for(drawn, "a loss/train_iter line with every point for every run", driver)
@@ -197,22 +202,28 @@ def test_time_series_draws_every_point_of_every_run(dashboard, driver, shots):
 def test_the_run_list_holds_only_runs(dashboard, driver, shots):
     from runner.aggregate import AGGREGATE_FILE, SUMMARY_FILE
 
-    url, root, jobs = dashboard
+    url, root, jobs, _ = dashboard
     open_tab(driver, url, "timeseries")
     runs = wait_for(
         lambda: (r := [x["run"] for x in driver.execute_script(TIME_SERIES_RUNS)])
         and {job.run for job in jobs} <= set(r) and r,
         "every run in the run list", driver)
     screenshot(driver, "board_runs", shots)
-    # Each entry is a run directory (its summary.json) or a seed group's aggregate: no
-    # helper runs (layout, hparams, report images), no event-file subfolder as a run name.
-    not_runs = [r for r in runs if not ((root / r / SUMMARY_FILE).is_file() or (root / r / AGGREGATE_FILE).is_file())]
+    # Each entry is a run directory (its summary.json) or a seed group's aggregate, named
+    # gd_compare/<path in the sweep>: no helper runs (layout, hparams, report images), no
+    # event-file subfolder as a run name.
+    def directory(run: str) -> Path:
+        assert run.startswith("gd_compare/"), run
+        return root / run.removeprefix("gd_compare/")
+
+    not_runs = [r for r in runs if not ((directory(r) / SUMMARY_FILE).is_file() or (directory(r) / AGGREGATE_FILE).is_file())]
     assert not not_runs, f"the run list holds entries that are not runs: {not_runs} (all: {runs})"
-    assert sorted(runs) == sorted({job.path.relative_to(root).as_posix() for job in jobs})
+    aggregates = {f"gd_compare/{p.parent.relative_to(root).as_posix()}" for p in root.rglob(AGGREGATE_FILE)}
+    assert sorted(runs) == sorted({job.run for job in jobs} | aggregates)
 
 
 def test_custom_scalars_draw_every_run(dashboard, driver, shots):
-    url, root, jobs = dashboard
+    url, root, jobs, _ = dashboard
     open_tab(driver, url, "custom_scalars")
     # Off: with it on, a point far outside the zoomed range (SGD's first losses) is cropped
     # from the drawn path, which would make "every point is drawn" uncountable.
@@ -221,7 +232,8 @@ def test_custom_scalars_draw_every_run(dashboard, driver, shots):
 
     def charts() -> list[dict] | None:
         found = driver.execute_script(CUSTOM_SCALARS_CHARTS)
-        return found if any(sorted(chart["lines"]) == iterations for chart in found) else None
+        # Every job's line with all its points (seed aggregates add their mean lines).
+        return found if any(not Counter(iterations) - Counter(chart["lines"]) for chart in found) else None
 
     try:
         found = wait_for(charts, f"a chart with one line per run of {iterations} points", driver)
@@ -232,7 +244,7 @@ def test_custom_scalars_draw_every_run(dashboard, driver, shots):
 
 
 def test_hparams_lists_every_run_with_its_metrics(dashboard, driver, shots):
-    url, root, jobs = dashboard
+    url, root, jobs, _ = dashboard
     open_tab(driver, url, "hparams")
     runs = {job.run: job for job in jobs}
 
@@ -266,18 +278,88 @@ def test_hparams_lists_every_run_with_its_metrics(dashboard, driver, shots):
         assert float(cells["batch_size"]) == batch
 
 
+SMOOTHING = DEEP_ALL + """
+const box = deepAll(document, '.scalars-smoothing input.slider-input')[0];
+return box ? box.value : null;
+"""
+FIRST_CARDS = DEEP_ALL + "return deepAll(document, 'scalar-card .heading .name').map(e => e.textContent.replace(/\\s/g, ''));"
+LOSS_CARD = re.compile(r"(^|/)loss/")
+
+
+def configuration(job: Job) -> str:
+    """A job's configuration: its path in the sweep without the seed (``batch_size=8``)."""
+    return job.path.parent.name if job.path.name.startswith("seed=") else job.path.name
+
+
+def test_the_printed_link_opens_the_comparison_view(dashboard, driver, shots):
+    """The URL as the board prints it: smoothing 0, one colour per configuration shared by its
+    seeds, the loss cards first, and every configuration's line in the pinned per-update card."""
+    url, root, jobs, printed = dashboard
+    assert printed.startswith(url) and "smoothing=0" in printed
+    open_tab(driver, printed.split("#")[0], "timeseries")
+    assert wait_for(lambda: driver.execute_script(SMOOTHING), "the smoothing setting", driver) == "0"
+    cards = wait_for(lambda: driver.execute_script(FIRST_CARDS), "a card", driver)
+    assert LOSS_CARD.search(cards[0]), cards[:5]
+    assert cards[:5] == ["by_samples/loss/train_full", "by_samples/loss/val", "loss/train_full", "loss/val", "loss/train_iter"]
+    listed = {r["run"]: r["color"] for r in wait_for(
+        lambda: {job.run for job in jobs} <= {r["run"] for r in driver.execute_script(TIME_SERIES_RUNS)}
+        and driver.execute_script(TIME_SERIES_RUNS), "every run in the run list", driver)}
+    screenshot(driver, "board_printed_link", shots)
+    colours: dict[str, set[str]] = {}
+    for job in jobs:
+        colours.setdefault(configuration(job), set()).add(listed[job.run])
+    assert all(len(c) == 1 for c in colours.values()), colours  # seeds of one configuration: one colour
+    assert len({c.pop() for c in colours.values()}) == len(colours) == 3, listed  # configurations: distinct
+    by_colour = {listed[job.run]: job.iterations for job in jobs}
+
+    # The same link drawn as SVG (TensorBoard's own switch), so each line's points can be counted.
+    base, query = printed.split("#")[0].split("?", 1)
+    open_tab(driver, f"{base}?forceSVG=true&{query}", "timeseries")
+
+    def drawn() -> dict[str, int] | None:
+        # The pinned card is below the fold and TensorBoard draws only cards in view: scroll to it.
+        driver.execute_script(DEEP_ALL + """
+          const card = deepAll(document, 'scalar-card').find(c => (c.querySelector('.heading .name') || {}).textContent
+            && c.querySelector('.heading .name').textContent.replace(/\\s/g, '') === 'loss/train_iter');
+          if (card) card.scrollIntoView();""")
+        lines = driver.execute_script(TIME_SERIES_LINES, "loss/train_iter") or []  # the first: the pinned card
+        counts: dict[str, int] = {}
+        for line in lines:
+            counts[line["color"]] = max(counts.get(line["color"], 0), line["vertices"])
+        return counts if all(counts.get(c) == n for c, n in by_colour.items()) else None
+
+    wait_for(drawn, f"each configuration's line in the pinned loss/train_iter card ({by_colour})", driver)
+
+
+def test_hparams_shows_the_loss_first_without_ticking(dashboard, driver, shots):
+    url, root, jobs, _ = dashboard
+    open_tab(driver, url, "hparams")
+    runs = {job.run: job for job in jobs}
+    found = wait_for(lambda: (t := driver.execute_script(HPARAMS_TABLE)) and {row[0] for row in t["rows"]} == set(runs) and t,
+                     "a table row per run", driver)
+    headers = found["headers"]
+    metrics = [h for h in headers if h in ("loss/val", "loss/train_full", "acc/val", "acc/train")]
+    assert metrics == ["loss/val", "loss/train_full", "acc/val", "acc/train"], headers
+    # The swept keys lead the hyperparameters, integers as integers.
+    # The keys that differ lead the hyperparameters (TensorBoard orders them by name), integers as integers.
+    assert set(headers[2:5]) == {"batch_size", "regime", "seed"}, headers
+    for row in found["rows"]:
+        cells = dict(zip(headers, row))
+        summary = runs[row[0]].summary
+        assert cells["seed"] == str(summary["seed"]) and cells["batch_size"] == str(summary["hparams"]["batch_size"])
+        assert float(cells["loss/val"]) == pytest.approx(summary["val_loss"], rel=1e-4), row[0]
+        assert float(cells["loss/train_full"]) == pytest.approx(summary["train_loss"], rel=1e-4), row[0]
+
+
 # ------------------------------------------------------------------------- docs screenshots
 def save_screenshots(sweep: Path, out: Path) -> None:
-    """Start the board on ``sweep`` as a run prints it and save the Time Series (loss tags),
-    Custom Scalars and HParams tabs to ``out``."""
+    """Start the board on ``sweep`` as a run prints it, open the URL it prints, and save Time
+    Series (as the link opens it), Custom Scalars and HParams (as they open) to ``out``."""
     import shlex
-
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     from runner.board import board_command
 
-    with board(shlex.split(board_command(sweep)), cwd=sweep) as (_, url):
+    with board(shlex.split(board_command(sweep)), cwd=sweep) as (started, url):
         chrome = make_driver()
         try:
             for fragment, name, ready in (
@@ -286,16 +368,16 @@ def save_screenshots(sweep: Path, out: Path) -> None:
                  "return deepAll(document, 'tf-custom-scalar-multi-line-chart-card').length"),
                 ("hparams", "board_hparams", "return deepAll(document, 'vaadin-grid#sessionGroupsTable').length"),
             ):
-                open_tab(chrome, url, fragment)
+                if fragment == "timeseries":
+                    chrome.get(started.printed_url)  # exactly as printed
+                else:
+                    open_tab(chrome, url, fragment)
                 wait_for(lambda: chrome.execute_script(DEEP_ALL + ready), fragment, chrome)
-                if fragment == "timeseries":  # the loss charts, without the settings pane
-                    chrome.find_element(By.CSS_SELECTOR, "metrics-tag-filter input").send_keys("^loss/train_(iter|full)$", Keys.ESCAPE)
-                    chrome.find_element(By.XPATH, "//metrics-main-view//button[normalize-space()='Settings']").click()
-                if fragment == "hparams":  # the swept keys and the compared metrics in view
+                if fragment == "hparams":  # the constant columns (budget) unticked: the metrics in view
                     chrome.execute_script(DEEP_ALL + """
-                      for (const box of deepAll(document, 'paper-checkbox.hparam-checkbox, paper-checkbox.metric-checkbox')) {
-                        if (box.checked !== arguments[0].includes(box.textContent.trim())) box.click();
-                      }""", ["batch_size", "regime", "seed", "loss/train_full", "loss/val", "acc/val"])
+                      for (const box of deepAll(document, 'paper-checkbox.hparam-checkbox')) {
+                        if (box.checked && !arguments[0].includes(box.textContent.trim())) box.click();
+                      }""", ["batch_size", "regime", "seed"])
                 time.sleep(10)  # let every chart load and draw
                 screenshot(chrome, name, [out])
         finally:

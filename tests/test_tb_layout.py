@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from runner.tbhparams import tb_value
 from runner.aggregate import DEFAULT_LAYOUT
 from runner.schema import sweep_subdir
 from runner.sweep import split_sweep_keys
@@ -148,7 +149,10 @@ def test_tensorboard_lists_runs_and_infers_which_hparams_differ(gd_compare, tmp_
         # What tells the runs apart, and only that, is marked as differing ...
         assert differs == {"batch_size", "regime", "seed"}
         assert {"dataset", "experiment", "optimizer", "optimizer.lr", "lr", "epochs", "scheduler"} <= set(infos) - differs
-        assert infos["experiment"]["domainDiscrete"] == ["gd_compare"]
+        # The experiment every run writes (no inference): the swept values as a discrete
+        # domain, integers as text (the HParams tab prints numbers as 0.0000), the curated metrics.
+        assert infos["seed"]["domainDiscrete"] == ["0", "1"] and infos["experiment"]["type"] == "DATA_TYPE_STRING"
+        assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["loss/val", "loss/train_full", "acc/val", "acc/train"]
         # ... and the HParams dashboard shows those columns first.
         assert {info["name"] for info in experiment["hparamInfos"][:3]} == differs
         groups = _request(port, "/data/plugin/hparams/session_groups", {"experimentName": "", "startIndex": 0, "sliceSize": 100, "allowedStatuses": ["STATUS_SUCCESS"]})
@@ -172,11 +176,12 @@ def test_an_optimizer_sweep_records_each_choice_and_its_momentum(tmp_path):
     }
     for hparams in recorded.values():
         assert hparams["scheduler"] == "step" and hparams["scheduler.gamma"] == pytest.approx(0.1)
-        assert hparams["scheduler.step_size"] == 10 and hparams["scheduler.interval"] == "epoch"
+        assert hparams["scheduler.step_size"] == "10" and hparams["scheduler.interval"] == "epoch"  # integers as text
         assert hparams["lr"] == hparams["optimizer.lr"] == pytest.approx(0.1) and hparams["lr_scaling"] == "none"
         assert hparams["optimizer.weight_decay"] == 0.0 and hparams["dataset"] == "iris"
         # The summary keeps the same record.
-        assert json.loads((sweep / f"optimizer={hparams['optimizer']}" / "summary.json").read_text())["hparams"] == hparams
+        recorded_in_summary = json.loads((sweep / f"optimizer={hparams['optimizer']}" / "summary.json").read_text())["hparams"]
+        assert {k: tb_value(v) for k, v in recorded_in_summary.items() if v is not None} == hparams
 
 
 def test_a_single_run_is_one_tensorboard_run(tmp_path):

@@ -10,16 +10,26 @@ TensorBoard 2.21).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
+import yaml
 
 from boardutil import board, gd_compare_sweep, get_json, jobs_of, printed_commands, run_runner, wait_for_every_point
 from conftest import read_scalars
+from runner.boardview import COLOR_BY_CONFIGURATION, PINNED_TAGS, RunLinks, run_names, view_query
 
 BATCH_SIZES = {"full", 1, 8, 32, 128}  # experiment=gd_compare
 
@@ -60,7 +70,7 @@ def test_the_printed_command_serves_every_point_of_every_run(sweep, tmp_path):
         for job in jobs:
             served = points[job.run]
             assert [step for _, step, _ in served] == list(range(job.iterations)), job.run
-            on_disk = read_scalars(root / job.run)["loss/train_iter"]
+            on_disk = read_scalars(job.path)["loss/train_iter"]
             assert [value for _, _, value in served] == pytest.approx([v for _, v in on_disk], rel=1e-6)
         data_server = started.children()
     # Ctrl-C: a clean exit, and TensorBoard's data server (if it started one) goes with it.
@@ -115,3 +125,146 @@ def test_board_help_explains_it(tmp_path):
     for words in ("127.0.0.1 only", "keeps every logged point by default", "until Ctrl-C", "(default: outputs)", "--port PORT"):
         assert words in text
     assert not (tmp_path / "outputs").exists()  # Hydra never saw the command line
+
+
+# ------------------------------------------------------------------ names, link, start-up
+def _fake_run(path: Path) -> Path:
+    """A directory TensorBoard takes for a run (one event file), as a job leaves it."""
+    path.mkdir(parents=True)
+    (path / "events.out.tfevents.1.host.1.0").write_bytes(b"")
+    (path / "summary.json").write_text("{}")
+    return path
+
+
+def _fake_sweep(root: Path, experiment: str | None, jobs: list[str]) -> Path:
+    root.mkdir(parents=True)
+    choices = {"experiment": experiment} if experiment else {"dataset": "digits"}
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+    for job in jobs:
+        _fake_run(root / job)
+    return root
+
+
+def _tree(root: Path) -> dict[str, bytes | str]:
+    """Every entry under ``root`` with its content (a link: its target), to compare before and after."""
+    return {p.relative_to(root).as_posix(): (os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else "dir")
+            for p in sorted(root.rglob("*"))}
+
+
+def test_runs_are_named_by_experiment_and_swept_keys_and_two_sweeps_are_told_apart(tmp_path):
+    out = tmp_path / "outputs"
+    jobs = ["batch_size=8/seed=0", "batch_size=8/seed=1", "batch_size=8/seed_aggregate", "batch_size=full/seed=0"]
+    first = _fake_sweep(out / "sweeps" / "2026-12-04_11-34-33-989570", "gd_compare", jobs)
+    _fake_sweep(out / "sweeps" / "2026-12-04_12-00-01-000001", "gd_compare", ["batch_size=1"])
+    _fake_sweep(out / "sweeps" / "2026-12-05_09-00-00-000000", None, ["optimizer=adam"])
+    _fake_run(out / "runs" / "2026-12-04_10-00-00-000000")
+    _fake_run(out / "runs" / "2026-12-04_10-00-00-000000" / ".attempts" / "1")  # hidden: no run
+    _fake_run(out / "old" / "a" / "run1")
+    _fake_run(out / "old" / "b" / "run1")
+
+    names = run_names(out)
+    assert names == {
+        **{f"gd_compare@11-34-33/{job}": first / job for job in jobs},
+        "gd_compare@12-00-01/batch_size=1": out / "sweeps" / "2026-12-04_12-00-01-000001" / "batch_size=1",
+        "2026-12-05_09-00-00-000000/optimizer=adam": out / "sweeps" / "2026-12-05_09-00-00-000000" / "optimizer=adam",
+        "2026-12-04_10-00-00-000000": out / "runs" / "2026-12-04_10-00-00-000000",
+        "a/run1": out / "old" / "a" / "run1",
+        "b/run1": out / "old" / "b" / "run1",
+    }
+    # One sweep on its own: the experiment and the swept keys; a run on its own: its name, never ".".
+    assert set(run_names(first)) == {f"gd_compare/{job}" for job in jobs}
+    assert set(run_names(first / "batch_size=8" / "seed=1")) == {"gd_compare/batch_size=8/seed=1"}
+    assert set(run_names(out / "runs" / "2026-12-04_10-00-00-000000")) == {"2026-12-04_10-00-00-000000"}
+    # The two gd_compare sweeps differ within the first 20 characters (the run list's visible width).
+    assert len({name[:20] for name in names if name.startswith("gd_compare")}) == 2
+
+
+def test_the_colour_regex_groups_the_seeds_of_one_configuration(tmp_path):
+    regex = re.compile(COLOR_BY_CONFIGURATION)  # the same syntax in JavaScript's RegExp
+    group = {name: regex.match(name).groups() for name in (
+        "gd_compare/batch_size=8/seed=0", "gd_compare/batch_size=8/seed=1", "gd_compare/batch_size=8/seed_aggregate",
+        "gd_compare/batch_size=full/seed=0", "gd_compare/batch_size=1", "2026-12-04_10-00-00-000000")}
+    assert group["gd_compare/batch_size=8/seed=0"] == group["gd_compare/batch_size=8/seed=1"] \
+        == group["gd_compare/batch_size=8/seed_aggregate"] == ("gd_compare/batch_size=8",)
+    assert len({group[n] for n in group}) == 4
+
+
+def test_the_printed_query_is_what_tensorboard_reads():
+    query = dict(urllib.parse.parse_qsl(view_query()))
+    assert set(query) == {"smoothing", "runColorGroup", "pinnedCards"}
+    assert float(query["smoothing"]) == 0
+    assert query["runColorGroup"] == f"regex:{COLOR_BY_CONFIGURATION}"
+    # The deep-link reader keeps a card with a string plugin and tag and no run (a multi-run plugin).
+    cards = json.loads(query["pinnedCards"])
+    assert cards == [{"plugin": "scalars", "tag": tag} for tag in PINNED_TAGS]
+    assert cards[0]["tag"] == "by_samples/loss/train_full" and cards[-1]["tag"] == "loss/train_iter"
+
+
+def test_the_links_are_made_outside_the_runs_and_removed(tmp_path):
+    sweep = _fake_sweep(tmp_path / "sweep", "gd_compare", ["batch_size=8/seed=0"])
+    before = _tree(sweep)
+    with RunLinks(sweep) as links:
+        link = links.path / "gd_compare" / "batch_size=8" / "seed=0"
+        assert link.is_symlink() and link.resolve() == (sweep / "batch_size=8" / "seed=0").resolve()
+        assert not links.path.is_relative_to(sweep)
+        _fake_run(sweep / "batch_size=8" / "seed=1")  # a job that starts later appears
+        links.refresh()
+        assert (links.path / "gd_compare" / "batch_size=8" / "seed=1").is_symlink()
+    assert not links.path.exists()
+    after = _tree(sweep)
+    del after["batch_size=8/seed=1"], after["batch_size=8/seed=1/events.out.tfevents.1.host.1.0"], after["batch_size=8/seed=1/summary.json"]
+    assert after == before  # nothing written inside the runs, nothing removed
+
+
+def test_a_port_whose_listener_never_answers_ends_the_wait_in_one_line(monkeypatch):
+    import runner.board as board_module
+
+    with socket.socket() as listener:  # accepts into its backlog, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        monkeypatch.setattr(board_module, "start", lambda logdir, port_, max_points: f"http://127.0.0.1:{port}/")
+        with pytest.raises(board_module.StartupTimeout, match=rf"TensorBoard at http://127.0.0.1:{port}/ did not answer an HTTP request within 1 s \(is another program holding port {port}\?\)"):
+            board_module.start_and_wait(Path("."), port, 10, limit_s=1.0)
+    # A start that never returns is bounded too.
+    monkeypatch.setattr(board_module, "start", lambda *args: threading.Event().wait())
+    with pytest.raises(board_module.StartupTimeout, match=r"did not start listening on 127.0.0.1:5 within 1 s"):
+        board_module.start_and_wait(Path("."), 5, 10, limit_s=1.0)
+
+
+def test_a_port_in_use_is_refused_in_one_line(tmp_path):
+    (tmp_path / "outputs").mkdir()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        proc = _board(f"--port={port}", cwd=tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert errors == [f"Error: --port={port}: TensorBoard could not start: TensorBoard could not bind to port {port}, it was already in use"]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # board start-ups interrupted
+@pytest.mark.parametrize("after_s", [0.0, 0.5])
+def test_ctrl_c_during_start_up_ends_quietly(tmp_path, after_s):
+    """SIGINT once the board is running its own start-up (its link directory exists, TensorBoard
+    is loading): no traceback, and the link directory is gone."""
+    _fake_run(tmp_path / "run")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "board", str(tmp_path / "run")], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        deadline = time.monotonic() + 60
+        while not list(temp.glob("hpr-board-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(temp.glob("hpr-board-*")), "the board never started"
+        time.sleep(after_s)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert proc.returncode == 0 and out.splitlines()[-1] == "TensorBoard stopped.", (proc.returncode, out, err)
+    assert not list(temp.glob("hpr-board-*"))
