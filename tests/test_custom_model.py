@@ -103,13 +103,13 @@ RES = ("model=custom", "model._target_=mynets.nets.ResidualMLP")
     "target, says",
     [
         ("os.system", "os.system is a builtin_function_or_method, not an nn.Module subclass"),
-        ("builtins.eval", "builtins.eval is a builtin_function_or_method, not an nn.Module subclass"),
+        pytest.param("builtins.eval", "builtins.eval is a builtin_function_or_method, not an nn.Module subclass", marks=pytest.mark.slow),
         ("mynets.nets.NotAModule", "mynets.nets.NotAModule is a type, not an nn.Module subclass"),
-        ("mynets.nets.a_function", "mynets.nets.a_function is a function, not an nn.Module subclass"),
+        pytest.param("mynets.nets.a_function", "mynets.nets.a_function is a function, not an nn.Module subclass", marks=pytest.mark.slow),
         ("mynets.broken.Net", "importing mynets.broken failed: ModuleNotFoundError: No module named 'a_module_that_is_not_there'"),
-        ("mynets.nets.Missing", "mynets.nets has no attribute Missing"),
-        ("nowhere.Net", "importing nowhere failed: ModuleNotFoundError"),
-        ("Net", "a torch.nn.Module subclass as package.module.Class"),
+        pytest.param("mynets.nets.Missing", "mynets.nets has no attribute Missing", marks=pytest.mark.slow),
+        pytest.param("nowhere.Net", "importing nowhere failed: ModuleNotFoundError", marks=pytest.mark.slow),
+        pytest.param("Net", "a torch.nn.Module subclass as package.module.Class", marks=pytest.mark.slow),
     ],
 )
 def test_a_target_that_is_not_a_module_class_is_refused_in_one_line(target, says, user_code, tmp_path, capsys):
@@ -122,6 +122,7 @@ def test_a_target_that_is_not_a_module_class_is_refused_in_one_line(target, says
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_custom_without_a_target_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(["model=custom", "progress=false", f"hydra.run.dir={out}"]) == 2
@@ -151,7 +152,11 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagra
 SCHEDULERS = ("none", "step", "exponential", "cosine", "warmup_cosine", "plateau")
 
 
-@pytest.mark.parametrize("optimizer, scheduler", [*zip(OPTIMIZERS, SCHEDULERS + SCHEDULERS[:2])])
+# One pair by default; the whole matrix under -m slow (each is a run of its own).
+@pytest.mark.parametrize(
+    "optimizer, scheduler",
+    [pytest.param(o, s, marks=() if o == "adam" else pytest.mark.slow) for o, s in zip(OPTIMIZERS, SCHEDULERS + SCHEDULERS[:2])],
+)
 def test_it_trains_with_every_optimizer_and_scheduler(optimizer, scheduler, user_code, make_cfg, tmp_path):
     extra = ("scheduler.warmup_steps=1",) if scheduler == "warmup_cosine" else ()
     summary = train(make_cfg(*RES, "dataset=iris", f"optimizer={optimizer}", f"scheduler={scheduler}", *extra, "epochs=2", "batch_size=16"))
@@ -160,6 +165,7 @@ def test_it_trains_with_every_optimizer_and_scheduler(optimizer, scheduler, user
     assert [s for s, _ in scalars["loss/train_iter"]] == list(range(16))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["mse", "huber", "categorical_crossentropy", "hinge"])
 def test_it_trains_with_other_losses(loss, user_code, make_cfg):
     assert train(make_cfg(*RES, "dataset=iris", f"loss={loss}", "batch_size=full"))["status"] == "done"

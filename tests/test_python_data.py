@@ -45,7 +45,8 @@ def test_the_function_s_arrays_pass_or_fail_as_the_same_npz_file_does(tmp_path_f
     with np.load(path, allow_pickle=True) as archive:
         X, y = archive["X"], archive["y"]
     module = types.ModuleType("userdata_fuzz")
-    returned = (X.tolist(), y.tolist()) if container == "list" and X.dtype.kind in "biuf" else (X, y)
+    # Lists of numbers (an empty list has no shape to keep, so empty arrays stay arrays).
+    returned = (X.tolist(), y.tolist()) if container == "list" and X.dtype.kind in "biuf" and X.size else (X, y)
     if container == "torch" and X.dtype.kind in "biuf" and X.dtype != np.float64:
         returned = (torch.as_tensor(X), torch.as_tensor(y))
     module.data = lambda: returned
@@ -56,7 +57,10 @@ def test_the_function_s_arrays_pass_or_fail_as_the_same_npz_file_does(tmp_path_f
         except DataError as err:
             with pytest.raises(DataError) as got:
                 pydata.load("userdata_fuzz.data")
-            assert err.problem == got.value.problem  # the same words, naming the function instead of the file
+            if spec["dtype"] == "object":  # the file's is refused unread (it would unpickle); both say object dtype
+                assert "object" in got.value.problem and "object" in err.problem
+            else:
+                assert err.problem == got.value.problem  # the same words, naming the function instead of the file
             assert str(got.value).startswith("userdata_fuzz.data(): ")
             return
         (gX, gy), val = pydata.load("userdata_fuzz.data")
@@ -148,6 +152,6 @@ def test_a_map_style_torch_dataset_is_stacked(user_module, make_cfg):
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(20, 1, 4, 4, generator=g), torch.arange(20) % 3
     user_module.value = torch.utils.data.TensorDataset(X, y)
-    run = build_run(make_cfg("dataset=python", "dataset.fn=userdata.data", "model=cnn", "model.channels=[2]", "val_fraction=0", "dataset.standardize=false"))
+    run = build_run(make_cfg("dataset=python", "dataset.fn=userdata.data", "model=cnn", "model.channels=[2]", "val_fraction=0", "dataset.standardize=false", "batch_size=4"))
     assert run.train.X.shape == (20, 1, 4, 4)
     torch.testing.assert_close(run.train.X.cpu(), X)
