@@ -34,6 +34,8 @@ __all__ = ["RunFailed", "run", "sweep", "load"]
 
 # Hydra's name for the launcher group; `launcher="fused"` becomes `hydra/launcher=fused`.
 _LAUNCHER_GROUP = "hydra/launcher"
+# verbose=False: the job's log goes to its file only, and Hydra's own lines nowhere.
+_QUIET = ("hydra.job_logging.root.handlers=[file]", "hydra.hydra_logging.root.handlers=[]")
 
 
 class RunFailed(RunnerError):
@@ -109,11 +111,13 @@ def _pinned(overrides: Sequence[str], key: str, multirun: bool) -> tuple[list[st
     return ([*overrides] if given else [*overrides, f"{key}={directory}"]), Path(directory)
 
 
-def run(overrides: Sequence[str] = ()) -> dict[str, Any]:
+def run(overrides: Sequence[str] = (), verbose: bool = True) -> dict[str, Any]:
     """Train one configuration, exactly as ``python -m runner *overrides`` would.
 
     Args:
         overrides: Hydra overrides, e.g. ``["model=mlp", "optimizer=adam", "batch_size=8"]``.
+        verbose: False keeps the log out of stdout (a notebook's cell output); the run's log
+            file is written all the same.
 
     Returns:
         The run's ``summary.json`` (``status``, ``train_loss``, ``val_loss``, ...) with ``"dir"``,
@@ -123,18 +127,20 @@ def run(overrides: Sequence[str] = ()) -> dict[str, Any]:
         RunFailed: the configuration was refused (its message is the one ``Error:`` line the
             command line prints; nothing is written) or the run failed.
     """
-    argv, directory = _pinned(list(overrides), "hydra.run.dir", multirun=False)
+    argv, directory = _pinned([*overrides, *(() if verbose else _QUIET)], "hydra.run.dir", multirun=False)
     _call_cli(argv)
     return {**read_summary(directory), "dir": str(directory)}
 
 
-def sweep(overrides: Sequence[str] = (), launcher: str | None = None) -> Path:
+def sweep(overrides: Sequence[str] = (), launcher: str | None = None, verbose: bool = True) -> Path:
     """Run a sweep, exactly as ``python -m runner -m *overrides`` would; return its directory.
 
     Args:
         overrides: Hydra overrides with sweeps, e.g. ``["batch_size=1,8,full", "seed=0,1"]``.
         launcher: a ``hydra/launcher`` option (``fused``, ``joblib``, ``slurm``...), or None for
             the configured one (Hydra's basic launcher: one job after another).
+        verbose: False keeps the log (and the launcher's lines, e.g. which jobs were fused)
+            out of stdout; each job's log file is written all the same.
 
     Returns:
         The sweep directory; :func:`load` it for the results.
@@ -142,7 +148,7 @@ def sweep(overrides: Sequence[str] = (), launcher: str | None = None) -> Path:
     Raises:
         RunFailed: the sweep was refused before any job ran (its ``Error:`` line).
     """
-    argv = list(overrides) + ([f"{_LAUNCHER_GROUP}={launcher}"] if launcher is not None else [])
+    argv = [*overrides, *([f"{_LAUNCHER_GROUP}={launcher}"] if launcher is not None else []), *(() if verbose else _QUIET)]
     argv, directory = _pinned(argv, "hydra.sweep.dir", multirun=True)
     _call_cli(["--multirun", *argv])
     return directory
