@@ -192,8 +192,7 @@ def runtime_only_venv(path: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=TIMEOUT)
     own = Path(subprocess.run([path / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                               check=True, capture_output=True, text=True).stdout.strip())
-    # setuptools: the build backend pip runs in this venv (--no-build-isolation).
-    for name in runtime_distributions() | {"setuptools"}:
+    for name in runtime_distributions():
         dist = distribution(name)
         parts = [Path(str(f)).parts for f in dist.files or [] if not str(f).startswith("..")]
         entries = set()
@@ -215,7 +214,11 @@ def test_the_runtime_alone_trains_and_names_the_extra_a_launcher_needs(tmp_path)
     is refused in one line naming the pip install that adds it."""
     checkout = copy_of_checkout(tmp_path / "checkout")
     bin_dir = runtime_only_venv(tmp_path / "venv")
-    pip_install(bin_dir, str(checkout))
+    # The wheel is built here (the build backend, setuptools, is no runtime dependency), then installed there.
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels), str(checkout)],
+                   check=True, capture_output=True, timeout=TIMEOUT, env=user_env())
+    pip_install(bin_dir, str(next(wheels.glob("*.whl"))))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     missing = run([bin_dir / "python", "-c", "import importlib.util as u; print([m for m in ('submitit', 'ray', 'optuna', 'pytest', 'selenium', 'pandas') if u.find_spec(m)])"], elsewhere)
