@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: `make run` needs the runtime alone, `make test` adds the test extra on top.
+RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-stamp
 
 # Extra Hydra overrides for `make run`, e.g. make run ARGS="optimizer=adam batch_size=1"
@@ -12,17 +14,22 @@ PYTEST_ARGS ?=
 
 .PHONY: run test setup clean
 
+# The runtime plus everything the tests need (what `make test` installs).
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull the CUDA build (gigabytes).
 	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(RUNTIME)
 	$(BIN)/python -m runner $(ARGS)
 
 test: $(STAMP)

@@ -38,6 +38,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
 from runner import outcomes, preflight
 from runner.errors import ConfigError, RunnerError, print_error
+from runner.extras import missing_extra
 from runner.launchers import distributed
 from runner.memory import OutOfMemory, release_device_memory
 from runner.rundir import DiskFull, RunDirRefused
@@ -257,7 +258,8 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
             cfg = app.compose_config(config_name, args.overrides, run_mode=mode, with_log_configuration=False)
         except (HydraException, OmegaConfBaseException) as err:
             raise (
-                _unknown_key(err, args.overrides) or _missing_option(err, args.overrides) or _wrong_type(err, args.overrides)
+                missing_extra(args.overrides, str(err))
+                or _unknown_key(err, args.overrides) or _missing_option(err, args.overrides) or _wrong_type(err, args.overrides)
                 or _unparsable(err) or RunnerError(_hydra_one_line(err))
             ) from None
         preflight.check_hydra(cfg, multirun)

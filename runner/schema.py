@@ -90,6 +90,16 @@ class FileDatasetConfig(DatasetConfig):
 
 
 @dataclass
+class PythonDatasetConfig(DatasetConfig):
+    """``dataset=python dataset.fn=pkg.module.function``: a function returning ``(X, y)``,
+    ``(X_train, y_train, X_val, y_val)`` or a map-style torch Dataset (:mod:`runner.data.python`)."""
+
+    name: str = "python"
+    fn: str = MISSING
+    task: str = "auto"
+
+
+@dataclass
 class MemmapDatasetConfig(DatasetConfig):
     """``X.npy`` and ``y.npy`` in the directory ``path``, read from disk one block at a time:
     data bigger than memory, with the same results as loading it."""
@@ -156,6 +166,14 @@ class CNNModelConfig(ModelConfig):
     hidden: int = 64
     activation: str = "relu"
     init: str = "default"
+
+
+@dataclass
+class CustomModelConfig(ModelConfig):
+    """``model=custom model._target_=pkg.module.Class``: any ``torch.nn.Module`` subclass, built as
+    ``Class(in_shape=..., out_features=..., **keys)`` with its own keys added as ``+model.<key>=...``."""
+
+    _target_: str = MISSING
 
 
 # ----------------------------------------------------------------------------- losses
@@ -406,11 +424,13 @@ _SCHEMAS = {
     "dataset_file": FileDatasetConfig,
     "dataset_idx": IdxDatasetConfig,
     "dataset_memmap": MemmapDatasetConfig,
+    "dataset_python": PythonDatasetConfig,
     "dataset_cifar10": Cifar10DatasetConfig,
     "model_linear": LinearModelConfig,
     "model_logistic": LogisticModelConfig,
     "model_mlp": MLPModelConfig,
     "model_cnn": CNNModelConfig,
+    "model_custom": CustomModelConfig,
     "loss_plain": LossConfig,
     "loss_logits": LogitsLossConfig,
     "loss_smoothed_logits": SmoothedLogitsLossConfig,

@@ -22,7 +22,7 @@ from runner.errors import ConfigError
 from runner.losses import LOSSES
 from runner.memory import check_host_fits
 from runner.registry import target_of
-from runner.schema import NoiseConfig, RunConfig, TrajectoryConfig
+from runner.schema import CustomModelConfig, NoiseConfig, RunConfig, TrajectoryConfig
 from runner.schedulers import EPOCH_ONLY, INTERVALS
 
 PROGRESS_MODES = ("auto", "true", "false")
@@ -96,13 +96,14 @@ def check_keys(cfg: DictConfig) -> None:
         schema = OmegaConf.get_type(cfg[group])
         if not dataclasses.is_dataclass(schema):
             raise ConfigError(group, OmegaConf.to_container(cfg[group]), f"an option of conf/{group}/")
-        _check_node_keys(cfg[group], f"{group}.", schema)
+        # A user's own model takes its constructor's keywords: +model.<name>=... is not a typo there.
+        _check_node_keys(cfg[group], f"{group}.", schema, extra_ok=schema is CustomModelConfig)
 
 
-def _check_node_keys(node: DictConfig, prefix: str, schema: type) -> None:
+def _check_node_keys(node: DictConfig, prefix: str, schema: type, extra_ok: bool = False) -> None:
     fields = [f.name for f in dataclasses.fields(schema)]
     for key in node:
-        if key not in fields:
+        if key not in fields and not extra_ok:
             raise ConfigError(f"{prefix}{key}", node._get_node(key)._value(), f"a key of the schema: {nearest_keys(str(key), fields)}")
     for key in fields:
         if OmegaConf.is_missing(node, key):
@@ -234,9 +235,10 @@ def check_combination(cfg: DictConfig, train: Dataset, val: Dataset | None = Non
         )
     if loss_cls.target_domain == "one-sign" and task == CLASSIFICATION:
         raise ConfigError("loss", loss_name, "a loss for class labels: MAPE divides by the target, and one-hot targets are mostly 0")
-    if model_cls.needs_classes and task != CLASSIFICATION:
+    # A user's own model (model=custom) need not declare these: it takes what it is given.
+    if getattr(model_cls, "needs_classes", False) and task != CLASSIFICATION:
         raise ConfigError("model", model_name, f"linear, mlp or cnn: logistic regression needs class labels and dataset '{cfg.dataset.name}' has a regression target")
-    if model_cls.needs_images and len(train.feature_shape) != 3:
+    if getattr(model_cls, "needs_images", False) and len(train.feature_shape) != 3:
         raise ConfigError(
             "model", model_name, f"linear, logistic or mlp: a CNN needs images (C, H, W), and dataset '{cfg.dataset.name}' has features of shape {train.feature_shape}"
         )

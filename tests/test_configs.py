@@ -26,9 +26,9 @@ def options(group: str) -> list[str]:
 def test_groups_have_the_documented_options():
     assert options("dataset") == sorted(
         ["digits", "iris", "wine", "breast_cancer", "diabetes", "linreg", "moons", "blobs", "spirals",
-         "file", "memmap", "mnist", "fashion_mnist", "kmnist", "cifar10"]
+         "file", "memmap", "mnist", "fashion_mnist", "kmnist", "cifar10", "python"]
     )
-    assert options("model") == ["cnn", "linear", "logistic", "mlp"]
+    assert options("model") == ["cnn", "custom", "linear", "logistic", "mlp"]
     assert options("optimizer") == sorted(["sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw", "lars"])
     assert options("scheduler") == sorted(["none", "step", "exponential", "cosine", "warmup_cosine", "plateau"])
     assert options("regime") == ["bgd", "minibatch", "sgd"]
@@ -53,7 +53,29 @@ def data_files(tmp_path):
         "fashion_mnist": [f"dataset.root={tmp_path / 'idx'}"],
         "kmnist": [f"dataset.root={tmp_path / 'idx'}"],
         "cifar10": [f"dataset.root={tmp_path / 'cifar'}"],
+        "python": ["dataset.fn=test_configs.user_data"],
     }
+
+
+def user_data() -> tuple[np.ndarray, np.ndarray]:
+    """dataset=python's function, as a user writes one (this module is importable as test_configs)."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(60, 3)), np.arange(60) % 3
+
+
+class UserModel(torch.nn.Module):
+    """model=custom's class, as a user writes one: not a chain of layers."""
+
+    def __init__(self, in_shape, out_features, width=8):
+        super().__init__()
+        self.hidden = torch.nn.Linear(int(np.prod(in_shape)), width)
+        self.out = torch.nn.Linear(width, out_features)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(x.flatten(1))))
+
+
+MODEL_KEYS = {"custom": ["model._target_=test_configs.UserModel"]}
 
 
 def train_briefly(cfg):
@@ -77,7 +99,7 @@ def test_every_dataset_option_builds_and_trains(option, make_cfg, data_files):
 
 @pytest.mark.parametrize("option", options("model"))
 def test_every_model_option_builds_and_trains(option, make_cfg):
-    run, summary, _, moved = train_briefly(make_cfg(f"model={option}"))
+    run, summary, _, moved = train_briefly(make_cfg(f"model={option}", *MODEL_KEYS.get(option, [])))
     assert summary["status"] == "done" and moved
     out = run.model(run.train.X[:5])
     assert out.shape == (5, 10)  # digits: ten classes

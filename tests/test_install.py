@@ -158,3 +158,75 @@ def test_editable_install_reads_conf_from_the_checkout(tmp_path):
     groups = help_groups(run([bin_dir / "hpr", "--help"], elsewhere).stdout)
     assert "iris_copy" in groups["dataset"]
     assert groups == expected_groups(checkout / "conf")
+
+
+def runtime_distributions() -> set[str]:
+    """hparam-runner's runtime dependencies and theirs, extras left out (what `make run` installs)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = ["hparam-runner"]
+    while todo:
+        name = todo.pop()
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue  # a platform-only dependency not installed here
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue  # behind an extra (or another platform)
+            key = req.name.lower().replace("_", "-")
+            if key not in seen:
+                seen.add(key)
+                todo.append(req.name)
+    return seen
+
+
+def runtime_only_venv(path: Path) -> Path:
+    """A new venv holding links to the runtime dependencies' files only, taken from this venv:
+    a plain `pip install torch==2.13.0 .` without downloading, and without any extra's packages."""
+    from importlib.metadata import distribution
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=TIMEOUT)
+    own = Path(subprocess.run([path / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              check=True, capture_output=True, text=True).stdout.strip())
+    for name in runtime_distributions():
+        dist = distribution(name)
+        parts = [Path(str(f)).parts for f in dist.files or [] if not str(f).startswith("..")]
+        entries = set()
+        for part in parts:
+            # A namespace package (hydra_plugins) is shared by several distributions, the extras'
+            # plugins among them: link each distribution's own folder inside it, not all of it.
+            namespace = len(part) > 2 and not Path(dist.locate_file(Path(part[0]) / "__init__.py")).exists()
+            entries.add(Path(*part[:2]) if namespace else Path(part[0]))
+        for entry in entries:
+            source = Path(dist.locate_file(entry))
+            if source.exists() and not (own / entry).exists():
+                (own / entry).parent.mkdir(parents=True, exist_ok=True)
+                (own / entry).symlink_to(source)
+    return path / "bin"
+
+
+def test_the_runtime_alone_trains_and_names_the_extra_a_launcher_needs(tmp_path):
+    """`make run`'s install (no extras): `hpr epochs=1` trains; a Slurm sweep or an Optuna search
+    is refused in one line naming the pip install that adds it."""
+    checkout = copy_of_checkout(tmp_path / "checkout")
+    bin_dir = runtime_only_venv(tmp_path / "venv")
+    # The wheel is built here (the build backend, setuptools, is no runtime dependency), then installed there.
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels), str(checkout)],
+                   check=True, capture_output=True, timeout=TIMEOUT, env=user_env())
+    pip_install(bin_dir, str(next(wheels.glob("*.whl"))))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    missing = run([bin_dir / "python", "-c", "import importlib.util as u; print([m for m in ('submitit', 'ray', 'optuna', 'pytest', 'selenium', 'pandas') if u.find_spec(m)])"], elsewhere)
+    assert missing.stdout.strip() == "[]"
+    run([bin_dir / "hpr", "epochs=1", "progress=false"], elsewhere)
+    assert json.loads(next((elsewhere / "outputs").rglob("summary.json")).read_text())["status"] == "done"
+    for argv, extra in ((["-m", "hydra/launcher=slurm"], "cluster"), (["-m", "hydra/launcher=ray_cluster"], "cluster"), (["-m", "experiment=lr_search"], "search")):
+        result = subprocess.run([bin_dir / "hpr", *argv], cwd=elsewhere, env=user_env(), capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("Error: ") and f"pip install 'hparam-runner[{extra}]'" in result.stderr, result.stderr
+    assert sorted(p.name for p in (elsewhere / "outputs").rglob("summary.json")) == ["summary.json"]

@@ -180,6 +180,21 @@ def _with_task(X: np.ndarray, y: np.ndarray, task: str, path: Path) -> Dataset:
     return _regression(X, y, source=str(path))
 
 
+def _python(cfg: Any) -> Dataset:
+    """A user's function's data; its own validation part, if it returns one, rides in ``info``
+    until :func:`split` takes it off (so ``val_fraction`` does not split it again)."""
+    from runner.data import python
+
+    (X, y), val = python.load(cfg.fn)
+    source = f"{cfg.fn}()"
+    if val is None:
+        return _with_task(X, y, cfg.task, source)
+    # Classes are numbered over both parts together, so a label means the same in each.
+    whole = _with_task(np.concatenate([X, val[0]]), np.concatenate([y, val[1]]), cfg.task, source)
+    whole.info["validation_rows"] = len(val[0])
+    return whole
+
+
 def _idx(cfg: Any) -> Dataset:
     from runner.data import files
 
@@ -209,6 +224,7 @@ LOADERS: dict[str, Callable[[Any], Dataset]] = {
     "fashion_mnist": _idx,
     "kmnist": _idx,
     "cifar10": _cifar10,
+    "python": _python,
 }
 
 
@@ -226,8 +242,13 @@ def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Da
     """Hold out ``round(val_fraction * N)`` samples, drawn with ``seed``; the rest trains.
 
     The training part keeps the data set's order (sorted by original index), so
-    ``shuffle=false`` trains in file order.
+    ``shuffle=false`` trains in file order. A data set that brings its own validation part
+    (``dataset=python`` returning four arrays: its last ``info["validation_rows"]`` rows) keeps it.
     """
+    own = dataset.info.pop("validation_rows", None)
+    if own is not None:
+        n = len(dataset) - own
+        return dataset.subset(np.arange(n)), dataset.subset(np.arange(n, len(dataset)))
     if val_fraction == 0:
         return dataset, None
     n_val = int(round(val_fraction * len(dataset)))

@@ -247,8 +247,12 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     # The file is opened here, not by np.load, which leaks its handle when the zip is corrupt.
     with open(p, "rb") as f:
         arrays = _read_npz_arrays(p, f)
-    X, y = arrays["X"], arrays["y"]
+    return check_arrays(p, arrays["X"], arrays["y"])
 
+
+def check_arrays(p: Any, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A file's (or a function's, :mod:`runner.data.python`) ``X`` and ``y``, checked as ``load_npz`` describes;
+    ``p`` names where they came from in the messages."""
     for key, arr in (("X", X), ("y", y)):
         _check_numeric(p, key, arr)
     if X.ndim < 2:

@@ -51,6 +51,7 @@ from runner.epochs import TrainState
 from runner.errors import RunnerError, print_error
 from runner.launchers.fused_group import Member, train_group
 from runner.launchers.stacked import stackable_layers
+from runner.launchers.stacked_vmap import vmap_refusal
 from runner.launchers.stacked_optim import structural_key
 from runner.loggers import TensorBoardLogger
 from runner.memory import release_device_memory
@@ -106,7 +107,10 @@ def fusion_key(run: Run) -> tuple[Any, ...] | str:
         return f"budget={cfg.budget} (a time budget is each run's own)"
     layers = stackable_layers(run.model)
     if isinstance(layers, str):
-        return layers
+        # Any other module (a user's model=custom) stacks through vmap(functional_call) when exact.
+        refusal = vmap_refusal(run.model, run.train.X[:2])
+        if refusal is not None:
+            return f"{layers}, and {refusal}"
     optimizer = structural_key(run.optimizer)
     if isinstance(optimizer, str):
         return optimizer

@@ -34,7 +34,8 @@ from runner.epochs import (
     _segment_end,
     summary_of,
 )
-from runner.launchers.stacked import FusedStep, StackedData, StackedModel, run_fused_segment
+from runner.launchers.stacked import FusedStep, StackedData, run_fused_segment
+from runner.launchers.stacked_vmap import stacked_model
 from runner.launchers.stacked_optim import StackedOptimizer
 from runner.loggers import TensorBoardLogger
 from runner.loop import EpochTrace, epoch_order
@@ -84,7 +85,7 @@ class FusedGroup:
             # The stacked optimizer does the member's optimizer's steps: its epoch scheduler
             # would otherwise warn that it is stepped before any optimizer step.
             run.optimizer._opt_called = True  # type: ignore[attr-defined]
-        self.model = StackedModel([r.model for r in runs])
+        self.model = stacked_model([r.model for r in runs])
         self.optimizer = StackedOptimizer([r.optimizer for r in runs], self.model.flat, self.model.grad, self.model.shapes)
         self.data = StackedData.of([r.train for r in runs])
         clips = [r.cfg.grad_clip for r in runs]
