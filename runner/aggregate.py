@@ -36,6 +36,7 @@ from tensorboard.util import tensor_util
 from torch.utils.tensorboard.summary import custom_scalars
 
 from runner.tbwriter import EventWriter, encode_scalar
+from runner.safefs import open_inside
 
 __all__ = [
     "AGGREGATE_DIR",
@@ -568,7 +569,8 @@ def write_seed_aggregates(root: Path) -> list[Path]:
         from runner.seedstats import final_statistics
 
         description["final"] = final_statistics([read_summary(run) for run in done])
-        (agg_dir / AGGREGATE_FILE).write_text(json.dumps(description, indent=2) + "\n")
+        with open_inside(agg_dir.parent, agg_dir / AGGREGATE_FILE, "w") as handle:
+            handle.write(json.dumps(description, indent=2) + "\n")
         written.append(agg_dir)
     return written
 

@@ -47,6 +47,7 @@ from runner.aggregate import (
 from runner.board import board_command
 from runner.errors import RunnerError, print_error
 from runner.schema import split_items
+from runner.safefs import check_no_links, open_inside, save_figure
 
 __all__ = ["PLOTS", "Labels", "PlotSpec", "ReportError", "main", "write_report"]
 
@@ -615,7 +616,7 @@ def _write_plots(out_dir: Path, lines: Sequence[Line], subtitle: str, loss_name:
             # A plot this sweep cannot have (no validation, nothing finite): drop an old one.
             path.unlink(missing_ok=True)
             continue
-        fig.savefig(path, dpi=DPI)
+        save_figure(fig, out_dir.parent, path, dpi=DPI)
         written.append(path)
     return written
 
@@ -820,7 +821,9 @@ def write_report(root: Path) -> Path:
     from runner.instruments.sections import instrument_sections  # imports torch: only when reporting
 
     instruments = instrument_sections(root / IMAGES_DIR, configs, labels, _loss_name(records))
-    report.write_text(_markdown(root, records, configs, labels, pngs) + _seed_statistics(root, records, configs, labels) + instruments)
+    text = _markdown(root, records, configs, labels, pngs) + _seed_statistics(root, records, configs, labels) + instruments
+    with open_inside(root, report, "w") as handle:
+        handle.write(text)
     return report
 
 
@@ -831,6 +834,10 @@ def _problem_with(root: Path) -> str | None:
         return f"{root}: not a directory"
     if not find_runs(root):
         return f"{root}: not a run or sweep directory (no summary.json in it or below it)"
+    try:
+        check_no_links(root)  # before the seed aggregates or the report write anything
+    except RunnerError as err:
+        return str(err)
     return None
 
 
