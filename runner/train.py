@@ -48,6 +48,7 @@ from runner.loop import (
 from runner.losses import Loss
 from runner.checkpoint import load_checkpoint, restore_rng_state, rng_state
 from runner.checkpoint import CheckpointWriter
+from runner.checkpoint_check import check_checkpoint
 from runner.epochs import StopFlag, TrainState, run_epochs, summary_of
 from runner.instruments.hook import Instruments, make_instruments
 from runner.registry import build
@@ -476,6 +477,7 @@ def _resume_point(run: Run, out: Path, payload: Any, path: Path) -> tuple[TrainS
     """Check one loaded checkpoint against this run and restore it: the state and where the
     event file is cut back to. A different config is refused; anything malformed raises."""
     _refuse_other_config(out, payload["config"], run.cfg)
+    check_checkpoint(run, payload)  # a state this runner could have written, or the previous checkpoint
     state = _restore(run, payload)
     stored, size = payload["tensorboard"]
     if payload.get("format") == 1 and isinstance(stored, str):
