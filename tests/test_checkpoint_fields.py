@@ -35,7 +35,7 @@ from conftest import compose_cfg
 # (iteration 15: an order, losses, batch sizes, a best epoch), last.ckpt at its end.
 RUN = ("dataset=iris", "batch_size=16", "epochs=2", "checkpoint_every=3", "optimizer=adam", "scheduler=step")
 COUNTS = ("status", "iterations", "samples_seen", "epochs")
-FEW = settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+FEW = settings(max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 MANY = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
