@@ -37,6 +37,7 @@ from torch.utils.tensorboard.summary import custom_scalars
 
 from runner.outcomes import LEDGER_DIR, not_results
 from runner.tbwriter import EventWriter, encode_scalar
+from runner.safefs import open_inside
 
 __all__ = [
     "AGGREGATE_DIR",
@@ -590,7 +591,8 @@ def write_seed_aggregates(root: Path) -> list[Path]:
         from runner.seedstats import final_statistics
 
         description["final"] = final_statistics([read_summary(run) for run in done])
-        (agg_dir / AGGREGATE_FILE).write_text(json.dumps(description, indent=2) + "\n")
+        with open_inside(agg_dir.parent, agg_dir / AGGREGATE_FILE, "w") as handle:
+            handle.write(json.dumps(description, indent=2) + "\n")
         written.append(agg_dir)
     return written
 

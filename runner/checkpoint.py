@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from runner.errors import DataError, RunnerError
+from runner.safefs import open_inside
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def write_checkpoint(folder: Path, data: bytes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{_TMP_PREFIX}{os.getpid()}.ckpt"
     try:
-        with open(tmp, "wb") as f:
+        with open_inside(folder.parent, tmp, "wb") as f:  # <run>/checkpoints/: nothing followed out of <run>
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -27,6 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runner.errors import DataError, RunnerError, print_error
+from runner.safefs import check_no_links, copy_inside, open_inside
 
 LOCK_FILE = ".lock"
 EVENT_PREFIX = "events.out.tfevents."
@@ -57,7 +58,9 @@ def is_disk_full(err: BaseException) -> bool:
 
 # ------------------------------------------------------------------ the directory itself
 def check_usable(out: Path) -> None:
-    """``out`` is (or can become) a directory: not an existing file, not below one."""
+    """``out`` is (or can become) a directory: not an existing file, not below one, and
+    nothing in it is a link (:func:`runner.safefs.check_no_links`)."""
+    check_no_links(out)
     for path in (out, *out.parents):
         if path.exists() or path.is_symlink():
             if not path.is_dir():
@@ -90,7 +93,7 @@ def exclusive(out: Path) -> Iterator[None]:
 def _acquire(out: Path) -> Any:
     out.mkdir(parents=True, exist_ok=True)
     # "a+" creates the file without truncating it: the pid in it is the holder's until we hold the lock.
-    handle = open(out / LOCK_FILE, "a+")
+    handle = open_inside(out, LOCK_FILE, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -161,7 +164,7 @@ def keep_record(out: Path) -> None:
     kept.mkdir(exist_ok=True)
     for name in HYDRA_RECORD:
         if (folder / name).is_file():
-            shutil.copy2(folder / name, kept / name)
+            copy_inside(out, folder / name, kept / name)
 
 
 def restore_record(out: Path) -> None:
@@ -171,7 +174,7 @@ def restore_record(out: Path) -> None:
         return
     for name in HYDRA_RECORD:
         if (folder / ACCEPTED / name).is_file():
-            shutil.copy2(folder / ACCEPTED / name, folder / name)
+            copy_inside(out, folder / ACCEPTED / name, folder / name)
 
 
 # ------------------------------------------------------------------ before Hydra writes anything

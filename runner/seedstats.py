@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from runner.schema import split_items
+from runner.safefs import save_figure
 
 # summary.json key → what the report calls it. Every final value a run records about how
 # well it fitted; counts (epochs, iterations) are equal across seeds and left out.
@@ -325,5 +326,5 @@ def draw_spread(path: Path, groups: Mapping[str, Sequence[Mapping[str, Any]]], l
     fig.suptitle(f"Final {FINAL_METRICS[metric]} over seeds: mean and its 95% confidence interval", fontsize=13, x=0.01, horizontalalignment="left")
     ax.set_title("dots: one seed each; bar: mean; whiskers: 95% CI (Student's t)", fontsize=9, color="0.35", loc="left")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path.parent.parent, path, dpi=100)
     return path

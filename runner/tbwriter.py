@@ -40,6 +40,7 @@ import google_crc32c
 import numpy as np
 from numpy.typing import ArrayLike
 from tensorboard.compat.proto import event_pb2, summary_pb2
+from runner.safefs import open_inside
 
 __all__ = [
     "EventWriteError",
@@ -569,7 +570,7 @@ def _open_event_file(logdir: Path, filename_suffix: str) -> tuple[Any, Path]:
         )
         path = logdir / name
         try:
-            return open(path, "xb"), path
+            return open_inside(logdir, path, "xb"), path
         except FileExistsError:
             continue
     raise FileExistsError(f"no free event file name in {logdir}")
@@ -604,9 +605,9 @@ class EventWriter:
         """
         if resume_from is not None:
             path, size = Path(resume_from[0]), int(resume_from[1])
-            with open(path, "r+b") as existing:
+            with open_inside(path.parent, path, "r+b") as existing:
                 existing.truncate(size)
-            self._sink = _Sink(open(path, "ab"), path)
+            self._sink = _Sink(open_inside(path.parent, path, "ab"), path)
             self._finalizer = weakref.finalize(self, self._sink.close)
             return
         logdir = Path(logdir)

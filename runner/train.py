@@ -48,11 +48,13 @@ from runner.loop import (
 from runner.losses import Loss
 from runner.checkpoint import load_checkpoint, restore_rng_state, rng_state
 from runner.checkpoint import CheckpointWriter
+from runner.checkpoint_check import check_checkpoint
 from runner.epochs import StopFlag, TrainState, run_epochs, summary_of
 from runner.instruments.hook import Instruments, make_instruments
 from runner.registry import build
 from runner.rundir import NEW_DIRECTORY, DiskFull, RunDirRefused, check_usable, event_file, exclusive, hydra_job_of, is_disk_full, keep_record, restore_record
 from runner.schedulers import NEEDS_RUN_LENGTH
+from runner.safefs import open_inside
 from runner.text import plural
 from runner.validate import FLOAT32_MAX, check_combination, check_config, resolve_batch_size
 
@@ -369,7 +371,8 @@ def _write_atomic(path: Path, write: Any) -> None:
     and a failed write (a full disk) leaves no temporary file behind."""
     tmp = path.with_name(f".writing-{path.name}")
     try:
-        write(tmp)
+        with open_inside(path.parent, tmp, "wb") as handle:  # never through a link planted there
+            write(handle)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -377,7 +380,7 @@ def _write_atomic(path: Path, write: Any) -> None:
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+    _write_atomic(path, lambda handle: handle.write((json.dumps(payload, indent=2) + "\n").encode()))
 
 
 RESUMABLE_KEYS = {"epochs", "budget_amount", "progress", "resume", "checkpoint_every", "device", "output_dir", "eval_batch_size"}
@@ -474,6 +477,7 @@ def _resume_point(run: Run, out: Path, payload: Any, path: Path) -> tuple[TrainS
     """Check one loaded checkpoint against this run and restore it: the state and where the
     event file is cut back to. A different config is refused; anything malformed raises."""
     _refuse_other_config(out, payload["config"], run.cfg)
+    check_checkpoint(run, payload)  # a state this runner could have written, or the previous checkpoint
     state = _restore(run, payload)
     stored, size = payload["tensorboard"]
     if payload.get("format") == 1 and isinstance(stored, str):

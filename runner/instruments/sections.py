@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from runner.instruments.trajectory import TRAJECTORY_FILE, PathLine, Trajectory, draw, plane_note, png_bytes
+from runner.safefs import save_figure
 
 NOISE_PNG = "noise_scale.png"
 TRAJECTORY_PNG = "trajectory.png"  # one loss surface shared by every recorded run
@@ -117,7 +118,7 @@ def noise_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any) -> 
     n_train = next((r.summary.get("n_train") for r in measured if r.summary.get("n_train")), None)
     colors = _colors(len(measured))
     fig = _noise_figure([(_label(labels, r), r, c) for r, c in zip(measured, colors)], batch_sizes, n_train)
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, out_dir.parent, path, dpi=DPI)
     critical, runs = critical_batch_size(measured)
     parts = ["## Gradient noise", "", NOISE_READ, "", f"![Gradient noise scale]({out_dir.name}/{NOISE_PNG})", ""]
     if critical is not None and batch_sizes:
@@ -200,7 +201,7 @@ def trajectory_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any
     if surface is not None:
         lines = [PathLine(_label(labels, record), t.coords, color, int(t.steps[-1])) for (record, t), color in zip(found, colors)]
         fig = draw(surface, lines, "Paths of the weights over the training-loss contours", plane_note(surface), ylabel)
-        fig.savefig(out_dir / TRAJECTORY_PNG, dpi=DPI)
+        save_figure(fig, out_dir.parent, out_dir / TRAJECTORY_PNG, dpi=DPI)
         _write_tensorboard_image(out_dir, TRAJECTORY_IMAGE_TAG, png_bytes(fig))
         parts += [
             "Every run's weights, from the same start (○) to its end (★), over the contours of the loss on the "
@@ -216,7 +217,7 @@ def trajectory_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any
     for number, ((record, t), color) in enumerate(zip(found, colors), start=1):
         name = TRAJECTORY_PNG_EACH.format(number)
         fig = draw(t, [PathLine(_label(labels, record), t.coords, color, int(t.steps[-1]))], f"Path of the weights: {labels.run(record)}", plane_note(t), ylabel)
-        fig.savefig(out_dir / name, dpi=DPI)
+        save_figure(fig, out_dir.parent, out_dir / name, dpi=DPI)
         parts += [f"![Trajectory of {labels.run(record)}]({out_dir.name}/{name})", ""]
     return "\n".join(parts)
 

@@ -41,6 +41,7 @@ from torch.func import functional_call, vmap
 
 from runner.batches import Split
 from runner.losses import Loss
+from runner.safefs import open_inside
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class Trajectory:
     def save(self, path: Path) -> None:
         arrays = {k: getattr(self, k) for k in ARRAYS}
         meta = {"kind": self.kind, "axes": list(self.axes), "surface": self.surface, "explained": self.explained}
-        with open(path, "wb") as f:
+        with open_inside(path.parent, path, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod

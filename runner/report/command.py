@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Sequence
 
 from runner.aggregate import find_runs, write_seed_aggregates
-from runner.errors import print_error
+from runner.errors import RunnerError, print_error
 from runner.report.markdown import write_report
+from runner.safefs import check_no_links
 
 
 def _problem_with(root: Path) -> str | None:
@@ -18,6 +19,10 @@ def _problem_with(root: Path) -> str | None:
         return f"{root}: not a directory"
     if not find_runs(root):
         return f"{root}: not a run or sweep directory (no summary.json in it or below it)"
+    try:
+        check_no_links(root)  # before the seed aggregates or the report write anything
+    except RunnerError as err:
+        return str(err)
     return None
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from runner.aggregate import Series
 from runner.report.records import Labels, RunRecord
+from runner.safefs import open_inside
 from runner.seedstats import ALPHA, TOO_FEW, Comparison, Spread, compare, spread
 
 METRIC = "loss/train_full"
@@ -288,5 +289,6 @@ def write_json(root: Path, findings: Findings | None) -> Path | None:
     if findings is None:
         path.unlink(missing_ok=True)
         return None
-    path.write_text(json.dumps(findings.as_json(), indent=2) + "\n")
+    with open_inside(root, path, "w") as handle:
+        handle.write(json.dumps(findings.as_json(), indent=2) + "\n")
     return path

@@ -25,6 +25,7 @@ from runner.report.records import (
     problem_suffix,
 )
 from runner.report.tables import runs_table, shorten, status_counts
+from runner.safefs import open_inside
 
 REPORT_FILE = "report.md"
 IMAGES_DIR = "report"
@@ -197,7 +198,8 @@ def instruments_section(report: Report) -> str | None:
     restored = []
     for path, data in before.items():
         if not path.exists():
-            path.write_bytes(data)
+            with open_inside(report.root, path, "wb") as handle:
+                handle.write(data)
             restored.append(path)
     if restored:
         kept = "\n\n".join(f"![{p.stem}]({IMAGES_DIR}/{p.name})" for p in restored)
@@ -268,5 +270,6 @@ def write_report(root: Path, sections: Sequence[Section] = SECTIONS) -> Path:
     found.write_json(root, report.findings)
     blocks = [block.strip() for block in (section(report) for section in sections) if block and block.strip()]
     path = root / REPORT_FILE
-    path.write_text("\n\n".join(blocks) + "\n")
+    with open_inside(root, path, "w") as handle:
+        handle.write("\n\n".join(blocks) + "\n")
     return path

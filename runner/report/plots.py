@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from runner.aggregate import Series, align_series, is_positional
+from runner.safefs import save_figure
 from runner.report.records import LOSS_GREW, Labels, RunRecord, compact_ints, problem_suffix
 
 # Above this many points a per-iteration curve is drawn as a moving mean over a faint copy
@@ -424,6 +425,6 @@ def write_plots(out_dir: Path, lines: Sequence[Line], subtitle: str, loss_name: 
             # A plot this sweep cannot have (no validation, nothing finite): drop an old one.
             path.unlink(missing_ok=True)
             continue
-        fig.savefig(path, dpi=DPI)
+        save_figure(fig, out_dir.parent, path, dpi=DPI)
         written.append(path)
     return PlotFiles(tuple(written), tuple(kept))
