@@ -37,8 +37,10 @@ def finish(root: Path) -> Path:
     """
     from runner.aggregate import write_seed_aggregates
     from runner.report import write_report
+    from runner.scaling.report import finish_study
 
     write_seed_aggregates(root)
+    finish_study(root)  # a batch-size scaling study: scaling.json, its figures, B_crit printed
     return write_report(root)
 
 
