@@ -97,7 +97,7 @@ def test_quick_study_writes_the_scaling_json_contract(quick_study):
     result = json.loads((root / SCALING_JSON).read_text())
     assert set(result) >= {"target", "points", "fit", "noise"}
     assert result["target"] == {"tag": TAG, "value": 0.3}
-    assert [p["batch_size"] for p in result["points"]] == [1, 4, 16, 120]  # iris: 120 training samples
+    assert [p["batch_size"] for p in result["points"]] == [1, 4, 16, 150]  # iris: 150 samples, no validation split
     for p in result["points"]:
         assert set(p) >= {"batch_size", "lr", "steps", "samples", "steps_range", "lr_at_edge", "runs"}
         assert len(p["runs"]) == 3 and all((root / rel / "summary.json").is_file() for rel in p["runs"])
