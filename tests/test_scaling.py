@@ -79,6 +79,25 @@ def test_b_simple_at_the_target_equals_the_closed_form_near_the_optimum():
     assert not TargetProbe(target=loss * 0.5, ratio=RATIO, noise_chunk=7, last=10).reached(run, MemoryLogger(), 3)
 
 
+def test_a_single_run_stops_at_the_first_grid_point_at_its_target(make_cfg, tmp_path):
+    """Outside a fused group (the single-run loop): the loss is logged at every grid point and
+    epoch end, and the run stops at the first value <= the target, saying why."""
+    from runner.train import train
+
+    overrides = ("dataset=linreg", "dataset.d=1", "dataset.n=40", "model=linear", "loss=mse", "val_fraction=0", "batch_size=8", "optimizer.lr=0.05", "epochs=30")
+    free = train(make_cfg(*overrides, output_dir=tmp_path / "free"))
+    logged = read_scalars(tmp_path / "free")["by_iteration/loss/train_full"]
+    target = logged[len(logged) // 2][1] * 1.0001  # reached at an epoch end, mid-run
+    summary = train(make_cfg(*overrides, f"scaling.target={target}", output_dir=tmp_path / "study"))
+    series = read_scalars(tmp_path / "study")[TAG]
+    steps = [s for s, _ in series]
+    expected = sorted(set(grid_points(RATIO, steps[-1])) | {s for s, _ in logged if 0 < s <= steps[-1]})
+    assert steps == expected[: len(steps)]  # every grid point and epoch end, in order, once
+    first = next(s for s, v in series if v <= target)
+    assert summary["stop_reason"] == "target_reached" and summary["iterations"] == first == steps[-1]
+    assert free["stop_reason"] == "budget" and free["iterations"] > first
+
+
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("scaling") / "sweep"
