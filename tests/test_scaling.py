@@ -103,7 +103,7 @@ def quick_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("scaling") / "sweep"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", "experiment=batch_scaling", "scaling=quick", f"hydra.sweep.dir={root}", "progress=off"],
+        [sys.executable, "-m", "runner", "-m", "experiment=batch_scaling", "scaling=quick", f"hydra.sweep.dir={root}", "progress=false"],
         cwd=REPO, capture_output=True, text=True, env=env, timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
