@@ -58,10 +58,10 @@ def samples_at(update: int, batch_size: int, n_train: int, per_epoch: int) -> in
 
 def study_target(root: Path) -> float | None:
     """``scaling.target`` of the sweep's runs (None: ``root`` is not a scaling study)."""
+    # The runs of one sweep share it: the first run's config decides (one file read, not one per run).
     for path in sorted(root.rglob(".hydra/config.yaml")):
         target = OmegaConf.select(OmegaConf.load(path), "scaling.target")
-        if target is not None:
-            return float(target)
+        return None if target is None else float(target)
     return None
 
 
