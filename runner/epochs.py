@@ -24,6 +24,7 @@ from torch import Tensor
 from runner.loggers import MetricLogger
 from runner.loop import EpochTrace, epoch_order, evaluate, train_one_epoch
 from runner.progress import make_progress
+from runner.scaling.grid import STOP_REASON, target_probe
 from runner.text import plural
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class TrainState:
     best_weights: dict[str, Tensor] | None = None
     restored_best: bool = False
     initial_metrics: dict[str, float] | None = None  # epoch 0: at the initial weights, before any update
+    stop_reason: str | None = None  # "target_reached" (runner.scaling); else the summary derives it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -264,6 +266,7 @@ def run_epochs(
     diverges or a stop signal arrives. Returns the final state (``state.status``)."""
     state = state or TrainState()
     save = save_checkpoint or (lambda _state: None)
+    probe = target_probe(run)  # None unless scaling.target is set
     progress = make_progress(str(run.cfg.progress).lower(), run.plan.total_iterations)
     n_epochs = len(run.plan.iterations) if run.plan.iterations is not None else None
     if state.initial_metrics is None and state.iteration == 0:
@@ -280,9 +283,14 @@ def run_epochs(
                 out_of_time = False
                 while state.position < n_iterations and state.status == "running":
                     end = _segment_end(state, n_iterations, run.cfg.checkpoint_every)
+                    if probe is not None:
+                        end = probe.clip(end, state.position, state.iteration)
                     _run_segment(run, logger, state, source, end, progress, stop)
                     out_of_time = state.train_seconds >= run.plan.seconds
                     if stop.requested or out_of_time or state.status != "running":
+                        break
+                    if probe is not None and probe.on_grid(state.iteration) and probe.reached(run, logger, state.iteration):
+                        state.stop_reason = STOP_REASON
                         break
                     if state.position < n_iterations:
                         save(state)  # a boundary inside the epoch
@@ -294,7 +302,10 @@ def run_epochs(
                     save(state)
                     break
                 _finish_epoch(run, logger, state)
-                if out_of_time or _no_longer_improving(run, state):
+                if probe is not None and not state.stop_reason and not probe.on_grid(state.iteration):
+                    if probe.reached(run, logger, state.iteration, state.metrics["loss/train_full"]):
+                        state.stop_reason = STOP_REASON
+                if out_of_time or state.stop_reason or _no_longer_improving(run, state):
                     break
                 save(state)
                 if stop.requested:
@@ -347,6 +358,7 @@ def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
     epochs_begun = state.epoch - (1 if state.position == 0 and not state.epoch_losses else 0)
     return {
         "status": state.status,
+        "stop_reason": stop_reason(run, state),
         "epochs": epochs_begun,
         "iterations": state.iteration,
         "iterations_per_epoch": run.iterations_per_epoch,
@@ -382,6 +394,15 @@ def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
         "seed": cfg.seed,
         "dataset": {"name": cfg.dataset.name, "task": run.dataset.task, "n_classes": run.dataset.n_classes, **run.dataset.info},
     }
+
+
+def stop_reason(run: Any, state: TrainState) -> str:
+    """Why the run ended: ``target_reached``, ``early_stopping``, ``budget``, or its status."""
+    if state.stop_reason:
+        return state.stop_reason
+    if state.stopped_early:
+        return "early_stopping"
+    return "budget" if state.status == "done" else state.status
 
 
 def _finite_or_none(value: float | None) -> float | None:

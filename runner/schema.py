@@ -348,6 +348,20 @@ class TrajectoryConfig:
     directions: str = "pca"
 
 
+@dataclass
+class ScalingConfig:
+    """Batch-size scaling study (runner.scaling): stop each run at a training-loss target."""
+
+    # Stop the run once the whole-training-set loss is <= this (null = no target: the study is off).
+    target: Optional[float] = None
+    # The loss is evaluated after update s on a geometric grid s_{k+1} = max(s_k + 1, floor(s_k * ratio))
+    # (plus every epoch end), so the updates to the target are known within this factor.
+    ratio: float = 1.189207115002721  # 2^(1/4)
+    # Also measure B_simple (runner.instruments.noise) at every power-of-two update and where the
+    # target is reached (0 = never; else the chunk of per-sample gradients held at once).
+    noise_micro_batch_size: int = 256
+
+
 # ------------------------------------------------------------------------------- run
 @dataclass
 class RunConfig:
@@ -412,6 +426,8 @@ class RunConfig:
     # Instruments (off by default): gradient noise, loss-surface trajectory.
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    # Batch-size scaling study (off by default): a training-loss target that stops the run.
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
 
 _SCHEMAS = {

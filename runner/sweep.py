@@ -31,13 +31,16 @@ def finish(root: Path) -> Path:
     """Seed aggregates and report for ``root``.
 
     Nothing else is written for TensorBoard: every run's own event file carries the
-    custom-scalars layout and its HParams session, and TensorBoard infers the HParams
-    experiment (which hyperparameters differ) from the sessions it finds.
+    custom-scalars layout, its HParams session and the sweep's HParams experiment
+    (:mod:`runner.tbhparams`). A batch-size scaling study also gets ``scaling.json``, its
+    figures and B_crit printed before the report, whose section reads them.
     """
     from runner.aggregate import write_seed_aggregates
     from runner.report import write_report
+    from runner.scaling.report import finish_study
 
     write_seed_aggregates(root)
+    finish_study(root)  # a batch-size scaling study: scaling.json, its figures, B_crit printed
     return write_report(root)
 
 

@@ -203,8 +203,23 @@ def test_noise_report_marks_the_batch_sizes_against_the_measured_critical_batch_
         out = tmp_path / "sweep" / f"b{batch}"
         train(make_cfg(*LINREG, f"batch_size={batch}", "noise.every=2", output_dir=out))
     report = write_report(tmp_path / "sweep").read_text()
-    finals = sorted(read_scalars(tmp_path / "sweep" / f"b{b}")["noise/b_crit"][-1][1] for b in (1, 4, "full"))
-    critical = finals[1]  # the median of three
+    # Compared at equal loss: each run's B_simple where its loss (interpolated between epoch
+    # ends) first reached the median of the runs' lowest losses at a measurement.
+    curves = []
+    for b in (1, 4, "full"):
+        scalars = read_scalars(tmp_path / "sweep" / f"b{b}")
+        steps, values = zip(*scalars["noise/b_simple"])
+        loss_steps, loss_values = zip(*scalars["by_iteration/loss/train_full"])
+        curves.append((np.interp(steps, loss_steps, loss_values), np.asarray(values)))
+    level = float(np.median([losses.min() for losses, _ in curves]))
+    at = []
+    for losses, values in curves:
+        hit = np.flatnonzero(losses <= level)
+        if len(hit):
+            i = hit[0]
+            t = 0.0 if i == 0 else (np.log(losses[i - 1]) - np.log(level)) / (np.log(losses[i - 1]) - np.log(losses[i]))
+            at.append(float(np.exp(np.log(values[max(i - 1, 0)]) + t * (np.log(values[i]) - np.log(values[max(i - 1, 0)])))))
+    critical = float(np.median(at))
     assert "## Gradient noise" in report and (tmp_path / "sweep" / "report" / "noise_scale.png").is_file()
     assert f"about **{critical:.3g}**" in report
     groups = classify([1, 4, 40], critical)
@@ -214,14 +229,27 @@ def test_noise_report_marks_the_batch_sizes_against_the_measured_critical_batch_
         assert f"{where} it: {listed}" in report
 
 
-def test_critical_batch_size_is_the_median_of_the_final_running_estimates():
+def test_critical_batch_size_compares_runs_at_equal_training_loss():
+    """A run measured once at the initial weights (loss 2, B_simple 48) does not pin the
+    estimate: runs are compared where their loss first reached the median lowest loss (0.5)."""
+    from runner.aggregate import Series
+
     class Record:
-        def __init__(self, values):
-            from runner.aggregate import Series
+        def __init__(self, steps, b_simple, loss_steps, losses):
+            self.scalars = {
+                "noise/b_simple": Series(np.asarray(steps), np.asarray(b_simple, dtype=np.float32), np.zeros(len(steps))),
+                "by_iteration/loss/train_full": Series(np.asarray(loss_steps), np.asarray(losses, dtype=np.float32), np.zeros(len(loss_steps))),
+            }
 
-            self.scalars = {"noise/b_crit": Series(np.arange(len(values)), np.asarray(values, dtype=float), np.zeros(len(values)))}
-
-    assert critical_batch_size([Record([1.0, 5.0]), Record([2.0, 9.0]), Record([3.0, 7.0]), Record([float("nan")])]) == (7.0, 3)
+    once = Record([0], [48.0], [0, 10], [2.0, 1.0])
+    # Loss 2 -> 1 -> 0.25 at updates 0, 10, 20; B_simple 50, 100, 400 there: at loss 0.5 (halfway in
+    # log loss between 1 and 0.25) log-log interpolation gives 200.
+    falling = Record([0, 10, 20], [50.0, 100.0, 400.0], [0, 10, 20], [2.0, 1.0, 0.25])
+    lower = Record([0, 10], [40.0, 300.0], [0, 10], [2.0, 0.5])
+    critical, runs, level = critical_batch_size([once, falling, lower])
+    assert level == pytest.approx(0.5)
+    assert runs == 2
+    assert critical == pytest.approx((200.0 + 300.0) / 2, rel=1e-5)
 
 
 # --------------------------------------------------------------------------- the README command

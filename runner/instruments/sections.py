@@ -47,14 +47,50 @@ def _colors(count: int) -> list[Any]:
 
 
 # --------------------------------------------------------------------------- noise
-def critical_batch_size(records: Sequence[Any]) -> tuple[float | None, int]:
-    """The median over runs of each run's last ``noise/b_crit``, and how many runs gave one."""
-    finals = []
+LOSS_TAG = "by_iteration/loss/train_full"  # the whole-training-set loss against the update (epoch 0 and epoch ends)
+
+
+def loss_at_measurements(record: Any) -> np.ndarray:
+    """The whole-training-set loss at each ``noise/b_simple`` measurement, interpolated in the
+    update between the epoch-0 and epoch-end evaluations."""
+    simple, loss = record.scalars["noise/b_simple"], record.scalars.get(LOSS_TAG)
+    if loss is None or not len(loss):
+        return np.full(len(simple), np.nan)
+    return np.interp(simple.steps.astype(float), loss.steps.astype(float), loss.values.astype(float))
+
+
+def b_simple_at_loss(losses: np.ndarray, values: np.ndarray, level: float) -> float | None:
+    """B_simple where the loss first reached ``level`` (log-log interpolation between the two
+    measurements around it); None when it never did."""
+    hits = np.flatnonzero(losses <= level)
+    if not len(hits):
+        return None
+    i = int(hits[0])
+    if i == 0 or losses[i - 1] <= losses[i]:
+        return float(values[i])
+    t = (math.log(losses[i - 1]) - math.log(level)) / (math.log(losses[i - 1]) - math.log(losses[i]))
+    return float(math.exp(math.log(values[i - 1]) + t * (math.log(values[i]) - math.log(values[i - 1]))))
+
+
+def critical_batch_size(records: Sequence[Any]) -> tuple[float | None, int, float | None]:
+    """B_simple compared at equal training loss: (the median over runs of B_simple where each
+    run's loss first reached L*, how many runs gave one, L*).
+
+    B_simple grows as the loss falls, so runs measured at different losses (a full-batch run
+    measured once, at the initial weights) are not comparable; L* is the median of the runs'
+    lowest loss at a measurement, so about half of the runs reach it and contribute.
+    """
+    curves = []
     for record in records:
-        series = record.scalars.get("noise/b_crit")
-        if series is not None and len(series) and math.isfinite(float(series.values[-1])):
-            finals.append(float(series.values[-1]))
-    return (float(np.median(finals)) if finals else None), len(finals)
+        losses, values = loss_at_measurements(record), record.scalars["noise/b_simple"].values.astype(float)
+        keep = np.isfinite(losses) & np.isfinite(values) & (losses > 0) & (values > 0)
+        if keep.any():
+            curves.append((losses[keep], values[keep]))
+    if not curves:
+        return None, 0, None
+    level = float(np.median([c[0].min() for c in curves]))
+    at = [b for b in (b_simple_at_loss(l, v, level) for l, v in curves) if b is not None]
+    return (float(np.median(at)) if at else None), len(at), level
 
 
 def classify(batch_sizes: Sequence[int], critical: float, factor: float = NEAR_FACTOR) -> dict[str, list[int]]:
@@ -70,12 +106,13 @@ def _sizes(values: Sequence[int], n_train: int | None) -> str:
     return ", ".join(f"{b} (full)" if b == n_train else str(b) for b in values) or "none"
 
 
-def batch_size_sentence(batch_sizes: Sequence[int], critical: float, runs: int, n_train: int | None) -> str:
+def batch_size_sentence(batch_sizes: Sequence[int], critical: float, runs: int, n_train: int | None, level: float | None = None) -> str:
     groups = classify(batch_sizes, critical)
     low, high = critical / NEAR_FACTOR, critical * NEAR_FACTOR
     return (
         f"Measured critical batch size: about **{critical:.3g}** (the median over {runs} run{'s' if runs != 1 else ''} "
-        f"of the final `noise/b_crit`). Rule: a batch size is *near* it within a factor {NEAR_FACTOR:g} "
+        f"of B_simple where the whole-training-set loss first reached {level:.3g}: runs compared at equal loss, "
+        "since B_simple grows as the loss falls). Rule: a batch size is *near* it within a factor {NEAR_FACTOR:g} "
         f"({low:.3g} ≤ B ≤ {high:.3g}). Below it: {_sizes(groups['below'], n_train)} — noise-dominated updates, "
         f"each sample well used. Near it: {_sizes(groups['near'], n_train)}. Above it: {_sizes(groups['above'], n_train)} "
         "— more samples per update than the gradient's noise calls for."
@@ -119,10 +156,10 @@ def noise_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any) -> 
     colors = _colors(len(measured))
     fig = _noise_figure([(_label(labels, r), r, c) for r, c in zip(measured, colors)], batch_sizes, n_train)
     save_figure(fig, out_dir.parent, path, dpi=DPI)
-    critical, runs = critical_batch_size(measured)
+    critical, runs, level = critical_batch_size(measured)
     parts = ["## Gradient noise", "", NOISE_READ, "", f"![Gradient noise scale]({out_dir.name}/{NOISE_PNG})", ""]
     if critical is not None and batch_sizes:
-        parts += [batch_size_sentence(batch_sizes, critical, runs, n_train), ""]
+        parts += [batch_size_sentence(batch_sizes, critical, runs, n_train, level), ""]
     parts += [_noise_table([(_label(labels, r), r) for r in measured]), ""]
     return "\n".join(parts)
 

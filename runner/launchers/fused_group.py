@@ -39,6 +39,7 @@ from runner.launchers.stacked_vmap import stacked_model
 from runner.launchers.stacked_optim import StackedOptimizer
 from runner.loggers import TensorBoardLogger
 from runner.loop import EpochTrace, epoch_order
+from runner.scaling.grid import STOP_REASON, target_probe
 from runner.train import (
     CHECKPOINT_DIR,
     Run,
@@ -224,6 +225,7 @@ def train_group(members: Sequence[Member]) -> None:
 def _epochs(group: FusedGroup, ref: Run, device: torch.device, stop: StopFlag) -> None:
     """The loop of :func:`runner.epochs.run_epochs` over the group; members that end leave it."""
     start_epoch = group.members[0].state.epoch
+    probe = target_probe(ref)  # the members share batch size and plan, so the grid too
     for epoch, n_iterations in enumerate(ref.plan.iterations, start=1):
         if epoch < start_epoch:
             continue
@@ -234,7 +236,12 @@ def _epochs(group: FusedGroup, ref: Run, device: torch.device, stop: StopFlag) -
         lead = group.members[0].state
         while lead.position < n_iterations and lead.status == "running":
             end = _segment_end(lead, n_iterations, ref.cfg.checkpoint_every)
+            if probe is not None:
+                end = probe.clip(end, lead.position, lead.iteration)
             _segment(group, ref.slices[lead.position : end], stop)
+            if probe is not None and group.members and not stop.requested and probe.on_grid(group.members[0].state.iteration):
+                group.sync()
+                _leave_at_target(group, probe, stop)
             if not group.members:
                 return
             lead = group.members[0].state
@@ -253,7 +260,7 @@ def _epochs(group: FusedGroup, ref: Run, device: torch.device, stop: StopFlag) -
         for member in group.members:
             with member.active():
                 _finish_epoch(member.run, member.logger, member.state)
-                if _no_longer_improving(member.run, member.state):
+                if _at_target(probe, member) or _no_longer_improving(member.run, member.state):
                     stopped.append(member)
                     finish_member(member, stop)
         group.drop(stopped)
@@ -264,6 +271,33 @@ def _epochs(group: FusedGroup, ref: Run, device: torch.device, stop: StopFlag) -
             for member in group.members:
                 member.state.status = "interrupted"
             return
+
+
+def _at_target(probe: Any, member: Member) -> bool:
+    """At an epoch end: a member stopped inside this epoch at its target, or one that reaches
+    it here (an epoch end off the grid is evaluated by ``_finish_epoch`` already)."""
+    state = member.state
+    if probe is None:
+        return False
+    if not state.stop_reason and not probe.on_grid(state.iteration):
+        if probe.reached(member.run, member.logger, state.iteration, state.metrics["loss/train_full"]):
+            state.stop_reason = STOP_REASON
+    return state.stop_reason == STOP_REASON
+
+
+def _leave_at_target(group: FusedGroup, probe: Any, stop: StopFlag) -> None:
+    """At a grid point inside an epoch: members at their target close their epoch there (as
+    the single run does), are written and leave the stack. Their weights are synced already."""
+    leaving = []
+    for member in group.members:
+        with member.active():
+            if probe.reached(member.run, member.logger, member.state.iteration):
+                member.state.stop_reason = STOP_REASON
+                if member.state.position < member.run.plan.iterations[member.state.epoch - 1]:
+                    _finish_epoch(member.run, member.logger, member.state)
+                    finish_member(member, stop)
+                    leaving.append(member)
+    group.drop(leaving)
 
 
 def _segment(group: FusedGroup, slices: list[slice], stop: StopFlag) -> None:

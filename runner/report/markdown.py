@@ -235,6 +235,7 @@ SECTIONS: tuple[Section, ...] = (
     plots_section,
     runs_section,
     seed_statistics_section,
+    sweep_study("runner.scaling.report"),
     instruments_section,
 )
 

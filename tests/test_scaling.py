@@ -1,0 +1,163 @@
+"""The batch-size scaling study (runner.scaling): the grid, the fit, B_simple at the target, and
+``experiment=batch_scaling scaling=quick`` end to end as a real process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from runner.loggers import MemoryLogger
+from runner.losses import MeanSquaredError
+from runner.scaling.analysis import SCALING_JSON, fit
+from runner.scaling.grid import B_SIMPLE_TAG, TAG, TargetProbe, grid_points
+from runner.scaling.plots import FRONTIER_PNG, NOISE_PNG, STEPS_PNG
+from runner.scaling.report import markdown_section, recommendation
+
+from conftest import read_scalars
+from test_noise import float64_linreg, linreg_closed_form, set_weights
+
+REPO = Path(__file__).resolve().parents[1]
+RATIO = 2 ** 0.25
+
+
+def test_grid_is_every_update_then_geometric_within_the_ratio():
+    points = grid_points(RATIO, 5000)
+    assert points[:8] == [1, 2, 3, 4, 5, 6, 7, 8]
+    gaps = [b / a for a, b in zip(points, points[1:]) if b != a + 1]
+    assert gaps and max(gaps) <= RATIO
+    assert points[-1] >= 5000 and all(b > a for a, b in zip(points, points[1:]))
+
+
+def test_probe_ends_segments_at_grid_points():
+    probe = TargetProbe(target=0.1, ratio=RATIO, noise_chunk=0, last=100)
+    # position 3 of an epoch at iteration 10: the next grid point is 11, one update away.
+    assert probe.clip(end=50, position=3, iteration=10) == 4
+    assert probe.clip(end=4, position=3, iteration=10) == 4
+    assert probe.on_grid(11) and probe.on_grid(13) and not probe.on_grid(12)
+
+
+@pytest.mark.parametrize("s_min,b_crit", [(100.0, 64.0), (7.5, 3.0), (2000.0, 900.0)])
+def test_fit_recovers_s_min_and_b_crit_from_a_synthetic_table(s_min, b_crit):
+    b = [2.0 ** k for k in range(0, 12)]
+    s = [s_min * (1 + b_crit / x) for x in b]
+    e = [x * y for x, y in zip(b, s)]
+    assert all(math.isclose(ei, s_min * b_crit * (1 + x / b_crit), rel_tol=1e-12) for ei, x in zip(e, b))
+    got_s_min, got_b_crit = fit(b, s)
+    assert got_s_min == pytest.approx(s_min, rel=0.01)
+    assert got_b_crit == pytest.approx(b_crit, rel=0.01)
+
+
+def test_b_simple_at_the_target_equals_the_closed_form_near_the_optimum():
+    """Linear regression y = X w + noise: at weights a small step from the least-squares
+    optimum, the probe's B_simple (logged where the target is reached) is tr(Σ)/|G|² of the
+    per-sample gradients 2 r_i [x_i, 1]."""
+    model, split, X, y = float64_linreg(n=40, d=3, seed=1)
+    Xt = np.hstack([X, np.ones((len(X), 1))])
+    opt = np.linalg.lstsq(Xt, y, rcond=None)[0]
+    w, b = opt[:3] + 0.05, opt[3] - 0.02
+    set_weights(model, w, b)
+    run = SimpleNamespace(model=model, loss_fn=MeanSquaredError(), train=split, cfg=SimpleNamespace(eval_batch_size=8192))
+    logger = MemoryLogger()
+    loss = float(np.mean((X @ w + b - y) ** 2))
+    probe = TargetProbe(target=loss * 1.001, ratio=RATIO, noise_chunk=7, last=10)
+    assert probe.reached(run, logger, 3)  # 3 is no power of two: measured because the target is reached
+    G, trace, _ = linreg_closed_form(w, b, X, y)
+    [(step, logged_loss)] = logger.scalars[TAG]
+    [(noise_step, b_simple)] = logger.scalars[B_SIMPLE_TAG]
+    assert step == noise_step == 3
+    torch.testing.assert_close(logged_loss, loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(b_simple, trace / float(G @ G), rtol=1e-9, atol=0)
+    assert not TargetProbe(target=loss * 0.5, ratio=RATIO, noise_chunk=7, last=10).reached(run, MemoryLogger(), 3)
+
+
+def test_a_single_run_stops_at_the_first_grid_point_at_its_target(make_cfg, tmp_path):
+    """Outside a fused group (the single-run loop): the loss is logged at every grid point and
+    epoch end, and the run stops at the first value <= the target, saying why."""
+    from runner.train import train
+
+    overrides = ("dataset=linreg", "dataset.d=1", "dataset.n=40", "model=linear", "loss=mse", "val_fraction=0", "batch_size=8", "optimizer.lr=0.05", "epochs=30")
+    free = train(make_cfg(*overrides, output_dir=tmp_path / "free"))
+    logged = read_scalars(tmp_path / "free")["by_iteration/loss/train_full"]
+    target = logged[len(logged) // 2][1] * 1.0001  # reached at an epoch end, mid-run
+    summary = train(make_cfg(*overrides, f"scaling.target={target}", output_dir=tmp_path / "study"))
+    series = read_scalars(tmp_path / "study")[TAG]
+    steps = [s for s, _ in series]
+    expected = sorted(set(grid_points(RATIO, steps[-1])) | {s for s, _ in logged if 0 < s <= steps[-1]})
+    assert steps == expected[: len(steps)]  # every grid point and epoch end, in order, once
+    first = next(s for s, v in series if v <= target)
+    assert summary["stop_reason"] == "target_reached" and summary["iterations"] == first == steps[-1]
+    assert free["stop_reason"] == "budget" and free["iterations"] > first
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scaling") / "sweep"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "-m", "experiment=batch_scaling", "scaling=quick", f"hydra.sweep.dir={root}", "progress=false"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_quick_study_writes_the_scaling_json_contract(quick_study):
+    root, output = quick_study
+    result = json.loads((root / SCALING_JSON).read_text())
+    assert set(result) >= {"target", "points", "fit", "noise"}
+    assert result["target"] == {"tag": TAG, "value": 0.3}
+    assert [p["batch_size"] for p in result["points"]] == [1, 4, 16, 150]  # iris: 150 samples, no validation split
+    for p in result["points"]:
+        assert set(p) >= {"batch_size", "lr", "steps", "samples", "steps_range", "lr_at_edge", "runs"}
+        assert len(p["runs"]) == 3 and all((root / rel / "summary.json").is_file() for rel in p["runs"])
+    assert set(result["fit"]) == {"S_min", "E_min", "B_crit", "B_crit_interval"}
+    lo, hi = result["fit"]["B_crit_interval"]
+    assert lo <= result["fit"]["B_crit"] <= hi
+    assert result["fit"]["E_min"] == pytest.approx(result["fit"]["S_min"] * result["fit"]["B_crit"])
+    assert set(result["noise"]) >= {"B_simple", "B_simple_range"}
+    # The sweep's end prints B_crit with its interval, B_simple and the recommendation.
+    assert f"B_crit = {result['fit']['B_crit']:.3g}" in output
+    assert recommendation(result) in output
+
+
+@pytest.mark.slow
+def test_steps_to_target_recomputed_from_the_event_files_equal_the_json(quick_study):
+    root, _ = quick_study
+    result = json.loads((root / SCALING_JSON).read_text())
+    target = result["target"]["value"]
+    for p in result["points"]:
+        steps = []
+        for rel in p["runs"]:
+            series = read_scalars(root / rel)[TAG]
+            first = next((s for s, v in series if v <= target), math.inf)
+            steps.append(first)
+            summary = json.loads((root / rel / "summary.json").read_text())
+            if math.isfinite(first):
+                assert summary["stop_reason"] == "target_reached" and summary["iterations"] == first
+        assert float(np.median(steps)) == p["steps"]
+        assert p["steps_range"][0] == min(steps)
+
+
+@pytest.mark.slow
+def test_quick_study_plots_and_report_section(quick_study):
+    root, _ = quick_study
+    result = json.loads((root / SCALING_JSON).read_text())
+    for png in (STEPS_PNG, FRONTIER_PNG, NOISE_PNG):
+        assert (root / png).stat().st_size > 10_000
+    section = markdown_section(root)
+    assert section is not None and section.startswith("## Which batch size?")
+    assert f"B_crit ≈ {result['fit']['B_crit']:.3g}" in section
+    assert f"predicted {result['noise']['B_simple']:.3g}" in section
+    for p in result["points"]:
+        assert f"| {p['lr']:g} | {p['steps']:g} |" in section
+    assert markdown_section(root.parent) is None  # not a study
