@@ -65,11 +65,13 @@ def test_default_experiment_runs_from_the_command_line(tmp_path):
 
 
 def test_help_into_a_closed_pipe_ends_without_a_traceback():
-    """``hpr --help | head`` closes the pipe early: exit 1 quietly, as other tools do."""
+    """``hpr --help | head`` closes the pipe early: output nobody reads is dropped quietly
+    (runner.cli's PipeSafeStream) and the command's own status stands, as a run piped to
+    ``head -1`` still finishes its training."""
     proc = subprocess.Popen([sys.executable, "-m", "runner", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # no reader left: the first write fails with EPIPE
     stderr = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 1 and "Traceback" not in stderr, stderr
+    assert proc.wait(timeout=120) == 0 and stderr == "", stderr
 
 
 @pytest.mark.slow  # a real training run in a process

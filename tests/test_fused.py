@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,8 +54,10 @@ def run_dirs(root: Path) -> list[str]:
 
 
 def tree(root: Path) -> list[str]:
-    """Every file name under ``root`` but the event files' (named by host and time) and Hydra's log."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "tfevents" not in p.name and p.suffix != ".log")
+    """Every file name under ``root`` but the event files' (named by host and time) and Hydra's log;
+    the outcome ledger's folder (named by the sweep's id) as ``.sweep/<id>``."""
+    names = (str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "tfevents" not in p.name and p.suffix != ".log")
+    return sorted(re.sub(r"^\.sweep/[^/]+/", ".sweep/<id>/", name) for name in names)
 
 
 def assert_close_values(got: Any, want: Any, tol: float, where: tuple[str, str]) -> None:

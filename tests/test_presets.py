@@ -77,6 +77,13 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
+def readme_mynets() -> str:
+    """The README's own ``mynets.py`` (the Python block headed by that name)."""
+    blocks = re.findall(r"```python\n(# mynets\.py.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) == 1, "README shows mynets.py once"
+    return blocks[0]
+
+
 def readme_transcripts() -> list[tuple[list[str], str]]:
     """``$ <command>`` lines with the output the README shows below them."""
     transcripts = []
@@ -206,6 +213,8 @@ def readme_marks(argv: list[str]) -> Any:
 
 @pytest.mark.parametrize("argv", [pytest.param(a, marks=readme_marks(a), id=" ".join(a)) for a in readme_commands()])
 def test_readme_command_runs_and_shows_what_it_is_for(argv, tmp_path):
+    if any("mynets." in a for a in argv):
+        (tmp_path / "mynets.py").write_text(readme_mynets())  # the file the README shows, beside the command
     done = run_cli(shrunk(argv), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     root = outputs_of(tmp_path)

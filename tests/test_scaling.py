@@ -160,4 +160,6 @@ def test_quick_study_plots_and_report_section(quick_study):
     assert f"predicted {result['noise']['B_simple']:.3g}" in section
     for p in result["points"]:
         assert f"| {p['lr']:g} | {p['steps']:g} |" in section
-    assert markdown_section(root.parent) is None  # not a study
+    elsewhere = root.parent / "not_a_study"
+    elsewhere.mkdir(exist_ok=True)
+    assert markdown_section(elsewhere) is None and not (elsewhere / SCALING_JSON).exists()
