@@ -21,6 +21,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from runner.errors import RunnerError
+from runner.safefs import check_inside, open_inside
+
 LEDGER_DIR = ".sweep"
 CURRENT = "current.json"
 # Outcomes that are results: a diverged run answers "does this lr work?".
@@ -37,11 +40,13 @@ def _key(sweep_dir: Path) -> str:
     return str(Path(sweep_dir).absolute())
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
+def _write_json(sweep_dir: Path, path: Path, payload: dict[str, Any]) -> None:
+    """``path`` written whole (a temporary file renamed over it), following no link out of ``sweep_dir``."""
     tmp = path.with_name(f".writing-{path.name}")
     try:
-        tmp.write_text(json.dumps(payload) + "\n")
-        os.replace(tmp, path)
+        with open_inside(Path(sweep_dir), tmp, "w") as handle:
+            handle.write(json.dumps(payload) + "\n")
+        os.replace(tmp, path)  # replaces a link planted at ``path`` itself, never its target
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -53,9 +58,10 @@ def start(sweep_dir: Path, expected: int | None) -> str:
     _current[_key(sweep_dir)] = header
     try:
         folder = Path(sweep_dir) / LEDGER_DIR
+        check_inside(Path(sweep_dir), folder)  # mkdir would create inside a planted link's target
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / CURRENT, header)
-    except OSError:
+        _write_json(sweep_dir, folder / CURRENT, header)
+    except (OSError, RunnerError):
         pass  # kept in this process; the jobs it runs record here too
     return header["id"]
 
@@ -85,9 +91,10 @@ def record(sweep_dir: Path, job: int, job_dir: Path, outcome: str, error: str | 
     _memory.setdefault((_key(sweep_dir), header["id"]), {})[job] = entry
     try:
         folder = Path(sweep_dir) / LEDGER_DIR / header["id"]
+        check_inside(Path(sweep_dir), folder)  # mkdir would create inside a planted link's target
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / f"{job}.json", entry)
-    except OSError:
+        _write_json(sweep_dir, folder / f"{job}.json", entry)
+    except (OSError, RunnerError):
         pass  # a full disk: this process still knows it
 
 

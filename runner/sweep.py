@@ -238,7 +238,15 @@ class SweepCallback(Callback):
             except SweepConfigError as err:
                 print_error(str(err))
                 raise SystemExit(2) from None
-        outcomes.start(Path(config.hydra.sweep.dir), expected_jobs(config))
+        from runner.rundir import check_usable
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            check_usable(sweep_dir.absolute())  # before the outcome ledger is the first thing written
+        except RunnerError as err:
+            print_error(str(err))
+            raise SystemExit(2) from None
+        outcomes.start(sweep_dir, expected_jobs(config))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra creates the run directory right after this: note whether it is new, so
