@@ -185,6 +185,20 @@ def _missing_option(err: BaseException, overrides: list[str]) -> ConfigError | N
     return ConfigError(group, _given(group, overrides) or option, f"one of {', '.join(options)} (conf/{group}/*.yaml){hint}")
 
 
+def _group_value(overrides: list[str]) -> ConfigError | None:
+    """A config group given a value that is no option of it (Hydra reads ``scaling=1.5`` as a
+    float and raises a bare ValueError): name the group and its options."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group = key.lstrip("+~")
+        if not sep or not (CONF_DIR / group).is_dir():
+            continue
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        if value not in options and value != "null":
+            return ConfigError(group, value, f"one of {', '.join(options)} (conf/{group}/*.yaml)")
+    return None
+
+
 # OmegaConf's words for a value that is not of the key's type, in the user's words.
 _TYPE_WORDS = {"Float": "a number, e.g. 0.01 or 1e-3", "Integer": "a whole number", "Boolean": "true or false"}
 
@@ -256,6 +270,8 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
         mode = RunMode.MULTIRUN if multirun else RunMode.RUN
         try:
             cfg = app.compose_config(config_name, args.overrides, run_mode=mode, with_log_configuration=False)
+        except ValueError as err:  # Hydra's defaults list: a group given a number (``scaling=1.5``)
+            raise _group_value(overrides=args.overrides) or RunnerError(str(err).splitlines()[0]) from None
         except (HydraException, OmegaConfBaseException) as err:
             raise (
                 missing_extra(args.overrides, str(err))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -99,6 +100,20 @@ def title_section(report: Report) -> str:
     return f"# Report: {display_name(report.root)}\n\nGenerated {datetime.now():%Y-%m-%d %H:%M} from {source}."
 
 
+def _scaling_study(root: Path) -> str | None:
+    """The batch-size study's recommendation, when ``root`` holds one (its ``scaling.json``)."""
+    from runner.scaling.analysis import SCALING_JSON
+    from runner.scaling.report import recommendation
+
+    path = root / SCALING_JSON
+    if not path.is_file():
+        return None
+    try:
+        return recommendation(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an unreadable scaling.json: the ordinary findings follow
+
+
 def findings_section(report: Report) -> str:
     """What the runs show, first: per axis, each configuration's loss, the best and how sure;
     for a single run (or configuration) a one-paragraph summary."""
@@ -108,6 +123,13 @@ def findings_section(report: Report) -> str:
         parts.append(unread)
     if report.findings is None:
         parts.append(sentences.summary_paragraph(report.configs, report.labels))
+        return "\n\n".join(parts)
+    study = _scaling_study(report.root)
+    if study is not None:
+        # A batch-size study crosses every batch size with a grid of lrs on purpose: the answer
+        # is the fit over each batch size's best lr, not a ranking of every (B, lr) cell.
+        parts.append(study + " The section *Which batch size?* below shows how it was measured; every "
+                     "configuration's loss at equal samples, updates and time is in `findings.json`.")
         return "\n\n".join(parts)
     parts += sentences.findings_text(report.findings, report.records)
     notes = sentences.caveats(report.configs, report.labels, report.findings)
