@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 # copies it), so this one path holds from the source tree, an editable install and a plain one.
 # Absolute: with `python -m runner` Hydra would read a relative one as a module path.
 CONF_DIR = (Path(__file__).parent / "conf").resolve()
-GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "regime", "experiment")
+GROUPS = ("dataset", "model", "loss", "optimizer", "scheduler", "regime", "experiment", "scaling")
 # Fault injection for the sweep tests: the job with this number raises, as a crash would.
 FAULT_ENV = "RUNNER_FAULT_FAIL_JOB"
 

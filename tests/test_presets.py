@@ -141,7 +141,9 @@ def assert_all_healthy(root: Path) -> dict[str, dict]:
     assert runs
     for name, summary in runs.items():
         assert summary["status"] == "done", (name, summary.get("divergence") or summary.get("error"))
-        assert summary["loss_grew"] is False and summary["warnings"] == [], (name, summary["warnings"])
+        # A sample budget that whole batches overshoot is stated, not a sign of bad health.
+        health = [w for w in summary["warnings"] if not w.startswith("budget=samples")]
+        assert summary["loss_grew"] is False and health == [], (name, summary["warnings"])
         assert summary["train_loss"] < summary["initial_train_loss"], name
     return runs
 
