@@ -14,6 +14,7 @@ swept key as a discrete domain (its filter's check boxes).
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,10 +46,8 @@ def sweep_of(log_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
     """The swept keys of the Hydra sweep writing ``log_dir`` (in the order given) and each
     one's values as the sweep lists them; nothing outside a sweep."""
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
     from runner.rundir import hydra_job_of
-    from runner.sweep import split_sweep_keys, sweep_jobs
 
     hydra_cfg = hydra_job_of(Path(log_dir))
     if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
@@ -56,6 +55,19 @@ def sweep_of(log_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
     master_file = Path(hydra_cfg.sweep.dir) / MULTIRUN_FILE
     if not master_file.is_file():
         return [], {}
+    stat = master_file.stat()
+    swept, values = _swept_values(str(master_file), stat.st_mtime_ns, stat.st_size)
+    return list(swept), {key: list(listed) for key, listed in values.items()}  # the cached lists stay as read
+
+
+@functools.lru_cache(maxsize=4)
+def _swept_values(master_file: str, mtime_ns: int, size: int) -> tuple[list[str], dict[str, list[str]]]:
+    """:func:`sweep_of` for one ``multirun.yaml`` as it is now (its time and size are part of
+    the key): every job of a sweep run in one process reads the same file, once."""
+    from omegaconf import OmegaConf
+
+    from runner.sweep import split_sweep_keys, sweep_jobs
+
     master = OmegaConf.load(master_file)
     swept, _ = split_sweep_keys(master)
     values: dict[str, list[str]] = {key: [] for key in swept}

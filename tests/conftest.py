@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import logging
+import os
 import pickle
 import struct
+import subprocess
 from pathlib import Path
 from typing import Sequence
 
@@ -78,3 +83,38 @@ def write_cifar_like(root: Path, per_batch: int = 10, seed: int = 0) -> None:
         }
         with open(folder / f"data_batch_{i}", "wb") as f:
             pickle.dump(batch, f)
+
+
+def run_in_process(argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m runner <argv>`` run in ``cwd`` through the CLI's own entry (``run_cli``), in
+    this process: the same composition, checks, launchers, callbacks and exit status as a fresh
+    process, without paying its five seconds of imports. Tests about the process itself (the
+    console script, signals, a pipe closed early, what the shell sees) start a real one.
+
+    Returns what a subprocess would: the exit status and everything printed to each stream.
+    ``HYDRA_FULL_ERROR`` is unset as in the subprocess helpers; ``env`` is added for the call.
+    """
+    from runner.cli import run_cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.environ.update(env or {})
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = run_cli(list(argv))
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        # Hydra configured logging for the job (its console into our buffers, a file in the
+        # run): closed and taken away, so later tests log where they did before.
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    return subprocess.CompletedProcess(list(argv), code, stdout.getvalue(), stderr.getvalue())

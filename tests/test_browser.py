@@ -232,11 +232,14 @@ def test_custom_scalars_draw_every_run(dashboard, driver, shots):
 
     def charts() -> list[dict] | None:
         found = driver.execute_script(CUSTOM_SCALARS_CHARTS)
-        # Every job's line with all its points (seed aggregates add their mean lines).
-        return found if any(not Counter(iterations) - Counter(chart["lines"]) for chart in found) else None
+        # Every job's line with all its points (seed aggregates add their mean lines), and no
+        # chart still waiting for its data: the cards load one by one, so under load the first
+        # can be complete while a later one has not drawn yet.
+        complete = any(not Counter(iterations) - Counter(chart["lines"]) for chart in found)
+        return found if complete and all(chart["lines"] for chart in found) else None
 
     try:
-        found = wait_for(charts, f"a chart with one line per run of {iterations} points", driver)
+        found = wait_for(charts, f"every chart drawn, one with a line per run of {iterations} points", driver)
     finally:
         screenshot(driver, "board_custom_scalars", shots)
     # No empty panel: every chart on the tab draws a line.

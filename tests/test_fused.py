@@ -31,17 +31,13 @@ from runner.losses import SparseCategoricalCrossentropy
 from runner.models import MLP
 from runner.train import build_run, fit
 
-from conftest import read_scalars
+from conftest import read_scalars, run_in_process
 
 TIMINGS = {"train_seconds", "seconds_per_epoch", "spent"}
 
 
 def multirun(sweep_dir: Path, *overrides: str, launcher: str = "fused", exit_code: int = 0) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    result = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", "progress=false", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *overrides],
-        cwd=sweep_dir.parent, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = run_in_process(["-m", "progress=false", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *overrides], sweep_dir.parent)
     assert result.returncode == exit_code, result.stderr[-3000:]
     return result
 

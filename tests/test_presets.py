@@ -200,11 +200,12 @@ def test_readme_parsing_finds_runner_commands_and_skips_others():
 
 
 def readme_marks(argv: list[str]) -> Any:
-    """The README's sweeps take minutes together: they run with the slow tests (CI runs those
-    too); its Slurm sweep with the Slurm tests (CI starts a one-node cluster for them). Two cluster
-    examples need what only a real cluster has, and their own tests cover them."""
+    """The README's commands are whole processes (a quarter of a minute each, its sweeps
+    minutes): they run with the slow tests (CI runs those too); its Slurm sweep with the Slurm
+    tests (CI starts a one-node cluster for them). Two cluster examples need what only a real
+    cluster has, and their own tests cover them."""
     if "-m" not in argv:
-        return ()
+        return pytest.mark.slow
     if any(a.startswith("hydra.launcher.partition=") for a in argv):
         return pytest.mark.skip(reason="names a real cluster's partition; tests/test_slurm.py runs the slurm preset on the one-node cluster")
     launcher = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")), None)
@@ -303,18 +304,21 @@ def test_full_size_sweep_does_not_blow_up(argv, tmp_path):
 
 
 # --------------------------------------------------------------------------- exit codes
+@pytest.mark.slow  # a whole sweep process; CI runs it
 def test_sweep_exits_1_when_a_job_fails_and_its_last_line_says_so(tmp_path):
     done = run_cli(["-m", "dataset=iris", "epochs=1", "batch_size=1", "optimizer.lr=0.1,1e6,0.05", *QUIET], tmp_path, {"RUNNER_FAULT_FAIL_JOB": "2"})
     assert done.returncode == 1, done.stderr[-3000:]
     assert sweep_line(done) == "Sweep finished: 3 jobs: 1 done, 1 diverged, 1 failed — exit 1"
 
 
+@pytest.mark.slow  # a whole sweep process; CI runs it
 def test_sweep_exits_0_when_every_job_is_done_or_diverged(tmp_path):
     done = run_cli(["-m", "dataset=iris", "epochs=1", "batch_size=1", "optimizer.lr=0.1,1e6", *QUIET], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sweep_line(done) == "Sweep finished: 2 jobs: 1 done, 1 diverged"
 
 
+@pytest.mark.slow  # a whole sweep process; CI runs it
 def test_a_loss_that_grows_by_orders_of_magnitude_is_flagged_not_silently_done(tmp_path):
     """SGD at lr 0.1 on digits: finite, but thousands of times its initial loss after one epoch."""
     done = run_cli(["-m", "regime=sgd,minibatch", "epochs=1", *QUIET], tmp_path)

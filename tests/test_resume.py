@@ -87,6 +87,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(after, reference, tmp_pa
     assert_same_run(out, reference)
 
 
+@pytest.mark.slow  # a real process killed and resumed; the default run keeps kill -9 mid-epoch
 def test_kill_during_a_checkpoint_write_then_resume(reference, tmp_path):
     out = tmp_path / "run"
     proc = cli(out, env={FAULT_ENV: "4"})  # dies inside its 4th checkpoint write
@@ -99,6 +100,7 @@ def test_kill_during_a_checkpoint_write_then_resume(reference, tmp_path):
     assert_same_run(out, reference)
 
 
+@pytest.mark.slow  # a real process killed and resumed; the default run keeps kill -9 mid-epoch
 def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path):
     out = tmp_path / "run"
     proc = cli(out)

@@ -18,15 +18,11 @@ from runner.cli import FAULT_ENV
 from runner.loop import epoch_order
 from runner.train import build_run
 
-from conftest import CONF_DIR, read_scalars
+from conftest import CONF_DIR, read_scalars, run_in_process
 
 
 def multirun(sweep_dir: Path, *overrides: str, env: dict | None = None, exit_code: int = 0) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})}
-    result = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", "progress=false", f"hydra.sweep.dir={sweep_dir}", *overrides],
-        cwd=sweep_dir.parent, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = run_in_process(["-m", "progress=false", f"hydra.sweep.dir={sweep_dir}", *overrides], sweep_dir.parent, env)
     assert result.returncode == exit_code, result.stderr[-3000:]
     return result
 

@@ -33,7 +33,7 @@ from runner.schema import sweep_subdir
 from runner.sweep import split_sweep_keys
 from runner.train import build_run, hparams_of, train
 
-from conftest import CONF_DIR, compose_cfg, read_scalars
+from conftest import CONF_DIR, compose_cfg, read_scalars, run_in_process
 
 EVENTS = "events.out.tfevents.*"
 HOST = "127.0.0.1"
@@ -41,13 +41,10 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never 
 
 
 def multirun(cwd: Path, *overrides: str) -> Path:
-    """``python -m runner -m <overrides>`` as a user types it; returns the sweep directory."""
+    """``python -m runner -m <overrides>`` as a user types it (through the CLI's entry, in this
+    process); returns the sweep directory."""
     sweep = cwd / "sweep"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    result = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", "progress=false", f"hydra.sweep.dir={sweep}", *overrides],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = run_in_process(["-m", "progress=false", f"hydra.sweep.dir={sweep}", *overrides], cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return sweep
 

@@ -116,6 +116,16 @@ PLOTS: tuple[PlotSpec, ...] = (
     ),
 )
 
+# One line (a single run, or one configuration's seeds) compares nothing: by samples and by
+# time it is the epoch curve on another axis, and the validation/training pair is drawn with
+# its gap in one figure. Only these are drawn for it, the first that draws of each group:
+# a run without a validation set gets the training loss by epoch instead.
+SINGLE_LINE_PLOTS: tuple[tuple[str, ...], ...] = (
+    ("loss_vs_iteration",),
+    ("train_vs_val_loss", "loss_vs_epoch"),
+    ("val_acc_vs_epoch",),
+)
+
 # --------------------------------------------------------------------------- lines to draw
 @dataclass
 class Line:
@@ -406,7 +416,8 @@ class PlotFiles:
 
 
 def write_plots(out_dir: Path, lines: Sequence[Line], subtitle: str, loss_name: str, keep_existing: bool = False) -> PlotFiles:
-    """Draws every plot of :data:`PLOTS` into ``out_dir``.
+    """Draws the plots of :data:`PLOTS` that ``lines`` need into ``out_dir`` (for a single
+    line, :data:`SINGLE_LINE_PLOTS`); a plot they do not need is removed from an earlier report.
 
     Args:
         keep_existing: some run's log could not be read whole: an existing plot is kept as it
@@ -414,17 +425,25 @@ def write_plots(out_dir: Path, lines: Sequence[Line], subtitle: str, loss_name: 
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     ylabel = f"loss ({loss_name})" if loss_name else "loss"
+    groups = [(spec.name,) for spec in PLOTS] if len(lines) > 1 else SINGLE_LINE_PLOTS
+    by_name = {spec.name: spec for spec in PLOTS}
     written, kept = [], []
-    for spec in PLOTS:
-        path = out_dir / f"{spec.name}.png"
-        if keep_existing and path.exists():
-            kept.append(path)
-            continue
-        fig = draw(spec, lines, subtitle, ylabel)
-        if fig is None:
-            # A plot this sweep cannot have (no validation, nothing finite): drop an old one.
-            path.unlink(missing_ok=True)
-            continue
-        save_figure(fig, out_dir.parent, path, dpi=DPI)
-        written.append(path)
+    for group in groups:
+        for name in group:
+            path = out_dir / f"{name}.png"
+            if keep_existing and path.exists():
+                kept.append(path)
+                break
+            fig = draw(by_name[name], lines, subtitle, ylabel)
+            if fig is not None:
+                save_figure(fig, out_dir.parent, path, dpi=DPI)
+                written.append(path)
+                break
+    if not keep_existing:
+        # A plot these lines cannot have or do not need (no validation, nothing finite, one
+        # line): an old one from an earlier report would be shown as if it were current.
+        for spec in PLOTS:
+            path = out_dir / f"{spec.name}.png"
+            if path not in written:
+                path.unlink(missing_ok=True)
     return PlotFiles(tuple(written), tuple(kept))

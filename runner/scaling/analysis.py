@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 import numpy as np
 from omegaconf import OmegaConf
-from scipy.optimize import minimize_scalar
 
 from runner.aggregate import read_scalar_series
 from runner.scaling.grid import B_SIMPLE_TAG, TAG
@@ -134,6 +133,8 @@ def fit(batch_sizes: Sequence[float], steps: Sequence[float]) -> tuple[float, fl
     grid = np.linspace(lo, hi, 241)
     k = int(np.argmin([residual(x)[0] for x in grid]))
     bracket = (grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)])
+    from scipy.optimize import minimize_scalar  # here, not at the top: every report imports this module, few fit
+
     best = minimize_scalar(lambda x: residual(x)[0], bounds=bracket, method="bounded", options={"xatol": 1e-10})
     log_bc = float(best.x)
     return math.exp(residual(log_bc)[1]), math.exp(log_bc)
