@@ -171,6 +171,10 @@ def _unknown_key(err: BaseException, overrides: list[str]) -> ConfigError | None
         return None
     key = cause.full_key
     fields = [f.name for f in dataclasses.fields(cause.object_type)]
+    if key.startswith("hydra.launcher."):
+        chosen = _given("hydra/launcher", overrides)
+        launcher = f"hydra/launcher={chosen}" if chosen else f"the launcher ({cause.object_type.__name__})"
+        return ConfigError(key, _given(key, overrides), preflight.launcher_keys_allowed(key, fields, launcher))
     return ConfigError(key, _given(key, overrides), f"a key of the schema: {nearest_keys(key.rsplit('.', 1)[-1], fields)}")
 
 
