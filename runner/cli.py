@@ -104,7 +104,8 @@ def hydra_main(cfg: DictConfig) -> float:
         print_error(one_line(err))
         if not in_sweep:
             preflight.remove_fresh_run_dir(hydra_cfg)
-            raise SystemExit(2) from None
+            # A rank lost under torchrun is a fault, not a mistake in the command line.
+            raise SystemExit(1 if isinstance(err, distributed.PeerLost) else 2) from None
         status = "oom" if isinstance(err, OutOfMemory) else "failed"
         record_failure(cfg.output_dir, str(err), status=status, resumable=isinstance(err, DiskFull))
         _record_outcome(hydra_cfg, status, one_line(err))
@@ -317,7 +318,11 @@ def run_cli(argv: list[str]) -> int:
     args = get_args_parser().parse_known_args(argv)[0]
     if args.help or args.hydra_help:
         return _hydra_cli(argv)
-    session = distributed.join()
+    try:
+        session = distributed.join()
+    except RunnerError as err:
+        print_error(one_line(err))
+        return 2 if isinstance(err, ConfigError) else 1
     try:
         error = None
         try:
