@@ -332,7 +332,11 @@ def run_cli(argv: list[str]) -> int:
                 raise
             error = one_line(err)
         if session is not None:
-            error = session.agree_error(error)  # every rank refuses, or none does
+            try:
+                error = session.agree_error(error)  # every rank refuses, or none does
+            except distributed.PeerLost as lost:
+                print_error(one_line(lost))
+                return 1
         if error is not None:
             print_error(error)
             return 2
@@ -345,7 +349,10 @@ def run_cli(argv: list[str]) -> int:
             code = _hydra_cli(argv)
         finally:
             if session is not None:
-                session.end(code)
+                try:
+                    session.end(code)
+                except distributed.PeerLost as lost:
+                    print_error(one_line(lost))
         return code
     finally:
         distributed.leave(session)

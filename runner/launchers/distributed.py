@@ -413,9 +413,9 @@ def follow(run: Any | None, session: Session) -> int:
     """A rank other than 0: train alongside rank 0, writing nothing; return the exit status."""
     from runner.train import fit  # runner.train imports this module's callers
 
-    if run is None:
-        return session.wait_for_leader()
     try:
+        if run is None:
+            return session.wait_for_leader()
         summary = fit(run, NullLogger())
     except PeerLost as lost:
         print_error(str(lost))
