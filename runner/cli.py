@@ -38,6 +38,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
 from runner import outcomes, preflight
 from runner.errors import ConfigError, RunnerError, print_error
+from runner.cluster import check_slurm_reachable
 from runner.extras import missing_extra
 from runner.launchers import distributed
 from runner.memory import OutOfMemory, release_device_memory
@@ -103,7 +104,8 @@ def hydra_main(cfg: DictConfig) -> float:
         print_error(one_line(err))
         if not in_sweep:
             preflight.remove_fresh_run_dir(hydra_cfg)
-            raise SystemExit(2) from None
+            # A rank lost under torchrun is a fault, not a mistake in the command line.
+            raise SystemExit(1 if isinstance(err, distributed.PeerLost) else 2) from None
         status = "oom" if isinstance(err, OutOfMemory) else "failed"
         record_failure(cfg.output_dir, str(err), status=status, resumable=isinstance(err, DiskFull))
         _record_outcome(hydra_cfg, status, one_line(err))
@@ -171,6 +173,10 @@ def _unknown_key(err: BaseException, overrides: list[str]) -> ConfigError | None
         return None
     key = cause.full_key
     fields = [f.name for f in dataclasses.fields(cause.object_type)]
+    if key.startswith("hydra.launcher."):
+        chosen = _given("hydra/launcher", overrides)
+        launcher = f"hydra/launcher={chosen}" if chosen else f"the launcher ({cause.object_type.__name__})"
+        return ConfigError(key, _given(key, overrides), preflight.launcher_keys_allowed(key, fields, launcher))
     return ConfigError(key, _given(key, overrides), f"a key of the schema: {nearest_keys(key.rsplit('.', 1)[-1], fields)}")
 
 
@@ -286,6 +292,8 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
         task = preflight.task_config(cfg)
         preflight.check_output_dir(task)
         runs_a_job = args.run or not (args.cfg or args.info or args.shell_completion)
+        if multirun and runs_a_job:
+            check_slurm_reachable(cfg.hydra.launcher, str(cfg.hydra.runtime.choices.get("hydra/launcher")))
         if multirun or not runs_a_job:
             return  # a sweep's points are checked by SweepCallback.on_multirun_start
         HydraConfig.instance().set_config(cfg)
@@ -310,7 +318,11 @@ def run_cli(argv: list[str]) -> int:
     args = get_args_parser().parse_known_args(argv)[0]
     if args.help or args.hydra_help:
         return _hydra_cli(argv)
-    session = distributed.join()
+    try:
+        session = distributed.join()
+    except RunnerError as err:
+        print_error(one_line(err))
+        return 2 if isinstance(err, ConfigError) else 1
     try:
         error = None
         try:
@@ -320,7 +332,11 @@ def run_cli(argv: list[str]) -> int:
                 raise
             error = one_line(err)
         if session is not None:
-            error = session.agree_error(error)  # every rank refuses, or none does
+            try:
+                error = session.agree_error(error)  # every rank refuses, or none does
+            except distributed.PeerLost as lost:
+                print_error(one_line(lost))
+                return 1
         if error is not None:
             print_error(error)
             return 2
@@ -333,7 +349,10 @@ def run_cli(argv: list[str]) -> int:
             code = _hydra_cli(argv)
         finally:
             if session is not None:
-                session.end(code)
+                try:
+                    session.end(code)
+                except distributed.PeerLost as lost:
+                    print_error(one_line(lost))
         return code
     finally:
         distributed.leave(session)

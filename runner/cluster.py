@@ -17,12 +17,16 @@ run, as it imports the plugins themselves; submitit and ray are imported only in
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn
-from omegaconf import read_write
+from omegaconf import DictConfig, read_write
+
+from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,47 @@ log = logging.getLogger(__name__)
 RUNNER_STOP_SIGNAL = signal.SIGUSR1
 # What the task function exits with after a signal stopped it with a checkpoint (runner.cli).
 EXIT_INTERRUPTED = 130
+
+
+# Launchers that submit with sbatch (the project's and the plugin's own).
+SLURM_TARGETS = (
+    "hydra_plugins.hpr_cluster_launchers.cluster_launchers.SlurmLauncher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+)
+# How long the check waits for the controller's answer (sbatch itself retries for minutes).
+SBATCH_PROBE_TIMEOUT_S = 30.0
+# The job options the controller may insist on; the probe's job carries those the sweep sets.
+_PROBED_OPTIONS = ("partition", "account", "qos")
+
+
+def check_slurm_reachable(launcher: DictConfig, choice: str) -> None:
+    """A Slurm launcher's cluster takes jobs, asked before the sweep writes anything.
+
+    submitit submits once the sweep directory and its ``.submitit`` folder exist; without
+    ``sbatch``, or with a controller that does not answer, that ends in a 40-line traceback
+    and a sweep directory left behind. ``sbatch --test-only`` asks the controller whether a
+    one-line job would be accepted, and submits nothing.
+    """
+    if launcher._target_ not in SLURM_TARGETS:
+        return
+    elsewhere = "start the cluster's controller, or use hydra/launcher=slurm_local to run the jobs as processes here"
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise ConfigError("hydra/launcher", choice, f"a launcher this machine can use: sbatch (Slurm's client) is not on PATH; install Slurm and {elsewhere}")
+    options = [f"--{name}={launcher[name]}" for name in _PROBED_OPTIONS if launcher.get(name) is not None]
+    command = [sbatch, "--test-only", "--wrap=true", *options]
+    try:
+        answer = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=SBATCH_PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(
+            "hydra/launcher", choice, f"a Slurm cluster that answers: `sbatch --test-only` had no answer from the controller within {SBATCH_PROBE_TIMEOUT_S:g} s; {elsewhere}"
+        ) from None
+    except OSError as err:
+        raise ConfigError("hydra/launcher", choice, f"a launcher this machine can use: {sbatch} cannot be run ({err.strerror}); {elsewhere}") from None
+    if answer.returncode != 0:
+        said = [line.strip() for line in (answer.stderr + answer.stdout).splitlines() if line.strip()]
+        last = said[-1] if said else f"exit status {answer.returncode}, no message"
+        raise ConfigError("hydra/launcher", choice, f"a Slurm cluster that takes jobs: `sbatch --test-only{''.join(' ' + o for o in options)}` says {last!r}; {elsewhere}")
 
 
 # The plugins are optional: without one, its preset (conf/hydra/launcher/) fails to compose

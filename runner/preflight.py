@@ -17,6 +17,8 @@ first job, which also comes before anything is written.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import os
 from pathlib import Path
@@ -116,12 +118,81 @@ def check_logging(hydra: DictConfig) -> None:
                     raise ConfigError(f"{where}.class", conf.get("class"), f"one of {', '.join(LOG_FORMATTERS)}")
 
 
+def launcher_keys_allowed(key: str, fields: list[str], launcher: str) -> str:
+    """What a key of ``launcher`` (e.g. ``hydra/launcher=joblib``) may be: its schema's settings
+    (``_target_`` is checked on its own), the nearest spelling first."""
+    settable = [name for name in fields if name != "_target_"]
+    if not settable:
+        return f"no key: {launcher} takes no settings"
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], settable, n=2, cutoff=0.5)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"{hint}a key of {launcher}: {', '.join(settable)}"
+
+
+def check_launcher_keys(hydra: DictConfig) -> None:
+    """``+hydra.launcher.<key>=...`` adds a key the launcher's schema lacks (``+`` adds even to a
+    typed node): Hydra would hand it to the launcher, which raises a ``TypeError`` traceback
+    (basic, fused) or ignores it (joblib, submitit). Typed nodes below are checked the same way;
+    free-form ones (Ray's ``init`` arguments) are the launcher's to read."""
+    launcher = f"hydra/launcher={hydra.runtime.choices.get('hydra/launcher')}"
+    pending: list[tuple[str, Any]] = [("hydra.launcher", hydra.launcher)]
+    while pending:
+        path, node = pending.pop()
+        schema = OmegaConf.get_type(node)
+        if not (isinstance(node, DictConfig) and dataclasses.is_dataclass(schema)):
+            continue
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in fields:
+                raise ConfigError(f"{path}.{key}", node._get_node(key)._value(), launcher_keys_allowed(f"{path}.{key}", fields, launcher))
+            pending.append((f"{path}.{key}", node._get_node(key)))
+
+
+# The deepest path a run or sweep writes below its directory: a sweep's
+# <config>/seed_aggregate/events.out.tfevents.<10 digits>.<host name, up to 64>.<pid>.<counter>
+# is about 125 bytes with the longest host name (tests/test_faults.py reads a real tree).
+DEEPEST_INSIDE = 160
+
+
+def _shown(text: str) -> str:
+    """A path for a one-line message: a long one as its start and end."""
+    return text if len(text) <= 80 else f"{text[:40]}...{text[-30:]}"
+
+
+def check_path_limits(key: str, value: Any, inside: int = DEEPEST_INSIDE) -> None:
+    """``value``, and the files a run writes ``inside`` characters deep below it, fit the
+    operating system's limits: every name at most NAME_MAX, the absolute path at most
+    PATH_MAX. Checked on the text, before any ``stat`` (which would raise ENAMETOOLONG)."""
+    text = os.path.abspath(str(value))
+    existing = "/"
+    for name in Path(text).parts[1:]:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        if len(name.encode(errors="surrogateescape")) > name_max:
+            raise ConfigError(
+                key, _shown(str(value)),
+                f"a path whose every name is at most {name_max} bytes (NAME_MAX of the file system at {existing}); "
+                f"the name {_shown(name)!r} has {len(name.encode(errors='surrogateescape'))}",
+            )
+        below = os.path.join(existing, name)
+        if os.path.isdir(below):
+            existing = below
+    path_max = os.pathconf(existing, "PC_PATH_MAX")
+    longest = path_max - 1 - inside - 1  # PATH_MAX counts the terminating NUL
+    if len(text.encode(errors="surrogateescape")) > longest:
+        raise ConfigError(
+            key, _shown(str(value)),
+            f"a path of at most {longest:,} bytes as an absolute path (PATH_MAX is {path_max:,}, and a run writes files up to "
+            f"{inside} bytes deep below its directory); this one has {len(text.encode(errors='surrogateescape')):,}",
+        )
+
+
 def check_writable_dir(key: str, value: Any) -> None:
     """``value`` is a directory path a run can create or write into."""
     text = "" if value is None else str(value)
     allowed = "a directory path that is writable (empty would write into the current directory)"
     if not text.strip() or "\x00" in text:
         raise ConfigError(key, value, allowed)
+    check_path_limits(key, text)
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise ConfigError(key, value, "a directory, and this path is an existing file")
@@ -148,6 +219,7 @@ def check_hydra(cfg: DictConfig, multirun: bool) -> None:
     """Checks on the ``hydra`` node of a config composed with ``return_hydra_config``."""
     hydra = cfg.hydra
     check_hydra_targets(hydra)
+    check_launcher_keys(hydra)
     check_logging(hydra)
     check_job_name(hydra)
     if multirun:

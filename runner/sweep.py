@@ -188,6 +188,7 @@ def check_job_dirs(config: DictConfig) -> None:
     traceback that ends the sweep midway."""
     from hydra.core.global_hydra import GlobalHydra
 
+    from runner.preflight import check_path_limits
     from runner.rundir import check_usable
 
     loader = GlobalHydra.instance().config_loader()
@@ -198,6 +199,8 @@ def check_job_dirs(config: DictConfig) -> None:
             job.hydra.job.num = job.hydra.job.id = number
         out = Path(str(OmegaConf.select(job, "hydra.sweep.dir")), str(OmegaConf.select(job, "hydra.sweep.subdir"))).absolute()
         try:
+            # A name from many swept keys can pass NAME_MAX: refused here, not as an OSError mid-sweep.
+            check_path_limits("hydra.sweep.subdir", out)
             check_usable(out)
         except RunnerError as err:
             problems.append(f"  #{number} {' '.join(overrides)}: {str(err).splitlines()[0]}")

@@ -179,7 +179,8 @@ def build_run(cfg: DictConfig) -> Run:
     if trunk is not None:
         train_split = replace(train_split, flat_batches=True)
     data_copy = 0 if bounded_memory or cfg.dataset.name == "memmap" else train_split.X.nbytes + train_split.Y.nbytes
-    memory_estimate = check_fits(model, train_part.feature_shape, device, batch_size, cfg.micro_batch_size, data_copy)
+    noise_rows = min(cfg.noise.micro_batch_size, len(train_part)) if cfg.noise.every > 0 else None
+    memory_estimate = check_fits(model, train_part.feature_shape, device, batch_size, cfg.micro_batch_size, data_copy, noise_rows)
     instruments = make_instruments(cfg, model, loss_fn, optimizer, train_split, plan.total_iterations)
 
     return Run(

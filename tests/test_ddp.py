@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from runner.errors import ConfigError
 from runner.launchers.distributed import Session, under_torchrun
 from runner.train import train
 from conftest import FAST, REPO, compose_cfg, read_scalars
@@ -265,3 +267,71 @@ def test_more_processes_than_gpus_is_refused_on_every_rank(tmp_path):
     assert len(lines) == torch.cuda.device_count() + 1
     assert all(line.startswith("Error: device='cuda' is not allowed: one GPU per process under torchrun") for line in lines), lines
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ gloo faults: one line each
+RANK_LINE = re.compile(r"^Error: torchrun rank [01] of 2: (?P<what>[a-z' ]+) failed \((?P<gloo>[^\n]+)\); (?P<why>.+)$")
+
+
+def _rank_errors(output: str) -> list[re.Match]:
+    """The runner's lines in torchrun's output; no traceback of the runner's own (torchrun's
+    agent adds its ChildFailedError summary, which names the rank that failed first)."""
+    assert "runner/" not in "".join(line for line in output.splitlines() if line.lstrip().startswith("File ")), output[-3000:]
+    lines = [line for line in output.splitlines() if line.startswith("Error: ")]
+    matches = [RANK_LINE.match(line) for line in lines]
+    assert lines and all(matches), output[-3000:]
+    return matches
+
+
+@ddp
+def test_a_rank_killed_mid_run_ends_the_other_with_one_line_and_a_non_zero_exit(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = torchrun_cmd(*BASE, "epochs=40", "batch_size=1", "checkpoint_every=50", f"hydra.run.dir={out}")
+    run = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoints" / "prev.ckpt").exists() and run.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        victim = _rank_pid(run.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        output, _ = run.communicate(timeout=120)  # bounded: the survivor's collective fails at once
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode != 0
+    [line] = _rank_errors(output)
+    assert line["what"] == "summing an update's gradient" and "Connection" in line["gloo"]
+    assert line["why"].startswith("another rank died, hung for more than 600 s (RUNNER_DIST_TIMEOUT_S) or cannot be reached")
+    assert not (out / "summary.json").exists() and (out / "checkpoints" / "last.ckpt").exists()  # resumable, as test_stopped_run... shows
+
+
+@ddp
+def test_a_process_group_that_cannot_form_ends_every_rank_with_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run(torchrun_cmd(*BASE, f"hydra.run.dir={out}"), cwd=tmp_path, env={**env(), "GLOO_SOCKET_IFNAME": "nosuch0"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    for line in _rank_errors(result.stderr + result.stdout):
+        assert line["what"] == "forming the process group" and "nosuch0" in line["gloo"]
+        assert line["why"] == "the ranks could not connect within 600 s (RUNNER_DIST_TIMEOUT_S): check GLOO_SOCKET_IFNAME, MASTER_ADDR and MASTER_PORT, and that every node started"
+    assert not out.exists()
+
+
+def test_a_failed_collective_becomes_one_line_naming_the_rank_and_the_timeout(monkeypatch):
+    from runner.launchers.distributed import PeerLost, collective, collective_timeout
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RUNNER_DIST_TIMEOUT_S", "30")
+    gloo = "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.0.0.2]:5: Connection reset by peer. This is typically caused by a remote worker hanging."
+    with pytest.raises(PeerLost) as info, collective("summing an update's gradient"):
+        raise RuntimeError(gloo)
+    assert str(info.value) == (
+        "torchrun rank 1 of 4: summing an update's gradient failed (Read error [10.0.0.2]:5: Connection reset by peer); another rank died, "
+        "hung for more than 30 s (RUNNER_DIST_TIMEOUT_S) or cannot be reached; the run stopped, and its last checkpoint resumes with the same command"
+    )
+    assert collective_timeout({}).total_seconds() == 600
+    for bad in ("0", "-1", "abc", "inf"):
+        with pytest.raises(ConfigError, match=r"^RUNNER_DIST_TIMEOUT_S='.*' is not allowed: a number of seconds > 0"):
+            collective_timeout({"RUNNER_DIST_TIMEOUT_S": bad})

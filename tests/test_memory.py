@@ -62,3 +62,61 @@ def test_in_a_sweep_it_records_status_oom_and_the_others_run(tmp_path):
     small = next(s for name, s in statuses.items() if "4096" not in name)
     assert big["status"] == "oom" and "micro_batch_size" in big["error"]
     assert small["status"] == "done" and small["batch_size"] == 1_600_000
+
+
+# ------------------------------------------------------------------ the noise instrument's chunks
+def test_a_noise_chunk_is_counted_as_its_per_sample_gradients_and_activations():
+    model = MLP(in_shape=(64,), out_features=10, hidden=[32, 16])
+    parameters = 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10  # 2,778
+    activations = 64 + 32 + 32 + 16 + 16 + 10  # 170 per sample
+    expected = 100 * (parameters * memory.NOISE_GRADIENT_COPIES + activations * memory.ACTIVATION_COPIES) * 4
+    assert memory.noise_bytes(model, (64,), torch.device("cpu"), 100) == expected == 6_871_200
+    # Frozen parameters have no per-sample gradient.
+    next(model.parameters()).requires_grad_(False)  # the first layer's 64 x 32 weight
+    assert memory.noise_bytes(model, (64,), torch.device("cpu"), 100) == 100 * ((parameters - 64 * 32) * 6 + 170 * 3) * 4
+
+
+def _noise_estimates(make_cfg, rows):
+    """(the update's estimate, the noise measurement's at ``rows`` per chunk) for iris's MLP."""
+    run = build_run(make_cfg("dataset=iris"))
+    cpu = torch.device("cpu")
+    data_copy = run.memory_estimate - memory.step_bytes(run.model, (4,), cpu, run.batch_size, 0)
+    base = memory.step_bytes(run.model, (4,), cpu, 0, data_copy)  # parameters, optimizer state, the epoch's data
+    return run.memory_estimate, base + memory.noise_bytes(run.model, (4,), cpu, rows)
+
+
+def test_noise_chunks_that_would_not_fit_are_refused_before_training_and_ones_that_fit_are_not(make_cfg, monkeypatch):
+    step, measuring = _noise_estimates(make_cfg, 120)  # iris: 120 training samples, all in one chunk
+    assert measuring > step  # the per-sample gradients outweigh the update's activations
+    monkeypatch.setattr(memory, "available_bytes", lambda device: measuring - 1)
+    with pytest.raises(OutOfMemory) as info:
+        build_run(make_cfg("dataset=iris", "noise.every=1", "noise.micro_batch_size=256"))
+    free = measuring - 1
+    assert str(info.value) == (
+        f"measuring the gradient noise (noise.micro_batch_size=120 per-sample gradients at once) needs about {measuring / 2**20:,.0f} MB on cpu, "
+        f"and {free / 2**20:,.0f} MB are free. Lower noise.micro_batch_size (e.g. noise.micro_batch_size={120 * free // (2 * measuring)}): "
+        "the measurement is the same, in smaller chunks"
+    )
+    # The same free memory: smaller chunks fit, and so does the run without the instrument.
+    assert build_run(make_cfg("dataset=iris", "noise.every=1", "noise.micro_batch_size=16")).memory_estimate < free
+    assert build_run(make_cfg("dataset=iris")).memory_estimate == step
+    monkeypatch.setattr(memory, "available_bytes", lambda device: measuring)
+    assert build_run(make_cfg("dataset=iris", "noise.every=1", "noise.micro_batch_size=256")).memory_estimate == measuring
+
+
+def test_a_single_run_whose_noise_chunks_do_not_fit_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys):
+    from runner.cli import run_cli
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 4 * 2**20)  # 4 MB free
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    capsys.readouterr()
+    argv = ["dataset=iris", "model.hidden=[512]", "noise.every=1", "noise.micro_batch_size=120", f"hydra.run.dir={tmp_path / 'r'}"]
+    assert run_cli(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    # 120 samples x (4,099 parameters x 6 + 1,031 activations x 3) x 4 bytes, plus the parameter buffers: 13 MB.
+    assert lines == [
+        "Error: measuring the gradient noise (noise.micro_batch_size=120 per-sample gradients at once) needs about 13 MB on cpu, "
+        "and 4 MB are free. Lower noise.micro_batch_size (e.g. noise.micro_batch_size=18): the measurement is the same, in smaller chunks"
+    ]
+    assert list(tmp_path.iterdir()) == []

@@ -36,7 +36,9 @@ import io
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from functools import partial
 from typing import Any, Mapping, NoReturn
 
@@ -49,7 +51,7 @@ from torch.optim import Optimizer
 from runner.batches import EpochSource
 from runner.checkpoint import restore_rng_state, rng_state
 from runner.epochs import StopFlag, TrainState
-from runner.errors import ConfigError, print_error
+from runner.errors import ConfigError, RunnerError, print_error
 from runner.loggers import MetricLogger
 from runner.loop import FlatGradients
 from runner.losses import Loss
@@ -63,6 +65,56 @@ UNDER_TORCHRUN = "under torchrun"
 
 def under_torchrun(environ: Mapping[str, str] = os.environ) -> bool:
     return all(name in environ for name in TORCHRUN_ENV)
+
+
+# How long a rank waits for the others, to form the process group or in one collective, before
+# it gives up (gloo's own default is 30 minutes). Generous: every rank loads the data and
+# builds the run before the first collective. RUNNER_DIST_TIMEOUT_S sets another bound.
+TIMEOUT_ENV = "RUNNER_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def collective_timeout(environ: Mapping[str, str] = os.environ) -> timedelta:
+    text = environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(TIMEOUT_ENV, text, "a number of seconds > 0 (how long a rank waits for the others)")
+    return timedelta(seconds=seconds)
+
+
+class PeerLost(RunnerError):
+    """The torchrun job's process group could not form, or a rank stopped answering in a
+    collective (it died, hung past the timeout, or its network failed)."""
+
+
+def _first_sentence(err: BaseException) -> str:
+    """gloo's message without its source path and its advice: ``Connection reset by peer``."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.split(" This is typically", 1)[0].rstrip(".")
+
+
+FORMING = "forming the process group"
+
+
+@contextmanager
+def collective(what: str) -> Any:
+    """Turn a failed collective into :class:`PeerLost`: one line on this rank, not a traceback
+    from deep inside gloo (torchrun then names the rank that failed first)."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as err:  # torch.distributed.DistError is a RuntimeError
+        rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+        waited = f"{collective_timeout().total_seconds():g} s ({TIMEOUT_ENV})"
+        if what == FORMING:
+            why = f"the ranks could not connect within {waited}: check GLOO_SOCKET_IFNAME, MASTER_ADDR and MASTER_PORT, and that every node started"
+        else:
+            why = f"another rank died, hung for more than {waited} or cannot be reached; the run stopped, and its last checkpoint resumes with the same command"
+        raise PeerLost(f"torchrun rank {rank} of {world}: {what} failed ({_first_sentence(err)}); {why}") from None
 
 
 class LeaderEnded(Exception):
@@ -126,7 +178,8 @@ class Session:
     def agree_error(self, error: str | None) -> str | None:
         """The first error any rank met (by rank), on every rank: all refuse, or none."""
         errors: list[Any] = [None] * self.world
-        dist.all_gather_object(errors, error)
+        with collective("agreeing on the command line"):
+            dist.all_gather_object(errors, error)
         return next((e for e in errors if e is not None), None)
 
     def start(self, run: Any, state: TrainState | None) -> TrainState:
@@ -179,7 +232,8 @@ class Session:
 
     def _broadcast(self, message: Any) -> Any:
         box = [message]
-        dist.broadcast_object_list(box, src=0)
+        with collective("receiving rank 0's start state" if message is None else "sending the start state"):
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
 
@@ -200,7 +254,9 @@ def join() -> Session | None:
     cuda = torch.cuda.is_available()
     if cuda and session.local_rank < torch.cuda.device_count():
         torch.cuda.set_device(session.local_rank)
-    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
+    timeout = collective_timeout()
+    with collective(FORMING):
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timeout)
     if not session.leader:
         # Rank 0 logs the run; the others would only repeat its lines.
         logging.getLogger("runner").setLevel(logging.ERROR)
@@ -209,7 +265,10 @@ def join() -> Session | None:
 
 def leave(session: Session | None) -> None:
     if session is not None and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except RuntimeError:
+            pass  # a peer already gone: there is nothing left to tear down together
 
 
 def exit_worker(code: int) -> NoReturn:
@@ -300,7 +359,8 @@ def distributed_step(
         weighted.backward()
         grads.loss += weighted.detach()
     grads.signals[session.rank] = session.stop.seen
-    dist.all_reduce(grads.buffer)
+    with collective("summing an update's gradient"):
+        dist.all_reduce(grads.buffer)
     # The signals are needed on the host to decide the next update; on CUDA this waits for
     # the collective, which the update itself must wait for anyway.
     session.stop.agree(grads.signals.tolist())
@@ -353,10 +413,13 @@ def follow(run: Any | None, session: Session) -> int:
     """A rank other than 0: train alongside rank 0, writing nothing; return the exit status."""
     from runner.train import fit  # runner.train imports this module's callers
 
-    if run is None:
-        return session.wait_for_leader()
     try:
+        if run is None:
+            return session.wait_for_leader()
         summary = fit(run, NullLogger())
+    except PeerLost as lost:
+        print_error(str(lost))
+        return 1
     except LeaderEnded as ended:
         if ended.code not in (0, 130):
             print_error(f"rank 0 did not start the run (exit status {ended.code}); its message says why")
