@@ -179,7 +179,10 @@ def test_a_single_run_gets_the_same_report(sweep):
     rows = _table(text)
     assert list(rows) == ["dataset=iris,epochs=2,regime=minibatch/seed=1"]
     assert rows["dataset=iris,epochs=2,regime=minibatch/seed=1"]["total updates"] == "8"
-    assert {p.stem for p in (run / "report").glob("*.png")} == ALL_PLOTS
+    # One line compares nothing: the per-update loss, validation against training with the
+    # gap between them, and accuracy; the other five would redraw these on another axis.
+    assert {p.stem for p in (run / "report").glob("*.png")} == {"loss_vs_iteration", "train_vs_val_loss", "val_acc_vs_epoch"}
+    assert text.count("](report/") == 3
 
 
 # --------------------------------------------------------------------------- pieces
@@ -336,3 +339,17 @@ def test_a_noisy_iteration_curve_is_a_smoothed_line_over_its_faint_raw_values(tm
     assert len(smoothed.get_xdata()) < 1_000 and smoothed.get_zorder() > raw[0].get_zorder()
     late = lambda line: np.asarray(line.get_ydata())[np.asarray(line.get_xdata()) > 1_000]  # noqa: E731
     assert np.ptp(late(smoothed)) < 0.1 * np.ptp(late(raw[0]))  # the period-3 noise averaged out
+
+
+def test_a_single_run_without_validation_gets_the_training_loss_by_epoch(make_cfg, tmp_path):
+    """No validation set, so no validation-against-training figure: its place goes to the
+    training loss by epoch, and an older report's other figures are taken away."""
+    from runner.train import train
+
+    run = tmp_path / "r"
+    train(make_cfg("dataset=iris", "epochs=2", "batch_size=32", "val_fraction=0", output_dir=run))
+    (run / "report").mkdir(exist_ok=True)
+    (run / "report" / "loss_vs_samples.png").write_bytes(b"an older report's figure")
+    text = write_report(run).read_text()
+    assert {p.stem for p in (run / "report").glob("*.png")} == {"loss_vs_iteration", "loss_vs_epoch"}
+    assert "](report/loss_vs_epoch.png)" in text and "loss_vs_samples" not in text
