@@ -227,3 +227,53 @@ def test_group_option_given_as_a_path_is_one_line_naming_the_options():
     with pytest.raises(ConfigError, match=r"scaling='\.\./config' is not allowed: one of quick \(conf/scaling/\*\.yaml"):
         check_group_paths(["scaling=../config"])
     check_group_paths(["scaling=quick", "dataset=iris", "hydra.sweep.dir=../out", "dataset.path=/data/x.csv"])
+
+
+@pytest.mark.slow
+def test_the_report_section_only_reads_and_prepare_writes_what_is_missing(quick_study, tmp_path):
+    """markdown_section composes from scaling.json and writes nothing; prepare (the report
+    command's step) writes scaling.json and the figures where a sweep left none."""
+    import shutil
+
+    source, _ = quick_study
+    root = tmp_path / "copy"
+    shutil.copytree(source, root)
+    for name in (SCALING_JSON, STEPS_PNG, FRONTIER_PNG, NOISE_PNG):
+        (root / name).unlink()
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    assert markdown_section(root) is None
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    result = prepare(root)
+    assert result == json.loads((source / SCALING_JSON).read_text())
+    assert all((root / name).is_file() for name in (SCALING_JSON, STEPS_PNG, FRONTIER_PNG, NOISE_PNG))
+    assert markdown_section(root) == markdown_section(source)
+
+
+@pytest.mark.slow
+def test_an_added_lr_is_trained_per_seed_with_the_jobs_record(quick_study, tmp_path):
+    """The extension's runs: one per seed of the batch size, under lr_extension/, with the
+    template job's .hydra record (lr changed) and hparams naming the experiment as a job's do."""
+    import shutil
+
+    from runner.scaling.analysis import load_runs
+    from runner.scaling.extend import train_cell_in
+
+    source, _ = quick_study
+    root = tmp_path / "copy"
+    shutil.copytree(source, root)
+    target = json.loads((root / SCALING_JSON).read_text())["target"]["value"]
+    runs = load_runs(root, target)
+    templates = sorted((r for r in runs if r.batch_size == 150 and r.lr == 3.2), key=lambda r: r.seed)
+    new = train_cell_in(root, target)(templates, 6.4)
+    assert [(r.rel, r.batch_size, r.lr, r.seed) for r in new] == [
+        (f"{EXTENSION_DIR}/batch_size=150,optimizer.lr=6.4/seed={s}", 150, 6.4, s) for s in (0, 1, 2)
+    ]
+    for run in new:
+        out = root / run.rel
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["lr"] == 6.4 and summary["hparams"]["experiment"] == "batch_scaling"
+        assert summary["hparams"]["optimizer.lr"] == 6.4 and summary["hparams"]["seed"] == run.seed
+        overrides = (out / ".hydra" / "overrides.yaml").read_text()
+        assert "optimizer.lr=6.4" in overrides and "optimizer.lr=3.2" not in overrides
+        assert "lr: 6.4" in (out / ".hydra" / "config.yaml").read_text()
+    assert {r.rel for r in load_runs(root, target)} == {r.rel for r in runs} | {r.rel for r in new}
