@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -101,9 +101,22 @@ def job_record(root: Path, template: Path, out: Path, lr: float) -> tuple[DictCo
     for name, node in (("config.yaml", config), ("hydra.yaml", hydra), ("overrides.yaml", OmegaConf.create(overrides))):
         with open_inside(root, out / ".hydra" / name, "w") as handle:
             handle.write(OmegaConf.to_yaml(node))
-    task = config.copy()
-    task.output_dir = str(out)
-    return task, hydra
+    return _compose([*overrides, f"output_dir='{out}'"]), hydra  # quoted: the path holds = and ,
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The job's typed config, composed as the sweep composed it (in this process's Hydra, or
+    the project's conf/ when none is set up, as in a test)."""
+    from contextlib import nullcontext
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner.cli import CONF_DIR
+
+    ready = GlobalHydra.instance().is_initialized()
+    with nullcontext() if ready else initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
 
 
 def train_cell_in(root: Path, target: float) -> TrainCell:
@@ -121,13 +134,22 @@ def train_cell_in(root: Path, target: float) -> TrainCell:
             for template in templates:
                 out = cell / f"seed={template.seed}"
                 task, hydra = job_record(root, root / template.rel, out, lr)
-                HydraConfig.instance().set_config(hydra)  # the run's choices and overrides, as a job's
+                HydraConfig.instance().set_config(_typed(hydra))  # the run's choices and overrides, as a job's
                 train(task)
         finally:
             HydraConfig.instance().cfg = previous
         return [_under(run, root, cell) for run in load_runs(cell, target)]
 
     return train_cell
+
+
+def _typed(hydra: DictConfig) -> DictConfig:
+    """Hydra's record as the typed config ``HydraConfig.set_config`` takes (plugins' keys kept)."""
+    from hydra.conf import HydraConf
+
+    base = OmegaConf.structured(HydraConf)
+    OmegaConf.set_struct(base, False)
+    return OmegaConf.create({"hydra": OmegaConf.merge(base, hydra.hydra)})
 
 
 def _under(run: StudyRun, root: Path, cell: Path) -> StudyRun:
@@ -140,7 +162,11 @@ def extend_study(root: Path, target: float, bound: int) -> list[tuple[int, float
     """At the end of the sweep ``root``: extend the lr grids whose best lr is at an edge."""
     if bound <= 0:
         return []
-    return extend(load_runs(root, target), bound, train_cell_in(root, target))
+    try:
+        return extend(load_runs(root, target), bound, train_cell_in(root, target))
+    except Exception:  # noqa: BLE001 - the sweep's own results are complete: the study is written, its edge flagged
+        log.exception("Could not extend the lr grid of %s; the best lrs at an edge stay flagged.", root)
+        return []
 
 
 def bound_of(root: Path) -> int:
@@ -148,11 +174,3 @@ def bound_of(root: Path) -> int:
     for path in sorted(root.rglob(".hydra/config.yaml")):
         return int(OmegaConf.select(OmegaConf.load(path), "scaling.lr_extensions", default=0) or 0)
     return 0
-
-
-def summary_of(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per extended batch size: the lrs added and where its best lr ended."""
-    return [
-        {"batch_size": p["batch_size"], "added": p["lr_extensions"], "best_lr": p["lr"], "lr_at_edge": p["lr_at_edge"]}
-        for p in points if p.get("lr_extensions")
-    ]
