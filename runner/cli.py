@@ -191,18 +191,33 @@ def _missing_option(err: BaseException, overrides: list[str]) -> ConfigError | N
     return ConfigError(group, _given(group, overrides) or option, f"one of {', '.join(options)} (conf/{group}/*.yaml){hint}")
 
 
-def _group_value(overrides: list[str]) -> ConfigError | None:
-    """A config group given a value that is no option of it (Hydra reads ``scaling=1.5`` as a
-    float and raises a bare ValueError): name the group and its options."""
+def _group_overrides(overrides: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(group, value, its options) for each override of a config group on the command line."""
+    found = []
     for override in overrides:
         key, sep, value = override.partition("=")
         group = key.lstrip("+~")
-        if not sep or not (CONF_DIR / group).is_dir():
-            continue
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        if sep and group and (CONF_DIR / group).is_dir():
+            found.append((group, value, sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))))
+    return found
+
+
+def _group_value(overrides: list[str]) -> ConfigError | None:
+    """A config group given a value that is no option of it (Hydra reads ``scaling=1.5`` as a
+    float and raises a bare ValueError): name the group and its options."""
+    for group, value, options in _group_overrides(overrides):
         if value not in options and value != "null":
             return ConfigError(group, value, f"one of {', '.join(options)} (conf/{group}/*.yaml)")
     return None
+
+
+def check_group_paths(overrides: list[str]) -> None:
+    """A group option given as a path (``scaling=../config``) is refused before Hydra composes
+    it: Hydra would read a file outside the group and answer with a "Could not find" line about
+    that file's own defaults. The message names the group's options instead."""
+    for group, value, options in _group_overrides(overrides):
+        if group in GROUPS and any(part in value for part in ("/", "\\", "..")):
+            raise ConfigError(group, value, f"one of {', '.join(options)} (conf/{group}/*.yaml; a name, no '/' or '..')")
 
 
 # OmegaConf's words for a value that is not of the key's type, in the user's words.
@@ -270,6 +285,7 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
     GlobalHydra.instance().clear()
     try:
         check_number_lengths(args.overrides)
+        check_group_paths(args.overrides)
         app = Hydra.create_main_hydra2(task_name=detect_task_name(calling_file, calling_module), config_search_path=search_path)
         config_name = args.config_name or "config"
         multirun = args.multirun or app.get_mode(config_name=config_name, overrides=args.overrides) == RunMode.MULTIRUN

@@ -360,6 +360,9 @@ class ScalingConfig:
     # Also measure B_simple (runner.instruments.noise) at every power-of-two update and where the
     # target is reached (0 = never; else the chunk of per-sample gradients held at once).
     noise_micro_batch_size: int = 256
+    # At the sweep's end, a batch size whose best lr is the smallest or largest of its grid gets
+    # one more lr a grid step beyond that edge (all its seeds), at most this many (0 = only flag it).
+    lr_extensions: int = 2
 
 
 # ------------------------------------------------------------------------------- run

@@ -17,10 +17,11 @@ import torch
 
 from runner.loggers import MemoryLogger
 from runner.losses import MeanSquaredError
-from runner.scaling.analysis import SCALING_JSON, fit
+from runner.scaling.analysis import EXTENSION_DIR, SCALING_JSON, StudyRun, best_points, fit
+from runner.scaling.extend import extend, next_lr, planned
 from runner.scaling.grid import B_SIMPLE_TAG, TAG, TargetProbe, grid_points
 from runner.scaling.plots import FRONTIER_PNG, NOISE_PNG, STEPS_PNG
-from runner.scaling.report import markdown_section, recommendation
+from runner.scaling.report import extension_words, markdown_section, prepare, recommendation
 
 from conftest import read_scalars
 from test_noise import float64_linreg, linreg_closed_form, set_weights
@@ -163,3 +164,116 @@ def test_quick_study_plots_and_report_section(quick_study):
     elsewhere = root.parent / "not_a_study"
     elsewhere.mkdir(exist_ok=True)
     assert markdown_section(elsewhere) is None and not (elsewhere / SCALING_JSON).exists()
+
+
+# ------------------------------------------------------------------ the lr grid extended at an edge
+def _synthetic_cell(b: int, lr: float, best_lr: dict[int, float], prefix: str = "") -> list[StudyRun]:
+    """Three seeds at (b, lr): S grows with the distance of lr from the batch size's own best lr
+    (log2), and with the seed a little; an lr beyond 4x the best never reaches the target."""
+    runs = []
+    for seed in range(3):
+        distance = abs(math.log2(lr / best_lr[b]))
+        steps = None if distance > 2 else int(100 * (1 + distance) / b) + seed + 1
+        runs.append(StudyRun(f"{prefix}batch_size={b},optimizer.lr={lr:g}/seed={seed}", b, lr, seed, steps, None if steps is None else steps * b, None, {}))
+    return runs
+
+
+def test_a_best_lr_at_a_grid_edge_is_extended_by_one_grid_step_until_inside_or_the_bound():
+    grid = [0.1, 0.2, 0.4, 0.8]
+    best_lr = {1: 0.05, 8: 0.3, 64: 3.2}  # below the grid, inside it, two steps above it
+    runs = [r for b in best_lr for lr in grid for r in _synthetic_cell(b, lr, best_lr)]
+    trained: list[tuple[int, float, list[int]]] = []
+
+    def train_cell(templates, lr):
+        b = templates[0].batch_size
+        trained.append((b, lr, [t.seed for t in templates]))
+        return _synthetic_cell(b, lr, best_lr, prefix=f"{EXTENSION_DIR}/")
+
+    done = extend(runs, bound=2, train_cell=train_cell)
+    # B=1: 0.05 (best, at the new edge), then 0.025 (worse): its best 0.05 is inside. B=64: 1.6,
+    # then 3.2, both better than the last; the bound stops it there. B=8 is never touched.
+    assert done == [(1, 0.05), (64, 1.6), (1, 0.025), (64, 3.2)]
+    assert all(seeds == [0, 1, 2] for _, _, seeds in trained)
+    points = {p["batch_size"]: p for p in best_points(runs)}
+    assert points[1]["lr"] == 0.05 and not points[1]["lr_at_edge"] and points[1]["lr_extensions"] == [0.05, 0.025]
+    assert points[8]["lr"] == 0.4 and not points[8]["lr_at_edge"] and points[8]["lr_extensions"] == []
+    assert points[64]["lr"] == 3.2 and points[64]["lr_at_edge"] and points[64]["lr_extensions"] == [1.6, 3.2]
+    assert points[64]["lrs"] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2]
+    assert extend(runs, bound=2, train_cell=train_cell) == []  # the bound holds on a second look
+    result = {"points": list(points.values()), "fit": {"S_min": 3.0, "E_min": 30.0, "B_crit": 10.0, "B_crit_interval": None}, "noise": None}
+    words = extension_words(result)
+    assert words == ("Learning-rate grid extended where the best lr was at an edge: batch size 1: lr 0.05, 0.025 added, "
+                     "best lr 0.05 (inside the grid); batch size 64: lr 1.6, 3.2 added, best lr 3.2 (still at the edge).")
+    assert "still at an edge of its grid at batch size 64 " in recommendation(result)
+
+
+def test_next_lr_is_one_step_of_the_grid_at_that_edge_rounded():
+    lrs = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+    assert next_lr(lrs, 0.01) == 0.00333 and next_lr(lrs, 3.0) == 9.0
+    assert next_lr(lrs, 0.1) is None and next_lr([0.1], 0.1) is None
+    assert planned(_synthetic_cell(4, 0.1, {4: 0.1}), bound=2) == []  # one lr: no grid to step along
+
+
+def test_group_option_given_as_a_path_is_one_line_naming_the_options():
+    from runner.cli import check_group_paths
+    from runner.errors import ConfigError
+
+    for given in ("scaling=../config", "dataset=../config", "+experiment=sub/x"):
+        with pytest.raises(ConfigError) as info:
+            check_group_paths(["seed=1", given])
+        group, value = given.lstrip("+").split("=")
+        message = str(info.value)
+        assert message.startswith(f"{group}='{value}' is not allowed: one of ") and "\n" not in message
+    with pytest.raises(ConfigError, match=r"scaling='\.\./config' is not allowed: one of quick \(conf/scaling/\*\.yaml"):
+        check_group_paths(["scaling=../config"])
+    check_group_paths(["scaling=quick", "dataset=iris", "hydra.sweep.dir=../out", "dataset.path=/data/x.csv"])
+
+
+@pytest.mark.slow
+def test_the_report_section_only_reads_and_prepare_writes_what_is_missing(quick_study, tmp_path):
+    """markdown_section composes from scaling.json and writes nothing; prepare (the report
+    command's step) writes scaling.json and the figures where a sweep left none."""
+    import shutil
+
+    source, _ = quick_study
+    root = tmp_path / "copy"
+    shutil.copytree(source, root)
+    for name in (SCALING_JSON, STEPS_PNG, FRONTIER_PNG, NOISE_PNG):
+        (root / name).unlink()
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    assert markdown_section(root) is None
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    result = prepare(root)
+    assert result == json.loads((source / SCALING_JSON).read_text())
+    assert all((root / name).is_file() for name in (SCALING_JSON, STEPS_PNG, FRONTIER_PNG, NOISE_PNG))
+    assert markdown_section(root) == markdown_section(source)
+
+
+@pytest.mark.slow
+def test_an_added_lr_is_trained_per_seed_with_the_jobs_record(quick_study, tmp_path):
+    """The extension's runs: one per seed of the batch size, under lr_extension/, with the
+    template job's .hydra record (lr changed) and hparams naming the experiment as a job's do."""
+    import shutil
+
+    from runner.scaling.analysis import load_runs
+    from runner.scaling.extend import train_cell_in
+
+    source, _ = quick_study
+    root = tmp_path / "copy"
+    shutil.copytree(source, root)
+    target = json.loads((root / SCALING_JSON).read_text())["target"]["value"]
+    runs = load_runs(root, target)
+    templates = sorted((r for r in runs if r.batch_size == 150 and r.lr == 3.2), key=lambda r: r.seed)
+    new = train_cell_in(root, target)(templates, 6.4)
+    assert [(r.rel, r.batch_size, r.lr, r.seed) for r in new] == [
+        (f"{EXTENSION_DIR}/batch_size=150,optimizer.lr=6.4/seed={s}", 150, 6.4, s) for s in (0, 1, 2)
+    ]
+    for run in new:
+        out = root / run.rel
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["lr"] == 6.4 and summary["hparams"]["experiment"] == "batch_scaling"
+        assert summary["hparams"]["optimizer.lr"] == 6.4 and summary["hparams"]["seed"] == run.seed
+        overrides = (out / ".hydra" / "overrides.yaml").read_text()
+        assert "optimizer.lr=6.4" in overrides and "optimizer.lr=3.2" not in overrides
+        assert "lr: 6.4" in (out / ".hydra" / "config.yaml").read_text()
+    assert {r.rel for r in load_runs(root, target)} == {r.rel for r in runs} | {r.rel for r in new}

@@ -9,6 +9,7 @@ from typing import Sequence
 from runner.aggregate import find_runs, write_seed_aggregates
 from runner.errors import RunnerError, print_error
 from runner.report.markdown import write_report
+from runner.scaling.report import prepare as prepare_scaling_study
 from runner.safefs import check_no_links
 
 
@@ -47,5 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error(problem)
         return 2
     write_seed_aggregates(root)
+    prepare_scaling_study(root)  # a batch-size study's scaling.json and figures, where missing
     print(write_report(root))
     return 0

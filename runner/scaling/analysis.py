@@ -24,6 +24,7 @@ from runner.aggregate import read_scalar_series
 from runner.scaling.grid import B_SIMPLE_TAG, TAG
 
 SCALING_JSON = "scaling.json"
+EXTENSION_DIR = "lr_extension"  # runs of lrs added beyond a batch size's grid (runner.scaling.extend)
 BOOTSTRAP = 500  # resamples of the seeds for the interval
 BOOTSTRAP_SEED = 0  # the interval is the same every time the same runs are analysed
 LEVEL = 0.95
@@ -85,6 +86,22 @@ def load_runs(root: Path, target: float) -> list[StudyRun]:
     return runs
 
 
+def is_extension(run: StudyRun) -> bool:
+    return Path(run.rel).parts[0] == EXTENSION_DIR
+
+
+def extensions_of(runs: Sequence[StudyRun]) -> dict[int, list[float]]:
+    """Per batch size, the lrs added beyond its grid, the nearest to the grid first."""
+    grid: dict[int, set[float]] = {}
+    added: dict[int, set[float]] = {}
+    for run in runs:
+        (added if is_extension(run) else grid).setdefault(run.batch_size, set()).add(run.lr)
+
+    def distance(b: int, lr: float) -> float:
+        return min((abs(math.log(lr / g)) for g in grid.get(b, ())), default=0.0)
+    return {b: sorted(lrs, key=lambda lr: distance(b, lr)) for b, lrs in added.items()}
+
+
 def _median(values: Sequence[float]) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64)))
 
@@ -93,6 +110,7 @@ def best_points(runs: Sequence[StudyRun]) -> list[dict[str, Any]]:
     """Per batch size, the lr with the fewest median updates (a run that missed the target: ∞);
     batch sizes where no lr reached it in most seeds have no point."""
     points = []
+    added = extensions_of(runs)
     for b in sorted({r.batch_size for r in runs}):
         at_b = [r for r in runs if r.batch_size == b]
         lrs = sorted({r.lr for r in at_b})
@@ -110,6 +128,7 @@ def best_points(runs: Sequence[StudyRun]) -> list[dict[str, Any]]:
             "steps_range": [min(r.steps for r in reached), None if len(reached) < len(chosen) else max(r.steps for r in reached)],
             "lr_at_edge": len(lrs) > 1 and best in (lrs[0], lrs[-1]),
             "lrs": lrs,
+            "lr_extensions": added.get(b, []),
             "runs": [r.rel for r in sorted(chosen, key=lambda r: r.seed)],
         })
     return points

@@ -22,8 +22,25 @@ FIGSIZE, DPI = (8.0, 5.0), 100
 REGIME_FACTOR = 4.0
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _axes() -> tuple[Figure, Any]:
+    """A figure of the study's size with one axes (no pyplot: no global state, any thread)."""
+    fig = Figure(figsize=FIGSIZE)
     FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _log_log(ax: Any, xlabel: str, ylabel: str, title: str, *, xbase: float = 10, legend_loc: str = "best") -> None:
+    """What every figure of the study shares: log-log axes, labels, a small legend, a faint grid."""
+    ax.set_xscale("log", base=xbase)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc=legend_loc)
+    ax.grid(True, which="both", alpha=0.2)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     save_figure(fig, path.parent, path, dpi=DPI)  # never through a link planted in the sweep
     return path
@@ -39,8 +56,7 @@ def steps_plot(result: dict[str, Any], path: Path, n_train: int | None) -> Path:
     points, fitted = result["points"], result["fit"]
     b = np.array([p["batch_size"] for p in points], dtype=float)
     s = np.array([p["steps"] for p in points], dtype=float)
-    fig = Figure(figsize=FIGSIZE)
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     lo, hi = b.min() / 1.5, b.max() * 1.5
     if fitted is not None:
         bc = fitted["B_crit"]
@@ -58,15 +74,10 @@ def steps_plot(result: dict[str, Any], path: Path, n_train: int | None) -> Path:
     low = [p["steps_range"][0] for p in points]
     high = [p["steps_range"][1] if p["steps_range"][1] is not None else p["steps"] for p in points]
     ax.errorbar(b, s, yerr=[s - np.array(low, float), np.array(high, float) - s], fmt="o", color="tab:blue", capsize=3, label="measured (median, seed range)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    _log_log(ax, "batch size B", "updates to target S", f"Updates to reach training loss ≤ {result['target']['value']:g} (best lr per batch size)",
+             xbase=2, legend_loc="lower left")
     ax.set_xlim(lo, hi)
     ax.set_ylim(min(s.min(), min(low)) / 2, max(s.max(), max(high)) * 2)
-    ax.set_xlabel("batch size B")
-    ax.set_ylabel("updates to target S")
-    ax.set_title(f"Updates to reach training loss ≤ {result['target']['value']:g} (best lr per batch size)")
-    ax.legend(fontsize=8, loc="lower left")
-    ax.grid(True, which="both", alpha=0.2)
     return _save(fig, path)
 
 
@@ -75,8 +86,7 @@ def frontier_plot(result: dict[str, Any], path: Path, n_train: int | None) -> Pa
     points, fitted = result["points"], result["fit"]
     s = np.array([p["steps"] for p in points], dtype=float)
     e = np.array([p["samples"] for p in points], dtype=float)
-    fig = Figure(figsize=FIGSIZE)
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     if fitted is not None:
         bs = np.geomspace(min(p["batch_size"] for p in points) / 4, max(p["batch_size"] for p in points) * 4, 300)
         ax.plot(fitted["S_min"] * (1 + fitted["B_crit"] / bs), fitted["E_min"] * (1 + bs / fitted["B_crit"]), color="black", label="fit: (S/S_min − 1)(E/E_min − 1) = 1")
@@ -85,15 +95,9 @@ def frontier_plot(result: dict[str, Any], path: Path, n_train: int | None) -> Pa
     ax.plot(s, e, "o", color="tab:blue")
     for p, x, y in zip(points, s, e):
         ax.annotate(f"B={_label(p['batch_size'], n_train)}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_log(ax, "updates to target S", "samples to target E = samples processed", "The trade-off between updates and samples")
     ax.set_xlim(s.min() / 2, s.max() * 2)
     ax.set_ylim(e.min() / 2, e.max() * 2)
-    ax.set_xlabel("updates to target S")
-    ax.set_ylabel("samples to target E = samples processed")
-    ax.set_title("The trade-off between updates and samples")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.2)
     return _save(fig, path)
 
 
@@ -103,8 +107,7 @@ def noise_plot(result: dict[str, Any], runs: Sequence[Any], path: Path, n_train:
     chosen = {rel: p["batch_size"] for p in result["points"] for rel in p["runs"]}
     sizes = sorted(set(chosen.values()))
     colors = {b: colormaps["viridis"](i / max(len(sizes) - 1, 1)) for i, b in enumerate(sizes)}
-    fig = Figure(figsize=FIGSIZE)
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     drawn, labelled = 0, set()
     for run in runs:
         if run.rel not in chosen or B_SIMPLE_TAG not in run.series:
@@ -119,14 +122,8 @@ def noise_plot(result: dict[str, Any], runs: Sequence[Any], path: Path, n_train:
     if not drawn:
         return None
     ax.axvline(result["target"]["value"], color="black", linestyle=":", label="target")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_log(ax, "training loss (whole training set)", "B_simple = tr(Σ) / |G|²", "Gradient noise scale over training, at equal loss")
     ax.invert_xaxis()  # training goes left to right: the loss falls
-    ax.set_xlabel("training loss (whole training set)")
-    ax.set_ylabel("B_simple = tr(Σ) / |G|²")
-    ax.set_title("Gradient noise scale over training, at equal loss")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.2)
     return _save(fig, path)
 
 

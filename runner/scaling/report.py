@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.safefs import open_inside
-from runner.scaling.analysis import SCALING_JSON, analyse, load_runs
+from runner.scaling.analysis import SCALING_JSON, analyse, load_runs, study_target
+from runner.scaling.extend import bound_of, extend_study
 from runner.scaling.plots import FRONTIER_PNG, NOISE_PNG, STEPS_PNG, REGIME_FACTOR, write_plots
 
 
@@ -35,8 +36,22 @@ def recommendation(result: dict[str, Any]) -> str:
         text += f" The gradient noise scale predicted {_g(noise['B_simple'])} (ratio {_g(noise['B_simple'] / x)})."
     edges = [p["batch_size"] for p in result["points"] if p["lr_at_edge"]]
     if edges:
-        text += f" Caution: the best learning rate sat at an edge of the grid at batch size {', '.join(map(str, edges))}: widen optimizer.lr there."
+        text += (f" Caution: the best learning rate is still at an edge of its grid at batch size {', '.join(map(str, edges))}"
+                 " (its S may be overestimated): widen optimizer.lr there or raise scaling.lr_extensions.")
     return text
+
+
+def extension_words(result: dict[str, Any]) -> str | None:
+    """Which batch sizes had their lr grid extended (their best lr was at an edge), and where they ended."""
+    parts = []
+    for p in result["points"]:
+        added = p.get("lr_extensions") or []
+        if added:
+            where = "still at the edge" if p["lr_at_edge"] else "inside the grid"
+            parts.append(f"batch size {p['batch_size']}: lr {', '.join(f'{lr:g}' for lr in added)} added, best lr {p['lr']:g} ({where})")
+    if not parts:
+        return None
+    return "Learning-rate grid extended where the best lr was at an edge: " + "; ".join(parts) + "."
 
 
 def end_lines(result: dict[str, Any]) -> list[str]:
@@ -47,6 +62,9 @@ def end_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"B_crit = {_g(fitted['B_crit'])} ({_interval(fitted)}), S_min = {_g(fitted['S_min'])}, E_min = {_g(fitted['E_min'])}")
     if noise is not None:
         lines.append(f"B_simple = {_g(noise['B_simple'])} (range {_g(noise['B_simple_range'][0])}–{_g(noise['B_simple_range'][1])}) at the target")
+    extended = extension_words(result)
+    if extended:
+        lines.append(extended)
     lines.append(recommendation(result))
     return lines
 
@@ -71,8 +89,25 @@ def write_study(root: Path) -> dict[str, Any] | None:
     return result
 
 
+def prepare(root: Path) -> dict[str, Any] | None:
+    """For a report of ``root``: ``scaling.json`` and the figures where they are missing (a sweep
+    that ended before its study was written); the study's result, or None when it is not one."""
+    path = root / SCALING_JSON
+    if not path.is_file():
+        return write_study(root)
+    result = json.loads(path.read_text())
+    if not (root / STEPS_PNG).is_file():
+        write_plots(root, result, load_runs(root, result["target"]["value"]), _n_train(root, result))
+    return result
+
+
 def finish_study(root: Path) -> None:
-    """At a sweep's end: write the study and print its findings (nothing for another sweep)."""
+    """At a sweep's end: extend the lr grids whose best lr is at an edge, write the study and
+    print its findings (nothing for another sweep)."""
+    target = study_target(root)
+    if target is None:
+        return
+    extend_study(root, target, bound_of(root))
     result = write_study(root)
     if result is None:
         return
@@ -94,17 +129,13 @@ def _table(result: dict[str, Any], n_train: int | None) -> str:
 def markdown_section(root: Path) -> str | None:
     """The report's "Which batch size?" section for a scaling study in ``root`` (None otherwise).
 
-    Reads ``scaling.json`` (written by the sweep's end, or here when missing) and the figures beside it.
+    Only composes: it reads ``scaling.json`` and names the figures beside it, which the sweep's
+    end (:func:`finish_study`) or the report command (:func:`prepare`) wrote.
     """
     path = root / SCALING_JSON
-    if path.is_file():
-        result = json.loads(path.read_text())
-        if not (root / STEPS_PNG).is_file():
-            write_plots(root, result, load_runs(root, result["target"]["value"]), _n_train(root, result))
-    else:
-        result = write_study(root)
-        if result is None:
-            return None
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
     n_train = _n_train(root, result)
     target = result["target"]
     parts = [
@@ -120,6 +151,9 @@ def markdown_section(root: Path) -> str | None:
         _table(result, n_train),
         "",
     ]
+    extended = extension_words(result)
+    if extended:
+        parts += [extended, ""]
     for png, caption in ((STEPS_PNG, "Updates to target against batch size"), (FRONTIER_PNG, "Samples against updates: the trade-off frontier"), (NOISE_PNG, "B_simple against the training loss")):
         if (root / png).is_file():
             parts += [f"![{caption}]({png})", ""]
