@@ -13,6 +13,12 @@ def print_error(message: str) -> None:
     sys.stderr.flush()
 
 
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message``: an exception from the user's code, fit for one ``Error:`` line."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 class RunnerError(Exception):
     """Base class for every error caused by the user's config or data, not by a bug."""
 

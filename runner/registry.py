@@ -8,13 +8,13 @@ through :func:`build`, which refuses anything that is not listed here.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 
 _TORCH_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam")
 
@@ -47,35 +47,38 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-def user_model_class(target: Any) -> type[nn.Module]:
-    """The ``torch.nn.Module`` subclass a user's ``model._target_`` names (``pkg.module.Class``).
+def user_object(key: str, target: Any, allowed: str, is_allowed: Callable[[Any], bool], wanted: str) -> Any:
+    """The object a user's ``key=package.module.name`` names, once it is what the key takes.
 
     Resolved by importing the module and reading the attribute (what Hydra's ``get_object``
-    does), and checked to be a class deriving from ``nn.Module`` before anything calls it:
-    ``os.system`` or ``builtins.eval`` is a function, not a module class, and is refused here.
-    Importing runs the module's top level, as ``import pkg.module`` would: the user names
-    their own code, from the working directory (``python -m runner``) or an installed package.
+    does), then ``is_allowed(obj)`` is asked before anything calls it, so ``os.system`` or
+    ``builtins.eval`` is refused where a model class is wanted. Importing runs the module's top
+    level, as ``import package.module`` would: the user names their own code, from the working
+    directory (``python -m runner``, ``PYTHONPATH``) or an installed package. Every refusal is a
+    :class:`ConfigError` for ``key`` saying ``allowed`` and, in brackets, what was found instead
+    of ``wanted``.
     """
-    key = "model._target_"
-    allowed = f"a torch.nn.Module subclass as package.module.Class, or one of {', '.join(ALLOWED_TARGETS['model'])}"
     if not isinstance(target, str) or "." not in target:
         raise ConfigError(key, target, allowed)
     module_name, _, attr = target.rpartition(".")
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any failure to import is the user's to fix
-        raise ConfigError(key, target, f"{allowed} (importing {module_name} failed: {_first_line(err)})") from None
+        raise ConfigError(key, target, f"{allowed} (importing {module_name} failed: {first_line(err)})") from None
     obj = getattr(module, attr, None)
     if obj is None:
         raise ConfigError(key, target, f"{allowed} ({module_name} has no attribute {attr})")
-    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        raise ConfigError(key, target, f"{allowed} ({target} is a {type(obj).__name__}, not an nn.Module subclass)")
+    if not is_allowed(obj):
+        kind = type(obj).__name__
+        raise ConfigError(key, target, f"{allowed} ({target} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not {wanted})")
     return obj
+
+
+def user_model_class(target: Any) -> type[nn.Module]:
+    """The ``torch.nn.Module`` subclass a user's ``model._target_`` names (``pkg.module.Class``)."""
+    allowed = f"a torch.nn.Module subclass as package.module.Class, or one of {', '.join(ALLOWED_TARGETS['model'])}"
+    is_module_class = lambda obj: isinstance(obj, type) and issubclass(obj, nn.Module)  # noqa: E731
+    return user_object("model._target_", target, allowed, is_module_class, "an nn.Module subclass")
 
 
 def target_of(group: str, node: DictConfig) -> Any:

@@ -85,6 +85,16 @@ def test_a_fused_sweep_of_a_custom_model_equals_one_by_one(in_tmp, capsys):
     assert sorted(frame["optimizer.lr"].unique()) == [0.01, 0.03]
 
 
+@pytest.mark.slow
+def test_a_fused_sweep_across_optimizers_says_the_optimizer_keeps_them_apart(in_tmp, capsys):
+    """Members of one stacked model share the optimizer's class: each job runs alone, and says so."""
+    api.sweep(["dataset=iris", "epochs=1", "progress=false", "batch_size=full", "model=custom", "model._target_=mynets.nets.ResidualMLP",
+               "optimizer=sgd,adam"], launcher="fused")
+    out = capsys.readouterr().out
+    for idx in (0, 1):
+        assert f"#{idx} runs alone: no other job of the sweep has its data set, model, loss, optimizer, batch size and length" in out
+
+
 def test_load_without_pandas_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
     with pytest.raises(ImportError, match=r"^runner.api.load needs pandas: pip install 'hparam-runner\[notebook\]'$"):

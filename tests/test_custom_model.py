@@ -20,6 +20,7 @@ from runner.errors import ConfigError
 from runner.train import build_run, train
 
 from conftest import read_scalars
+from test_ddp import assert_same_run, env as torchrun_env, single, torchrun_cmd
 
 # The user's own package, as a user would write it: constructor keywords in_shape and out_features.
 NETS = '''
@@ -251,3 +252,49 @@ def test_a_custom_model_killed_with_sigkill_resumes_bit_identical(tmp_path):
     weights, ref_weights = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("killed", "ref"))
     assert weights.keys() == ref_weights.keys() and all(torch.equal(weights[k], ref_weights[k]) for k in weights)
     assert json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] == "done"
+
+
+# ---------------------------------------------------------------- torchrun (ddp)
+# 120 iris rows in batches of 25: an uneven last batch, split 13 + 12 between the two ranks.
+DDP = (*RES, "+model.width=8", "dataset=iris", "epochs=2", "seed=3", "batch_size=25", "optimizer=adam")
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("where", ["pythonpath", "working-directory"])
+def test_two_torchrun_processes_train_a_custom_model_as_one_process(where, user_code, tmp_path):
+    """The user's package on PYTHONPATH, or in the directory torchrun starts in (``-m`` puts it on
+    sys.path): each rank imports and checks it, and the run equals the same one in one process,
+    every iteration's and every epoch's loss and the final weights to 1e-5."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    environ = torchrun_env()
+    if where == "pythonpath":
+        environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(user_code), environ.get("PYTHONPATH")) if p)
+    else:
+        write_package(cwd)
+    out = tmp_path / "ddp"
+    result = subprocess.run(torchrun_cmd(*DDP, f"hydra.run.dir={out}"), cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["status"] == "done"
+    reference = single(tmp_path / "one", *DDP)
+    assert summary["iterations"] == reference["iterations"] == 2 * 5  # ceil(120/25) per epoch
+    assert_same_run(out, tmp_path / "one")
+    # The user's class with its own key (+model.width=8) on 4 iris features and 3 classes.
+    weights = torch.load(out / "model.pt", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in weights.items()} == {
+        "inp.weight": (8, 4), "inp.bias": (8,), "block.weight": (8, 8), "block.bias": (8,), "out.weight": (3, 8), "out.bias": (3,)
+    }
+
+
+@pytest.mark.ddp
+def test_a_custom_model_no_rank_can_import_is_refused_on_every_rank(tmp_path):
+    """Not on PYTHONPATH, not in the working directory: one line per rank, nothing written."""
+    result = subprocess.run(torchrun_cmd(*DDP), cwd=tmp_path, env=torchrun_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.startswith("Error: ")]
+    want = "Error: model._target_='mynets.nets.ResidualMLP' is not allowed: a torch.nn.Module subclass as package.module.Class"
+    assert len(lines) == 2 and all(line.startswith(want) for line in lines), lines
+    assert all(line.endswith("(importing mynets.nets failed: ModuleNotFoundError: No module named 'mynets')") for line in lines), lines
+    assert "]: Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -9,36 +9,23 @@ inf, one row per sample, matching lengths, at least one sample.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
 
 from runner.data import files
-from runner.errors import ConfigError, DataError
+from runner.errors import DataError, first_line
+from runner.registry import user_object
 
 KEY = "dataset.fn"
 ALLOWED = "a function as package.module.function returning (X, y), (X_train, y_train, X_val, y_val) or a map-style torch Dataset"
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-
-
 def resolve(target: Any) -> Any:
-    """The callable ``dataset.fn`` names, imported as ``model._target_`` is (:mod:`runner.registry`)."""
-    if not isinstance(target, str) or "." not in target:
-        raise ConfigError(KEY, target, ALLOWED)
-    module_name, _, attr = target.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - any failure to import is the user's to fix
-        raise ConfigError(KEY, target, f"{ALLOWED} (importing {module_name} failed: {_first_line(err)})") from None
-    fn = getattr(module, attr, None)
-    if fn is None or isinstance(fn, type) or not callable(fn):
-        raise ConfigError(KEY, target, f"{ALLOWED} ({module_name}.{attr} is {'missing' if fn is None else 'not a function'})")
-    return fn
+    """The function ``dataset.fn`` names, imported and checked as ``model._target_`` is
+    (:func:`runner.registry.user_object`): a class or a constant is refused before it is called."""
+    is_function = lambda obj: callable(obj) and not isinstance(obj, type)  # noqa: E731
+    return user_object(KEY, target, ALLOWED, is_function, "a function")
 
 
 def _from_torch_dataset(source: str, data: Any) -> tuple[Any, Any]:
@@ -67,7 +54,7 @@ def _checked(source: str, X: Any, y: Any, part: str) -> tuple[np.ndarray, np.nda
     try:
         X, y = np.asarray(X), np.asarray(y)
     except Exception as err:  # noqa: BLE001 - ragged lists and the like
-        raise DataError(source, f"{part} cannot be made into arrays ({_first_line(err)})") from None
+        raise DataError(source, f"{part} cannot be made into arrays ({first_line(err)})") from None
     return files.check_arrays(f"{source}{part}", X, y)
 
 
@@ -78,7 +65,7 @@ def load(target: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, 
     try:
         returned = fn()
     except Exception as err:  # noqa: BLE001 - the user's function failed: say so on one line
-        raise DataError(source, f"raised {_first_line(err)}") from None
+        raise DataError(source, f"raised {first_line(err)}") from None
     from torch.utils.data import Dataset
 
     if isinstance(returned, Dataset):

@@ -204,7 +204,7 @@ class FusedLauncher(Launcher):
                 units.append(by_key[key])
         for unit in units:
             if len(unit) == 1 and unit[0].reason is None:
-                unit[0].reason = "no other job of the sweep has its data set, model, batch size and length"
+                unit[0].reason = "no other job of the sweep has its data set, model, loss, optimizer, batch size and length"
         for unit in units:
             if len(unit) == 1:
                 log.info(f"#{unit[0].idx} runs alone: {unit[0].reason}")

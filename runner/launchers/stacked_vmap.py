@@ -19,12 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from runner.errors import first_line
 from runner.launchers.stacked import StackedModel, quiet_layout_warning
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def vmap_refusal(model: nn.Module, sample: Tensor) -> str | None:
@@ -43,7 +39,7 @@ def vmap_refusal(model: nn.Module, sample: Tensor) -> str | None:
         with torch.no_grad():
             vmap(lambda p, x: functional_call(model, p, (x,)), randomness="error")(params, sample.unsqueeze(0).expand(2, *sample.shape))
     except Exception as err:  # noqa: BLE001 - any failure means: train it alone, as a single run does
-        return f"model {name} cannot be stacked by vmap(functional_call) ({_first_line(err)})"
+        return f"model {name} cannot be stacked by vmap(functional_call) ({first_line(err)})"
     return None
 
 
