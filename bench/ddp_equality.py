@@ -25,6 +25,8 @@ import torch
 from machine import code_version, cpu_model, python_for_display, version  # bench/machine.py (the script's own folder)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from runner.epochs import TIMED_PREFIXES
+
 CASES = {
     "BGD": ("batch_size=full",),
     "BGD, micro_batch_size=16": ("batch_size=full", "micro_batch_size=16"),
@@ -37,7 +39,7 @@ CASES = {
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if not tag.startswith("by_time_ms/")}
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if not tag.startswith(TIMED_PREFIXES)}
 
 
 def timed(cmd: list[str]) -> float:

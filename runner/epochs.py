@@ -30,6 +30,11 @@ from runner.text import plural
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# Training seconds so far (time in updates, not in evaluation) at epoch 0, 1, …: the
+# HParams "seconds" column (a metric is its tag's last point) and a curve of its own.
+TRAIN_SECONDS_TAG = "time/train_s"
+# Tags whose steps or values are wall-clock time: what two runs of one configuration never share.
+TIMED_PREFIXES = ("by_time_ms/", "time/")
 
 
 @dataclass
@@ -145,12 +150,15 @@ def generalization_gap(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _log_epoch(logger: MetricLogger, metrics: dict[str, float], state: TrainState, epoch: int) -> None:
-    """Epoch-level scalars against epoch (their main tags) and against the other three x-axes."""
+    """Epoch-level scalars against epoch (their main tags) and against the other three x-axes,
+    and the training seconds so far against epoch."""
     logger.log_dict(metrics, step=epoch)
     for name, value in metrics.items():
         logger.log(f"by_iteration/{name}", value, state.iteration)
         logger.log(f"by_samples/{name}", value, state.samples)
         logger.log(f"by_time_ms/{name}", value, round(state.train_seconds * 1000))
+    # Not one of the metrics: on the by_* axes it would be time against itself.
+    logger.log(TRAIN_SECONDS_TAG, state.train_seconds, epoch)
 
 
 def _log_iterations(logger: MetricLogger, steps: np.ndarray, losses: np.ndarray, grad_norms: np.ndarray, trace: EpochTrace, log_every: int) -> None:

@@ -30,6 +30,7 @@ METRICS = (
     ("loss/train_full", "loss/train_full"),
     ("acc/val", "acc/val"),
     ("acc/train", "acc/train"),
+    ("time/train_s", "time/train_s"),  # runner.epochs.TRAIN_SECONDS_TAG: training seconds
 )
 # Hyperparameters that follow from others, so they differ where those are swept.
 DERIVED = {"batch_size": ("regime", "lr"), "lr_scaling": ("lr",), "optimizer.lr": ("lr",), "optimizer": ("lr",)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import logging
 import os
 import pickle
@@ -53,6 +54,19 @@ def read_scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def assert_train_seconds_logged(run_dir: Path) -> None:
+    """``time/train_s`` in a finished run's event file: one point per epoch end (epoch 0, before
+    any update, at 0 s), increasing, the last the training seconds its ``summary.json`` holds."""
+    from runner.epochs import TRAIN_SECONDS_TAG
+
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    steps, values = zip(*read_scalars(run_dir)[TRAIN_SECONDS_TAG])
+    assert list(steps) == list(range(summary["epochs"] + 1)), (run_dir, steps)
+    assert values[0] == 0.0 and all(a < b for a, b in zip(values, values[1:])), (run_dir, values)
+    assert summary["spent"]["seconds"] == summary["train_seconds"]
+    assert values[-1] == pytest.approx(summary["train_seconds"], rel=1e-6), run_dir  # stored as float32
 
 
 # ------------------------------------------------------------------ tiny files in real formats

@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from runner.epochs import TIMED_PREFIXES, TRAIN_SECONDS_TAG
 from runner.errors import ConfigError
 from runner.launchers.distributed import Session, under_torchrun
 from runner.train import train
-from conftest import FAST, REPO, compose_cfg, read_scalars
+from conftest import FAST, REPO, assert_train_seconds_logged, compose_cfg, read_scalars
 from test_presets import readme_blocks
 
 # The torchrun tests take seconds each; the rest of this file runs in the default suite.
@@ -59,10 +60,12 @@ def single(out: Path, *overrides: str) -> dict:
 def assert_same_run(ddp: Path, one: Path) -> None:
     """Every logged series (steps exact, values to 1e-5) and the final weights agree."""
     a, b = read_scalars(ddp), read_scalars(one)
-    # Time is the one axis two runs never share.
-    timeless = lambda tags: sorted(t for t in tags if not t.startswith("by_time_ms/"))  # noqa: E731
+    # Time is the one thing two runs never share.
+    timeless = lambda tags: sorted(t for t in tags if not t.startswith(TIMED_PREFIXES))  # noqa: E731
     assert timeless(a) == timeless(b)
     assert "loss/train_iter" in a and "loss/train_full" in a
+    assert [s for s, _ in a[TRAIN_SECONDS_TAG]] == [s for s, _ in b[TRAIN_SECONDS_TAG]]
+    assert_train_seconds_logged(ddp)
     for tag in timeless(a):
         assert [s for s, _ in a[tag]] == [s for s, _ in b[tag]], tag
         torch.testing.assert_close(torch.tensor([v for _, v in a[tag]]), torch.tensor([v for _, v in b[tag]]), atol=1e-5, rtol=1e-5, msg=tag)

@@ -31,7 +31,7 @@ from runner.losses import SparseCategoricalCrossentropy
 from runner.models import MLP
 from runner.train import build_run, fit
 
-from conftest import read_scalars, run_in_process
+from conftest import assert_train_seconds_logged, read_scalars, run_in_process
 
 TIMINGS = {"train_seconds", "seconds_per_epoch", "spent"}
 
@@ -220,6 +220,7 @@ def test_members_that_stop_early_leave_the_group_at_their_own_epoch(make_cfg, tm
         for mine, theirs in zip(member.run.model.parameters(), run.model.parameters()):
             torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
         assert torch.load(member.out / "model.pt", weights_only=True).keys() == run.model.state_dict().keys()
+        assert_train_seconds_logged(member.out)  # each member's own seconds, to its own last epoch
 
 
 # ------------------------------------------------------------------ whole sweeps, both launchers

@@ -27,13 +27,14 @@ from hydra.types import RunMode
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from runner.epochs import TRAIN_SECONDS_TAG
 from runner.tbhparams import tb_value
 from runner.aggregate import DEFAULT_LAYOUT
 from runner.schema import sweep_subdir
 from runner.sweep import split_sweep_keys
 from runner.train import build_run, hparams_of, train
 
-from conftest import CONF_DIR, compose_cfg, read_scalars, run_in_process
+from conftest import CONF_DIR, assert_train_seconds_logged, compose_cfg, read_scalars, run_in_process
 
 EVENTS = "events.out.tfevents.*"
 HOST = "127.0.0.1"
@@ -149,7 +150,7 @@ def test_tensorboard_lists_runs_and_infers_which_hparams_differ(gd_compare, tmp_
         # The experiment every run writes (no inference): the swept values as a discrete
         # domain, integers as text (the HParams tab prints numbers as 0.0000), the curated metrics.
         assert infos["seed"]["domainDiscrete"] == ["0", "1"] and infos["experiment"]["type"] == "DATA_TYPE_STRING"
-        assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["loss/val", "loss/train_full", "acc/val", "acc/train"]
+        assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["loss/val", "loss/train_full", "acc/val", "acc/train", TRAIN_SECONDS_TAG]
         # ... and the HParams dashboard shows those columns first.
         assert {info["name"] for info in experiment["hparamInfos"][:3]} == differs
         groups = _request(port, "/data/plugin/hparams/session_groups", {"experimentName": "", "startIndex": 0, "sliceSize": 100, "allowedStatuses": ["STATUS_SUCCESS"]})
@@ -191,6 +192,19 @@ def test_a_single_run_is_one_tensorboard_run(tmp_path):
     assert len(list(run.glob(EVENTS))) == 1
     assert session_hparams(run)["optimizer"] == "sgd"
     assert [s for s, _ in read_scalars(run)["loss/train_full"]] == [0, 1]  # epoch 0: the initial weights
+
+
+def test_training_seconds_are_logged_each_epoch_and_are_the_last_hparams_metric(tmp_path):
+    out = tmp_path / "run"
+    summary = train(compose_cfg(["dataset=iris", "epochs=3", "batch_size=8"], output_dir=out))
+    assert summary["epochs"] == 3
+    assert_train_seconds_logged(out)
+    # The experiment the run writes (what the HParams tab reads): seconds last among the metrics.
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.EXPERIMENT_TAG]
+    experiment = hparams_metadata.parse_experiment_plugin_data(content)
+    assert [m.name.tag for m in experiment.metric_infos] == ["loss/val", "loss/train_full", "acc/val", "acc/train", TRAIN_SECONDS_TAG]
 
 
 # --------------------------------------------------------------------------- pieces
