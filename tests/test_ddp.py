@@ -99,15 +99,17 @@ def test_two_processes_train_the_same_run_as_one(tmp_path, case):
 
 
 def readme_torchrun_commands() -> list[list[str]]:
-    """Every ``torchrun`` line in the README's code blocks, as an argv."""
-    return [shlex.split(line) for block in readme_blocks((REPO / "README.md").read_text()) for line in block if line.startswith("torchrun ")]
+    """Every ``torchrun`` line in the README's code blocks (as the README prints it, from the
+    project's venv: ``.venv/bin/torchrun``), as an argv."""
+    return [shlex.split(line) for block in readme_blocks((REPO / "README.md").read_text()) for line in block
+            if line.startswith((".venv/bin/torchrun ", "torchrun "))]
 
 
 @ddp
 def test_the_readme_command_trains_the_same_run_as_one_process(tmp_path):
     """The README's command as printed (from a fresh directory, 2 epochs instead of 20)."""
     (argv,) = readme_torchrun_commands()
-    assert argv[:4] == ["torchrun", "--standalone", "--nproc_per_node=2", "-m"] and argv[4] == "runner"
+    assert Path(argv[0]).name == "torchrun" and argv[1:4] == ["--standalone", "--nproc_per_node=2", "-m"] and argv[4] == "runner"
     overrides = [*argv[5:], "epochs=2", "progress=false", "device=cpu"]
     done = subprocess.run([str(TORCHRUN), *argv[1:5], *overrides], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
