@@ -288,9 +288,12 @@ fi
 PY="'$VPY'"
 TORCHRUN="$PY -m torch.distributed.run"  # torchrun, from the venv's torch
 CUDA_TESTS="tests/test_cuda.py tests/test_instruments_cuda.py tests/test_ddp.py"
+# The project's addopts put the suite on pytest-xdist workers; the lent machine installs pytest
+# alone (no index for more), and the CUDA tests run one after another anyway.
+PYTEST="$PY -m pytest -o addopts= -p no:cacheprovider"
 step_pytest=("pytest -m cuda (CUDA tests, sync-debug, cuda_graph = eager, NCCL torchrun)" pytest 200
-    "$PY -m pytest -m cuda $CUDA_TESTS -q -rs --junitxml='$LOGS/pytest_cuda.xml'"
-    "$PY -m pytest -m cuda $CUDA_TESTS -q --collect-only"
+    "$PYTEST -m cuda $CUDA_TESTS -q -rs --junitxml='$LOGS/pytest_cuda.xml'"
+    "$PYTEST -m cuda $CUDA_TESTS -q --collect-only"
     "")
 step_torchrun=("torchrun, 1 process on 1 GPU (nccl)" torchrun 90
     "$TORCHRUN --standalone --nproc_per_node=1 -m runner dataset=iris epochs=2 batch_size=25 micro_batch_size=4 device=cuda progress=false hydra.run.dir='$WORK/torchrun' && ls '$WORK/torchrun'/summary.json"
