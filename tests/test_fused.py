@@ -36,8 +36,15 @@ from conftest import assert_train_seconds_logged, read_scalars, run_in_process
 TIMINGS = {"train_seconds", "seconds_per_epoch", "spent"}
 
 
-def multirun(sweep_dir: Path, *overrides: str, launcher: str = "fused", exit_code: int = 0) -> subprocess.CompletedProcess:
-    result = run_in_process(["-m", "progress=false", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *overrides], sweep_dir.parent)
+def multirun(sweep_dir: Path, *overrides: str, launcher: str = "fused", exit_code: int = 0, process: bool = False) -> subprocess.CompletedProcess:
+    """The sweep, in this process unless ``process``: a run compared bit for bit with one made by a
+    fresh process (a resumed one) is made by a fresh process too, with the same thread settings."""
+    argv = ["-m", "progress=false", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *overrides]
+    if process:
+        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        result = subprocess.run([sys.executable, "-m", "runner", *argv], cwd=sweep_dir.parent, env=env, capture_output=True, text=True, timeout=600)
+    else:
+        result = run_in_process(argv, sweep_dir.parent)
     assert result.returncode == exit_code, result.stderr[-3000:]
     return result
 
@@ -356,8 +363,8 @@ def test_an_interrupted_fused_group_resumes_every_member_exactly(tmp_path, rerun
     summaries = [json.loads((sweep / f"seed={s}" / "summary.json").read_text()) for s in (0, 1)]
     assert [s["status"] for s in summaries] == ["interrupted"] * 2
     assert 300 <= summaries[0]["iterations"] == summaries[1]["iterations"] < 2 * 1438
-    multirun(sweep, *RESUMABLE, launcher=rerun_with)
-    multirun(reference, *RESUMABLE, launcher="basic")
+    multirun(sweep, *RESUMABLE, launcher=rerun_with, process=True)
+    multirun(reference, *RESUMABLE, launcher="basic", process=True)
     assert_same_results(sweep, reference)
     for seed in (0, 1):
         steps = [s for s, _ in read_scalars(sweep / f"seed={seed}")["loss/train_iter"]]
