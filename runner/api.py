@@ -176,11 +176,19 @@ def _config_columns(run_dir: Path) -> dict[str, Any]:
 ITERATION_TAGS = ("loss/train_iter", "grad_norm", "lr")
 
 
+# The epoch-end scalars again, on the x-axis their prefix names (README's tag table).
+AXIS_PREFIXES = {"by_iteration/": "iteration", "by_samples/": "samples", "by_time_ms/": "time_ms"}
+
+
 def axis_of(tag: str) -> str:
-    """What a tag's step counts: ``iteration``, ``samples`` or ``epoch``."""
+    """What a tag's step counts: ``iteration``, ``samples``, ``time_ms`` (training
+    milliseconds) or ``epoch``."""
     if tag in ITERATION_TAGS or tag.startswith("noise/"):
         return "iteration"
-    return "samples" if tag.startswith("by_samples/") else "epoch"
+    for prefix, axis in AXIS_PREFIXES.items():
+        if tag.startswith(prefix):
+            return axis
+    return "epoch"
 
 
 def load(directory: str | Path) -> Any:
@@ -189,7 +197,8 @@ def load(directory: str | Path) -> Any:
     Columns: ``run`` (the run directory relative to ``directory``, ``"."`` for a single run),
     ``status`` (from its summary), ``tag`` (the TensorBoard tag), ``axis`` (what ``step``
     counts: ``iteration`` for ``loss/train_iter``, ``grad_norm``, ``lr`` and the noise
-    measurements; ``samples`` for ``by_samples/*``; ``epoch`` for the epoch-end metrics
+    measurements and ``by_iteration/*``; ``samples`` for ``by_samples/*``; ``time_ms`` for
+    ``by_time_ms/*``; ``epoch`` for the epoch-end metrics
     ``loss/train_full``, ``loss/val``, ``acc/*``...), ``step``, ``value``, ``wall_time``, then the
     run's config as dotted columns (``batch_size``, ``optimizer.lr``, ``model._target_``...),
     equal on every row of a run.
