@@ -573,6 +573,10 @@ def train(cfg: DictConfig, run: Run | None = None) -> dict[str, Any]:
                 return prior
             keep_record(out)
             return _train_into(run, out, *(prior if kind == "resumable" else (None, None)))
+    except RunDirRefused:
+        # Another process holds the directory: Hydra had already rewritten its .hydra/ for this job.
+        restore_record(out)
+        raise
     except OSError as err:
         if is_disk_full(err):
             raise DiskFull(out) from None

@@ -4,16 +4,21 @@ seed statistics; the last line counts each outcome and the exit status says whet
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from runner import outcomes
@@ -42,8 +47,8 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def report_runs(sweep_dir: Path) -> list[str]:
-    """The run names in report.md's per-run table."""
-    return [line.split("|")[1].strip().strip("`") for line in (sweep_dir / "report.md").read_text().splitlines() if line.startswith("| `")]
+    """The run names in report.md's per-run table (the seed statistics' rows are named by configuration)."""
+    return [line.split("|")[1].strip().strip("`") for line in (sweep_dir / "report.md").read_text().splitlines() if line.startswith("| `seed=")]
 
 
 # ------------------------------------------------------------------ the ledger and the last line
@@ -153,3 +158,92 @@ def test_fused_sweeps_count_a_repeat_as_done_and_a_locked_job_as_refused(tmp_pat
     assert (held / "summary.json").read_bytes() == before
     assert json.loads((root / "seed=2" / "summary.json").read_text())["status"] == "done"  # kept as it was
     assert report_runs(root) == ["seed=2"]
+
+
+# ------------------------------------------------------------------ fuzzed: any mix of job directories
+# What a job's directory holds before the sweep, and what the sweep must then count it as.
+PRIOR = {
+    "fresh": "done",  # nothing: the job trains
+    "same": "done",  # a finished run of this very config: kept as it is, counted done
+    "foreign": "refused",  # a finished run of another learning rate: left untouched
+    "locked": "refused",  # this config's run, held by another process's lock
+    "file": None,  # a plain file where the directory goes: the sweep is refused upfront
+}
+
+
+@pytest.fixture(scope="module")
+def prior_runs(tmp_path_factory):
+    """Finished seed=1..3 runs of the swept config (``same``) and of another lr (``foreign``),
+    copied into each example's sweep directory."""
+    from conftest import run_in_process
+
+    root = tmp_path_factory.mktemp("prior")
+    for name, extra in (("same", ()), ("foreign", ("optimizer.lr=0.2",))):
+        argv = ["-m", "hydra/launcher=fused", f"hydra.sweep.dir={root / name}", *BLOBS, "seed=1,2,3", *extra]
+        assert run_in_process(argv, root).returncode == 0
+    return root
+
+
+def plant(sweep_dir: Path, seed: int, state: str, prior_runs: Path) -> None:
+    job = sweep_dir / f"seed={seed}"
+    if state == "file":
+        job.write_text("mine\n")
+    elif state in ("same", "foreign", "locked"):
+        shutil.copytree(prior_runs / ("foreign" if state == "foreign" else "same") / job.name, job)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.fuzz
+# No shrinking: each example is a sweep of seconds; the failing mix is printed as drawn.
+@settings(max_examples=20, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture])
+# At least two jobs: a sweep of one names its directory after every override, not seed=N.
+@given(states=st.lists(st.sampled_from(sorted(PRIOR)), min_size=2, max_size=3), launcher=st.sampled_from(["basic", "fused"]))
+@example(states=["locked", "same"], launcher="basic")  # found by this test: Hydra's rewrite of a held run's .hydra/ was left
+@example(states=["foreign", "same", "same"], launcher="fused")
+def test_any_mix_of_job_directories_is_counted_exactly(prior_runs, states, launcher):
+    """Whatever each job's directory held: the last line counts each outcome, the exit status is 1
+    when any job did not finish (2 when refused upfront, nothing written), a refused job's files
+    are byte for byte as they were and feed no report row and no seed statistics."""
+    from conftest import run_in_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep_dir = Path(tmp) / "sweep"
+        sweep_dir.mkdir()
+        seeds = list(range(1, len(states) + 1))
+        for seed, state in zip(seeds, states):
+            plant(sweep_dir, seed, state, prior_runs)
+        refused = [seed for seed, state in zip(seeds, states) if PRIOR[state] == "refused"]
+        done = [seed for seed, state in zip(seeds, states) if PRIOR[state] == "done"]
+        before = snapshot(sweep_dir)
+        argv = ["-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *BLOBS, f"seed={','.join(map(str, seeds))}"]
+        with contextlib.ExitStack() as held:
+            for seed, state in zip(seeds, states):
+                if state == "locked":
+                    lock = held.enter_context(open(sweep_dir / f"seed={seed}" / ".lock", "a+"))
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process is writing it
+            result = run_in_process(argv, Path(tmp))
+        assert "Traceback" not in result.stderr
+        files = [seed for seed, state in zip(seeds, states) if state == "file"]
+        if files:
+            assert result.returncode == 2, result.stderr[-2000:]
+            assert error_lines(result)[0] == f"Error: {len(files)} of {len(seeds)} job directories cannot be used; nothing was started:"
+            assert snapshot(sweep_dir) == before and sorted(p.name for p in sweep_dir.iterdir()) == [f"seed={seed}" for seed in seeds]
+            return
+        tally = ", ".join(part for part in (f"{len(done)} done" if done else "", f"{len(refused)} refused" if refused else "") if part)
+        assert last_line(result) == f"{len(seeds)} jobs: {tally}" + (" — exit 1" if refused else "")
+        assert result.returncode == (1 if refused else 0), result.stderr[-2000:]
+        assert len(error_lines(result)) == len(refused)
+        for seed in refused:
+            name = f"seed={seed}"
+            assert {k: v for k, v in snapshot(sweep_dir / name).items()} == {k[len(name) + 1:]: v for k, v in before.items() if k.startswith(name + "/")}
+        for seed in done:
+            assert json.loads((sweep_dir / f"seed={seed}" / "summary.json").read_text())["status"] == "done"
+        assert report_runs(sweep_dir) == [f"seed={seed}" for seed in done]
+        aggregate = sweep_dir / "seed_aggregate" / "aggregate.json"
+        if len(done) >= 2:
+            assert json.loads(aggregate.read_text())["seeds"] == done
+        else:
+            assert not aggregate.exists() or json.loads(aggregate.read_text())["seeds"] == done
