@@ -112,7 +112,8 @@ def main() -> int:
         f"## Gradient noise: a run's time with `{on}` against off",
         "",
         f"- Machine: {platform.platform()}; CPU: {cpu_model()}; {os.cpu_count()} logical cores; "
-        f"{mem_total_gib():.1f} GiB RAM; torch threads {torch.get_num_threads()} (default)",
+        f"{mem_total_gib():.1f} GiB RAM; torch threads {torch.get_num_threads()} "
+        f"({'OMP_NUM_THREADS=' + os.environ['OMP_NUM_THREADS'] if 'OMP_NUM_THREADS' in os.environ else 'default'})",
         f"- Versions: python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"tensorboard {version('tensorboard')}",
         f"- Command: `{command}` (total {total:.0f} s); runner code: {code_version()}",

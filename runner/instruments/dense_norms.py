@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from runner.losses import LOSSES, Loss
+from runner.memory import NOISE_GRADIENT_COPIES
 from runner.models import ACTIVATIONS
 
 # Modules that act on each element alone and hold no parameters, buffers or randomness.
@@ -103,6 +104,23 @@ def dense_chain(model: nn.Module, loss_fn: Loss, feature_shape: Sequence[int]) -
     if len({id(p) for p in covered}) != len(covered):
         return None
     return layers
+
+
+# Elements per sample per linear layer unit of width (its input and output): the layer's
+# input a and output z, their float64 copies (two each), δ and its float64 copy, products.
+CLOSED_FORM_COPIES = 8
+
+
+def chunk_rows(layers: list[nn.Module], chunk_size: int) -> int:
+    """Samples per chunk: as many as fit in the memory ``chunk_size`` per-sample gradients take
+    on the torch.func path (:data:`runner.memory.NOISE_GRADIENT_COPIES` copies of every
+    parameter per sample, which the run's memory check counted), at
+    :data:`CLOSED_FORM_COPIES` elements per sample per unit of layer width. Fewer, larger
+    chunks are fewer small operations: on a small MLP that is most of the cost."""
+    linears = [layer for layer in layers if type(layer) is nn.Linear]
+    parameters = sum(p.numel() for layer in linears for p in layer.parameters() if p.requires_grad)
+    widths = sum(layer.in_features + layer.out_features for layer in linears)
+    return chunk_size * max(1, parameters * NOISE_GRADIENT_COPIES // (CLOSED_FORM_COPIES * widths))
 
 
 def _forward(layers: list[nn.Module], loss_fn: Loss, x: Tensor, y: Tensor) -> list[tuple[nn.Linear, Tensor, Tensor]]:

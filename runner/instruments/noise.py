@@ -55,7 +55,7 @@ from torch.func import functional_call, grad, vmap
 from torch.optim import Optimizer
 
 from runner.batches import Split
-from runner.instruments.dense_norms import dense_chain, dense_full_gradient
+from runner.instruments.dense_norms import chunk_rows, dense_chain, dense_full_gradient
 from runner.losses import Loss
 
 log = logging.getLogger(__name__)
@@ -113,15 +113,17 @@ def full_gradient(model: nn.Module, loss_fn: Loss, split: Split, chunk_size: int
     """G and tr(Σ) over every sample of ``split`` at the model's current weights, by ``method``
     (default: :func:`gradient_method`'s choice).
 
-    Memory: one chunk's layer inputs and output gradients (closed form), or its per-sample
-    gradients, ``chunk_size`` x parameters floats, twice, in float64 (torch.func). No host
-    synchronisation: the results stay on the device.
+    Memory: one chunk's per-sample gradients, ``chunk_size`` x parameters floats (twice, in
+    float64) on the torch.func path; the closed form takes larger chunks in no more memory
+    (:func:`runner.instruments.dense_norms.chunk_rows`). No host synchronisation: the results
+    stay on the device.
     """
     method = method or gradient_method(model, loss_fn, split)
     if method == CLOSED_FORM:
         layers = dense_chain(model, loss_fn, next(split.chunks(1))[0].shape[1:])
         assert layers is not None, f"{type(model).__name__} is not a chain of dense layers"
-        gradient, trace = dense_full_gradient(layers, loss_fn, split.chunks(chunk_size), len(split))
+        chunks = split.chunks(chunk_rows(layers, chunk_size))
+        gradient, trace = dense_full_gradient(layers, loss_fn, chunks, len(split))
         return FullGradient(gradient=gradient, trace=trace, n=len(split))
     return per_sample_full_gradient(model, loss_fn, split, chunk_size)
 
