@@ -54,7 +54,7 @@ def targets_for(loss_fn, n: int, classes: int, draw_values) -> tuple[torch.Tenso
 
 # --------------------------------------------------------------------------- float64, any shape
 @pytest.mark.parametrize("option", sorted(LOSSES))
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_the_closed_form_equals_torch_func_on_every_loss_and_dense_model(option, data):
     """Hypothesis draws the model (linear, logistic or an MLP of 0-2 hidden layers of 1-7 units
@@ -136,7 +136,13 @@ def sgd_steps(model: nn.Module, loss_fn, X: torch.Tensor, Y: torch.Tensor, steps
         optimizer.step()
 
 
-@pytest.mark.parametrize("option", sorted(LOSSES))
+# The default suite runs the two losses the runner's experiments use; CI's slow run, every loss.
+DEFAULT_LOSSES = ("SparseCategoricalCrossentropy", "MeanSquaredError")
+
+
+@pytest.mark.parametrize(
+    "option", [o if o in DEFAULT_LOSSES else pytest.param(o, marks=pytest.mark.slow) for o in sorted(LOSSES)]
+)
 @pytest.mark.parametrize("kind", [pytest.param("logistic", marks=pytest.mark.slow), "mlp"])
 def test_float32_runs_agree_to_1e_6_on_digits(digits, option, kind):
     """The runner's float32 models on real data, at the initial weights and after 40 SGD
@@ -157,7 +163,10 @@ def test_float32_runs_agree_to_1e_6_on_digits(digits, option, kind):
         assert_same_measurement(full_gradient(model, loss_fn, split, 256, CLOSED_FORM), func, mean_square_norm(func))
 
 
-@pytest.mark.parametrize("option", sorted(name for name, cls in LOSSES.items() if not cls.needs_classes))
+@pytest.mark.parametrize(
+    "option",
+    [o if o in DEFAULT_LOSSES else pytest.param(o, marks=pytest.mark.slow) for o in sorted(n for n, c in LOSSES.items() if not c.needs_classes)],
+)
 def test_float32_linear_regression_agrees_to_1e_6(option):
     """``model=linear`` on regression targets (positive: every regression loss's domain)."""
     generator = torch.Generator().manual_seed(3)

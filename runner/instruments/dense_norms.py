@@ -153,19 +153,25 @@ def dense_full_gradient(layers: list[nn.Module], loss_fn: Loss, chunks: Iterator
     training set (all ``n`` samples)."""
     total: Tensor | None = None  # Σ_i g_i, flat: Σ_i δ_i a_iᵀ and Σ_i δ_i per trainable parameter
     square_sum: Tensor | None = None  # Σ_i |g_i − g_0|²
-    shift: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # per layer: δ_0, a_0, |δ_0|², |a_0|²
+    shift: list[tuple[Tensor, Tensor]] = []  # per layer: δ_0, a_0 (sample 0's)
+    norms0: list[tuple[Tensor, Tensor]] = []  # per layer: |δ_0|², |a_0|²
     for x, y, _labels in chunks:
         per_layer = _forward(layers, loss_fn, x, y)
-        if not shift:
-            for _layer, a, delta in per_layer:
-                d0, a0 = delta[:1].double(), a[:1].double()
-                shift.append((d0, a0, d0.square().sum(1), a0.square().sum(1)))
+        first = not shift
         chunk_squares = torch.zeros(len(x), dtype=torch.float64, device=x.device)
         parts: list[Tensor] = []
-        for (layer, a, delta), (d0, a0, dd00, aa00) in zip(per_layer, shift):
+        for k, (layer, a, delta) in enumerate(per_layer):
             d, a = delta.double(), a.double()
-            dd, aa = d.square().sum(1), a.square().sum(1)  # |δ_i|², |a_i|²
+            if first:
+                shift.append((d[:1], a[:1]))
+            d0, a0 = shift[k]
+            # Every dot product by the same expression, so that equal rows give equal bits
+            # (|g_i − g_0|² = 0 exactly for a sample equal to sample 0).
+            dd, aa = (d * d).sum(1), (a * a).sum(1)  # |δ_i|², |a_i|²
             dd0, aa0 = (d * d0).sum(1), (a * a0).sum(1)  # δ_i·δ_0, a_i·a_0
+            if first:
+                norms0.append((dd0[:1], aa0[:1]))
+            dd00, aa00 = norms0[k]
             if layer.weight.requires_grad:
                 # |δ_i a_iᵀ − δ_0 a_0ᵀ|² = |δ_i|²|a_i|² − 2(δ_i·δ_0)(a_i·a_0) + |δ_0|²|a_0|²
                 chunk_squares += dd * aa - 2.0 * dd0 * aa0 + dd00 * aa00
@@ -184,10 +190,10 @@ def dense_full_gradient(layers: list[nn.Module], loss_fn: Loss, chunks: Iterator
     return gradient, trace
 
 
-def _shift_gradient(layers: list[nn.Module], shift: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> Iterator[Tensor]:
+def _shift_gradient(layers: list[nn.Module], shift: list[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
     """g_0, sample 0's gradient, flat in the layout of G (outer products exact in float64)."""
     linears = [layer for layer in layers if type(layer) is nn.Linear]
-    for layer, (d0, a0, _dd00, _aa00) in zip(linears, shift):
+    for layer, (d0, a0) in zip(linears, shift):
         if layer.weight.requires_grad:
             yield (d0.T @ a0).reshape(-1)
         if layer.bias is not None and layer.bias.requires_grad:
