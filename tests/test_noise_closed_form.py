@@ -261,11 +261,13 @@ def test_dropout_is_refused_in_training_mode_as_before():
         full_gradient(model, SCCE, SPLIT4, 4)
 
 
-def test_a_run_records_the_method_it_measures_with(make_cfg, tmp_path):
-    """The runner's MLP by the closed form; its CNN on images, and a user's module with its
-    own forward, by torch.func."""
+def test_a_run_of_the_runners_mlp_measures_by_the_closed_form(make_cfg):
     mlp = build_run(make_cfg("dataset=iris", "noise.every=3"))
     assert mlp.instruments.members[0].method == CLOSED_FORM
+
+
+@pytest.mark.slow  # builds an image data set and a CNN
+def test_a_run_of_the_runners_cnn_measures_by_torch_func(make_cfg, tmp_path):
     write_mnist_like(tmp_path / "idx")
     cnn = build_run(make_cfg("dataset=mnist", f"dataset.root={tmp_path / 'idx'}", "model=cnn", "model.channels=[2]", "noise.every=3"))
     assert isinstance(cnn.model, CNN) and cnn.instruments.members[0].method == TORCH_FUNC
