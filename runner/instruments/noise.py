@@ -177,7 +177,7 @@ class GradientNoise:
         self.model, self.loss_fn, self.split, self.optimizer = model, loss_fn, split, optimizer
         self.every, self.chunk_size = every, chunk_size
         self.method = gradient_method(model, loss_fn, split)
-        log.info("noise.every=%d: per-sample gradients by %s", every, self.method)
+        log.info("noise.every=%d: gradient noise measured by %s", every, self.method)
         self.params = [p for p in model.parameters() if p.requires_grad]
         device = self.params[0].device
         self._b_sum = torch.zeros((), dtype=torch.float64, device=device)
