@@ -198,16 +198,20 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.fuzz
 # No shrinking: each example is a sweep of seconds; the failing mix is printed as drawn.
-@settings(max_examples=20, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture])
 # At least two jobs: a sweep of one names its directory after every override, not seed=N.
 @given(states=st.lists(st.sampled_from(sorted(PRIOR)), min_size=2, max_size=3), launcher=st.sampled_from(["basic", "fused"]))
 @example(states=["locked", "same"], launcher="basic")  # found by this test: Hydra's rewrite of a held run's .hydra/ was left
 @example(states=["foreign", "same", "same"], launcher="fused")
-def test_any_mix_of_job_directories_is_counted_exactly(prior_runs, states, launcher):
+def test_any_mix_of_job_directories_is_counted_exactly(prior_runs, monkeypatch, states, launcher):
     """Whatever each job's directory held: the last line counts each outcome, the exit status is 1
     when any job did not finish (2 when refused upfront, nothing written), a refused job's files
-    are byte for byte as they were and feed no report row and no seed statistics."""
+    are byte for byte as they were and are not among the runs the report and the seed statistics
+    read (``find_runs``; the drawn report itself is checked by the real sweeps above)."""
     from conftest import run_in_process
+    from runner.sweep import SweepCallback
+
+    monkeypatch.setattr(SweepCallback, "_finish", staticmethod(lambda root: None))  # seconds of plots per example
 
     with tempfile.TemporaryDirectory() as tmp:
         sweep_dir = Path(tmp) / "sweep"
@@ -230,7 +234,8 @@ def test_any_mix_of_job_directories_is_counted_exactly(prior_runs, states, launc
         if files:
             assert result.returncode == 2, result.stderr[-2000:]
             assert error_lines(result)[0] == f"Error: {len(files)} of {len(seeds)} job directories cannot be used; nothing was started:"
-            assert snapshot(sweep_dir) == before and sorted(p.name for p in sweep_dir.iterdir()) == [f"seed={seed}" for seed in seeds]
+            assert snapshot(sweep_dir) == before  # nothing written: only what was planted is there
+            assert sorted(p.name for p in sweep_dir.iterdir()) == [f"seed={seed}" for seed, state in zip(seeds, states) if state != "fresh"]
             return
         tally = ", ".join(part for part in (f"{len(done)} done" if done else "", f"{len(refused)} refused" if refused else "") if part)
         assert last_line(result) == f"{len(seeds)} jobs: {tally}" + (" — exit 1" if refused else "")
@@ -241,9 +246,4 @@ def test_any_mix_of_job_directories_is_counted_exactly(prior_runs, states, launc
             assert {k: v for k, v in snapshot(sweep_dir / name).items()} == {k[len(name) + 1:]: v for k, v in before.items() if k.startswith(name + "/")}
         for seed in done:
             assert json.loads((sweep_dir / f"seed={seed}" / "summary.json").read_text())["status"] == "done"
-        assert report_runs(sweep_dir) == [f"seed={seed}" for seed in done]
-        aggregate = sweep_dir / "seed_aggregate" / "aggregate.json"
-        if len(done) >= 2:
-            assert json.loads(aggregate.read_text())["seeds"] == done
-        else:
-            assert not aggregate.exists() or json.loads(aggregate.read_text())["seeds"] == done
+        assert sorted(p.name for p in find_runs(sweep_dir)) == [f"seed={seed}" for seed in done]
