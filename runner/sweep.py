@@ -133,10 +133,8 @@ def validate_sweep(config: DictConfig) -> int:
     first job starts; raise one error listing every point that cannot run. Returns the count."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from runner.cli import GROUPS, check_choices
-    from runner.preflight import task_config
-    from runner.sweepcache import drop_validated, keep_validated, keeps_validated
-    from runner.train import build_run
+    from runner.data import loaded_once
+    from runner.sweepcache import drop_validated, keeps_validated
 
     # Composed as the launcher will compose the job (memoised: runner.sweepcache), the task
     # part checked and built; its output directory is not known yet and nothing is written.
@@ -145,23 +143,37 @@ def validate_sweep(config: DictConfig) -> int:
     drop_validated()  # none left from an earlier sweep of this process
     jobs = sweep_jobs(config)
     problems = []
-    for number, overrides in enumerate(jobs):
-        try:
-            job_cfg = task_config(loader.load_sweep_config(config, overrides))
-            job_cfg.output_dir = "unused"
-            check_choices({k: v for k, v in (o.split("=", 1) for o in overrides if "=" in o) if k in GROUPS})
-            run = build_run(job_cfg)
-            if keep:
-                keep_validated(job_cfg, run)
-        except OutOfMemory as err:
-            # Free memory is the device's state when the job runs, not a property of the
-            # config: the job itself will record status "oom" if it still does not fit.
-            log.warning("Sweep point #%d (%s) may not fit: %s", number, " ".join(overrides), err)
-        except (RunnerError, HydraException, OmegaConfBaseException) as err:
-            problems.append(f"  #{number} {' '.join(overrides)}: {str(err).splitlines()[0]}")
+    with loaded_once():
+        for number, overrides in enumerate(jobs):
+            problem = _validate_point(loader, config, number, overrides, keep)
+            if problem is not None:
+                problems.append(problem)
     if problems:
         raise SweepConfigError(f"{len(problems)} of {plural(len(jobs), 'sweep point')} cannot run; nothing was started:\n" + "\n".join(problems))
     return len(jobs)
+
+
+def _validate_point(loader: Any, config: DictConfig, number: int, overrides: list[str], keep: bool) -> str | None:
+    """One point of :func:`validate_sweep`: None if it can run, else its line of the error."""
+    from runner.cli import GROUPS, check_choices
+    from runner.preflight import task_config
+    from runner.sweepcache import keep_validated
+    from runner.train import build_run
+
+    try:
+        job_cfg = task_config(loader.load_sweep_config(config, overrides))
+        job_cfg.output_dir = "unused"
+        check_choices({k: v for k, v in (o.split("=", 1) for o in overrides if "=" in o) if k in GROUPS})
+        run = build_run(job_cfg)
+        if keep:
+            keep_validated(job_cfg, run)
+    except OutOfMemory as err:
+        # Free memory is the device's state when the job runs, not a property of the
+        # config: the job itself will record status "oom" if it still does not fit.
+        log.warning("Sweep point #%d (%s) may not fit: %s", number, " ".join(overrides), err)
+    except (RunnerError, HydraException, OmegaConfBaseException) as err:
+        return f"  #{number} {' '.join(overrides)}: {str(err).splitlines()[0]}"
+    return None
 
 
 # Statuses that are results: a diverged run answers the question "does this lr work?".
