@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -132,25 +131,49 @@ def name_jobs_by_swept_keys(config: DictConfig) -> list[str]:
 def validate_sweep(config: DictConfig) -> int:
     """Compose and build every sweep point (data, model, optimizer, memory estimate) before the
     first job starts; raise one error listing every point that cannot run. Returns the count."""
-    from runner.cli import GROUPS, check_choices
-    from runner.train import build_run
+    from hydra.core.global_hydra import GlobalHydra
 
+    from runner.data import loaded_once
+    from runner.sweepcache import drop_validated, keeps_validated
+
+    # Composed as the launcher will compose the job (memoised: runner.sweepcache), the task
+    # part checked and built; its output directory is not known yet and nothing is written.
+    loader = GlobalHydra.instance().config_loader()
+    keep = keeps_validated(config)
+    drop_validated()  # none left from an earlier sweep of this process
     jobs = sweep_jobs(config)
     problems = []
-    for number, overrides in enumerate(jobs):
-        try:
-            job_cfg = compose(config_name=config.hydra.job.config_name, overrides=[*overrides, "output_dir=unused"])
-            check_choices({k: v for k, v in (o.split("=", 1) for o in overrides if "=" in o) if k in GROUPS})
-            build_run(job_cfg)
-        except OutOfMemory as err:
-            # Free memory is the device's state when the job runs, not a property of the
-            # config: the job itself will record status "oom" if it still does not fit.
-            log.warning("Sweep point #%d (%s) may not fit: %s", number, " ".join(overrides), err)
-        except (RunnerError, HydraException, OmegaConfBaseException) as err:
-            problems.append(f"  #{number} {' '.join(overrides)}: {str(err).splitlines()[0]}")
+    with loaded_once():
+        for number, overrides in enumerate(jobs):
+            problem = _validate_point(loader, config, number, overrides, keep)
+            if problem is not None:
+                problems.append(problem)
     if problems:
         raise SweepConfigError(f"{len(problems)} of {plural(len(jobs), 'sweep point')} cannot run; nothing was started:\n" + "\n".join(problems))
     return len(jobs)
+
+
+def _validate_point(loader: Any, config: DictConfig, number: int, overrides: list[str], keep: bool) -> str | None:
+    """One point of :func:`validate_sweep`: None if it can run, else its line of the error."""
+    from runner.cli import GROUPS, check_choices
+    from runner.preflight import task_config
+    from runner.sweepcache import keep_validated
+    from runner.train import build_run
+
+    try:
+        job_cfg = task_config(loader.load_sweep_config(config, overrides))
+        job_cfg.output_dir = "unused"
+        check_choices({k: v for k, v in (o.split("=", 1) for o in overrides if "=" in o) if k in GROUPS})
+        run = build_run(job_cfg)
+        if keep:
+            keep_validated(job_cfg, run)
+    except OutOfMemory as err:
+        # Free memory is the device's state when the job runs, not a property of the
+        # config: the job itself will record status "oom" if it still does not fit.
+        log.warning("Sweep point #%d (%s) may not fit: %s", number, " ".join(overrides), err)
+    except (RunnerError, HydraException, OmegaConfBaseException) as err:
+        return f"  #{number} {' '.join(overrides)}: {str(err).splitlines()[0]}"
+    return None
 
 
 # Statuses that are results: a diverged run answers the question "does this lr work?".
@@ -225,6 +248,23 @@ class SweepCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        from runner.sweepcache import forget_compositions, memoise_compositions
+
+        # Validation, the directory check, the sweeper and the launcher all compose each job
+        # the same way: once is enough. Jobs are named first, so that all four ask alike.
+        loader = GlobalHydra.instance().config_loader()
+        memoise_compositions(loader)
+        try:
+            self._check_sweep(config)
+        except SystemExit:
+            forget_compositions(loader)  # refused: no run validated here is launched
+            raise
+
+    @staticmethod
+    def _check_sweep(config: DictConfig) -> None:
+        name_jobs_by_swept_keys(config)
         # Other sweepers (Optuna) choose their points as they go: nothing to validate upfront.
         if config.hydra.sweeper._target_ == BASIC_SWEEPER:
             try:
@@ -234,8 +274,6 @@ class SweepCallback(Callback):
                 # an impossible point must not start at all, so leave the process instead.
                 print_error(str(err))
                 raise SystemExit(2) from None
-        name_jobs_by_swept_keys(config)
-        if config.hydra.sweeper._target_ == BASIC_SWEEPER:
             try:
                 check_job_dirs(config)
             except SweepConfigError as err:
@@ -262,6 +300,11 @@ class SweepCallback(Callback):
         self._finish(Path(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        from runner.sweepcache import forget_compositions
+
+        forget_compositions(GlobalHydra.instance().config_loader())
         root = Path(config.hydra.sweep.dir)
         self._finish(root)
         line, code = sweep_outcome(root)

@@ -7,9 +7,12 @@ keep ``(N, C, H, W)``) and targets ``y`` (int64 class indices for classification
 
 from __future__ import annotations
 
+import copy
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -232,10 +235,46 @@ def load_dataset(cfg: Any) -> Dataset:
     """Load the whole data set named by ``cfg.name`` (a ``conf/dataset`` option)."""
     if cfg.name not in LOADERS:
         raise ConfigError("dataset.name", cfg.name, f"one of {', '.join(LOADERS)}")
+    key = _loaded_key(cfg)
+    if key is not None and key in _loaded:
+        return _copy(_loaded[key])
     dataset = LOADERS[cfg.name](cfg)
     if len(dataset) == 0:
         raise DataError(cfg.name, "the data set is empty")
+    if key is not None:
+        _loaded[key] = _copy(dataset)
     return dataset
+
+
+# The data sets loaded while :func:`loaded_once` is on, by their resolved config; None: off.
+_loaded: dict[str, Dataset] | None = None
+
+
+def _loaded_key(cfg: Any) -> str | None:
+    """The key of ``cfg`` in :data:`_loaded`, or None when it is not kept: the memo is off, or
+    the data come from the user's own function (which may draw anew or read a changed file)."""
+    if _loaded is None or cfg.name == "python":
+        return None
+    from omegaconf import OmegaConf
+
+    return json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
+
+
+def _copy(dataset: Dataset) -> Dataset:
+    """A copy whose arrays and info the caller may change (split pops ``info`` keys)."""
+    return replace(dataset, X=dataset.X.copy(), y=dataset.y.copy(), info=copy.deepcopy(dataset.info))
+
+
+@contextmanager
+def loaded_once() -> Iterator[None]:
+    """Inside, each distinct data set config is read or generated once (a sweep's validation
+    builds every job, and its jobs mostly share one data set); every caller gets its own copy."""
+    global _loaded
+    _loaded = {}
+    try:
+        yield
+    finally:
+        _loaded = None
 
 
 def split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:

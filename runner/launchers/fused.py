@@ -56,6 +56,7 @@ from runner.launchers.stacked_optim import structural_key
 from runner.loggers import TensorBoardLogger
 from runner.memory import release_device_memory
 from runner import outcomes
+from runner.sweepcache import drop_validated, take_validated
 from runner.rundir import DiskFull, check_usable, exclusive, is_disk_full, keep_record, restore_record
 from runner.text import plural
 from runner.train import (
@@ -84,6 +85,7 @@ class Job:
     out: Path
     run: Run | None = None
     reason: str | None = None  # why it runs alone
+    hydra_view: DictConfig | None = None  # what HydraConfig holds while the job is active (made once)
 
     @property
     def task_cfg(self) -> DictConfig:
@@ -162,6 +164,7 @@ class FusedLauncher(Launcher):
             jobs.append(self._compose(idx, list(overrides)))
         self._jobs = jobs
         units = self._plan(jobs)
+        drop_validated()  # runs of jobs that were not built here (finished, refused) are not needed
         returns: dict[int, JobReturn] = {}
         for unit in units:
             if len(unit) == 1:
@@ -227,7 +230,8 @@ class FusedLauncher(Launcher):
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
         try:
-            job.run = build_run(task_cfg)
+            # The run the sweep's validation built for this config, else built here.
+            job.run = take_validated(task_cfg) or build_run(task_cfg)
         except Exception as err:  # noqa: BLE001 - the job reports it itself, the usual way
             return f"it cannot be built here ({type(err).__name__}); it runs and reports alone"
         return fusion_key(job.run)
@@ -248,7 +252,12 @@ class FusedLauncher(Launcher):
     def _active(self, job: Job) -> Iterator[None]:
         """Inside: Hydra's config is the job's, and log lines go to the job's log file (as during its ``run_job``)."""
         previous = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(job.config)
+        if job.hydra_view is None:
+            # set_config copies the hydra node: made once per job, not at every grid point
+            # and epoch end of every member (the job's config no longer changes here).
+            HydraConfig.instance().set_config(job.config)
+            job.hydra_view = HydraConfig.instance().cfg
+        HydraConfig.instance().cfg = job.hydra_view
         job.out.mkdir(parents=True, exist_ok=True)  # run_job creates it before its log file too
         configure_log(job.config.hydra.job_logging, job.config.hydra.verbose)
         try:

@@ -290,13 +290,17 @@ def _leave_at_target(group: FusedGroup, probe: Any, stop: StopFlag) -> None:
     the single run does), are written and leave the stack. Their weights are synced already."""
     leaving = []
     for member in group.members:
+        # Only a member at its target has lines to log: its log file is switched to for it alone.
+        hit, loss = probe.measure(member.run, member.logger, member.state.iteration)
+        if not hit:
+            continue
         with member.active():
-            if probe.reached(member.run, member.logger, member.state.iteration):
-                member.state.stop_reason = STOP_REASON
-                if member.state.position < member.run.plan.iterations[member.state.epoch - 1]:
-                    _finish_epoch(member.run, member.logger, member.state)
-                    finish_member(member, stop)
-                    leaving.append(member)
+            probe.announce(loss, member.state.iteration)
+            member.state.stop_reason = STOP_REASON
+            if member.state.position < member.run.plan.iterations[member.state.epoch - 1]:
+                _finish_epoch(member.run, member.logger, member.state)
+                finish_member(member, stop)
+                leaving.append(member)
     group.drop(leaving)
 
 

@@ -61,6 +61,15 @@ class TargetProbe:
     def reached(self, run: Any, logger: Any, iteration: int, loss: float | None = None) -> bool:
         """Evaluate (unless ``loss`` is given: an epoch end's value), log, and say whether the
         target is reached. B_simple is measured at powers of two and where the target is reached."""
+        hit, loss = self.measure(run, logger, iteration, loss)
+        if hit:
+            self.announce(loss, iteration)
+        return hit
+
+    def measure(self, run: Any, logger: Any, iteration: int, loss: float | None = None) -> tuple[bool, float]:
+        """:meth:`reached` without its log line (the TensorBoard values are written): whether
+        the target is reached, and the loss. A fused group switches to a member's log file
+        only for the members that have a line to write."""
         if loss is None:
             with torch.no_grad():
                 loss = float(evaluate(run.model, run.loss_fn, run.train, run.cfg.eval_batch_size)[0])
@@ -69,9 +78,10 @@ class TargetProbe:
         if self.noise_chunk and (hit or iteration & (iteration - 1) == 0):
             full = full_gradient(run.model, run.loss_fn, run.train, self.noise_chunk)
             logger.log(B_SIMPLE_TAG, float(full.b_simple), iteration)
-        if hit:
-            log.info("Target reached: whole-training-set loss %.4g <= %g after update %d; stopping.", loss, self.target, iteration)
-        return hit
+        return hit, loss
+
+    def announce(self, loss: float, iteration: int) -> None:
+        log.info("Target reached: whole-training-set loss %.4g <= %g after update %d; stopping.", loss, self.target, iteration)
 
 
 def target_probe(run: Any) -> TargetProbe | None:
