@@ -38,6 +38,7 @@ from runner.epochs import (
     summary_of,
 )
 from runner.launchers.stacked import FusedStep, StackedData, StackedSplit, run_fused_segment, stacked_evaluate
+from runner.launchers.stacked_grad import ClosedFormStep, closed_form
 from runner.launchers.stacked_vmap import stacked_model
 from runner.launchers.stacked_optim import StackedOptimizer
 from runner.loggers import TensorBoardLogger
@@ -95,6 +96,8 @@ class FusedGroup:
         clips = [r.cfg.grad_clip for r in runs]
         clip = None if all(c is None for c in clips) else self._column([float("inf") if c is None else c for c in clips])
         self.step = FusedStep(self.model, runs[0].loss_fn, self.optimizer, clip)
+        if closed_form(self.step):  # the same update without autograd's graph: the default MLPs
+            self.step = ClosedFormStep(self.model, runs[0].loss_fn, self.optimizer, clip)
         self.epoch_data: StackedData | None = None
         # What the epoch ends evaluate, every member's split stacked (the training split shares
         # the training data's tensors): one forward per chunk for the whole group.
