@@ -14,6 +14,7 @@ the stack while the others go on.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -77,7 +78,14 @@ class Member:
         self.config = _comparable_config(self.run.cfg)
 
     def save(self) -> None:
-        self.checkpoints.submit(_checkpoint_payload(self.run, self.state, self.logger.position(), self.config))
+        """The member's checkpoint, serialised and written by its writer's thread: the payload is
+        a snapshot, as nothing in it is written into later (:meth:`FusedGroup.sync` gives the
+        module new tensors and the optimizer state new ones; the dicts holding them are copied here)."""
+        payload = _checkpoint_payload(self.run, self.state, self.logger.position(), self.config)
+        optimizer = payload["optimizer"]
+        optimizer["state"] = {key: dict(value) for key, value in optimizer["state"].items()}
+        payload["scheduler"] = copy.deepcopy(payload["scheduler"])
+        self.checkpoints.submit(payload, snapshot=True)
 
 
 class FusedGroup:

@@ -112,7 +112,9 @@ class StackedModel:
         return x
 
     def write_into(self, k: int, model: nn.Module) -> None:
-        """Member ``k``'s current weights into its own module (for evaluation, checkpoints, ``model.pt``)."""
+        """Member ``k``'s current weights into its own module (for evaluation, checkpoints, ``model.pt``).
+        The parameters get new tensors (``vector_to_parameters`` rebinds them), never written into:
+        a checkpoint taken earlier is a snapshot its writer may still be serialising."""
         with torch.no_grad():
             nn.utils.vector_to_parameters(self.flat[k].detach().clone(), model.parameters())
 
