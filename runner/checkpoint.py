@@ -94,11 +94,15 @@ class CheckpointWriter:
     at once anyway. :meth:`wait` blocks until everything submitted is on disk and raises
     what a write raised (a full disk); :meth:`close` waits and ends the thread. Use it as a
     context manager around the run, so nothing is left half-written when the run ends.
+
+    ``submit(state, snapshot=True)`` says that nothing in ``state`` changes any more (a fused
+    group's member: its tensors are replaced, not written into, at the next boundary): the
+    thread then serialises it too, off the training thread.
     """
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self._pending: bytes | None = None
+        self._pending: bytes | dict[str, Any] | None = None
         self._writing = False
         self._closed = False
         self._error: BaseException | None = None
@@ -111,9 +115,9 @@ class CheckpointWriter:
     def __exit__(self, *exc: Any) -> None:
         self.close(raise_error=exc[0] is None)
 
-    def submit(self, state: dict[str, Any]) -> None:
+    def submit(self, state: dict[str, Any], snapshot: bool = False) -> None:
         self._raise_error()
-        data = serialize(state)
+        data = state if snapshot else serialize(state)
         with self._changed:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=f"checkpoints {self.folder}", daemon=True)
@@ -149,7 +153,7 @@ class CheckpointWriter:
                     return
                 data, self._pending, self._writing = self._pending, None, True
             try:
-                write_checkpoint(self.folder, data)
+                write_checkpoint(self.folder, data if isinstance(data, bytes) else serialize(data))
             except BaseException as err:  # handed to the training thread at its next call
                 self._error = err
             finally:

@@ -210,10 +210,12 @@ def _first(trace: EpochTrace, n: int) -> EpochTrace:
     return EpochTrace(trace.losses[:n], trace.grad_norms[:n], trace.lrs[:n], trace.batch_sizes[:n], trace.wall_times[:n])
 
 
-def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState) -> None:
-    """Evaluate, log the epoch-level scalars, step the epoch scheduler, and move to the next epoch."""
+def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState, metrics: dict[str, float] | None = None) -> None:
+    """Evaluate, log the epoch-level scalars, step the epoch scheduler, and move to the next epoch.
+    ``metrics``: the epoch's values when the caller evaluated already (a fused group, all its
+    members in one pass)."""
     started = time.perf_counter()
-    state.metrics = _epoch_metrics(run, float(np.average(state.epoch_losses, weights=state.epoch_batch_sizes)))
+    state.metrics = metrics if metrics is not None else _epoch_metrics(run, epoch_train_loss(state))
     _log_epoch(logger, state.metrics, state, state.epoch)
     run.epoch_scheduler.step(state.metrics)
     _track_best(run, state)
@@ -222,6 +224,11 @@ def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState) -> None:
     state.position = 0
     state.order = None
     state.epoch_losses, state.epoch_batch_sizes = [], []
+
+
+def epoch_train_loss(state: TrainState) -> float:
+    """The epoch's training loss: its batch losses averaged, weighted by batch size."""
+    return float(np.average(state.epoch_losses, weights=state.epoch_batch_sizes))
 
 
 def _track_best(run: Any, state: TrainState) -> None:
@@ -245,11 +252,12 @@ def _restore_best(run: Any, state: TrainState) -> None:
     log.info("Restored the weights of the best epoch %d (monitored loss %.4g).", state.best_epoch, state.best_loss)
 
 
-def _log_initial(run: Any, logger: MetricLogger, state: TrainState) -> None:
+def _log_initial(run: Any, logger: MetricLogger, state: TrainState, metrics: dict[str, float] | None = None) -> None:
     """Epoch 0: the losses and accuracies at the initial weights, logged at epoch, iteration,
     sample and time 0. Runs of a sweep with one seed share their initial weights, so every
-    regime's curve starts from this same point; it is also what ``loss_grew`` compares to."""
-    state.initial_metrics = _epoch_metrics(run, None)
+    regime's curve starts from this same point; it is also what ``loss_grew`` compares to.
+    ``metrics``: those values when the caller evaluated already (a fused group)."""
+    state.initial_metrics = metrics if metrics is not None else _epoch_metrics(run, None)
     _log_epoch(logger, state.initial_metrics, state, 0)
     log.info("epoch 0  %s  (initial weights)", "  ".join(f"{k}={v:.4g}" for k, v in state.initial_metrics.items()))
 

@@ -85,7 +85,6 @@ class Job:
     out: Path
     run: Run | None = None
     reason: str | None = None  # why it runs alone
-    hydra_view: DictConfig | None = None  # what HydraConfig holds while the job is active (made once)
 
     @property
     def task_cfg(self) -> DictConfig:
@@ -146,6 +145,10 @@ class FusedLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
         self._jobs: list[Job] = []
+        # Per job: Hydra's view of its config, and the root logger's level and handlers as its
+        # job_logging left them (see _active).
+        self._hydra_cfgs: dict[int, DictConfig] = {}
+        self._job_logging: dict[int, tuple[int, list[logging.Handler]]] = {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -176,6 +179,7 @@ class FusedLauncher(Launcher):
 
     def _launcher_logging(self) -> None:
         assert self.config is not None
+        self._job_logging.clear()  # reconfigured: the jobs' handlers are set up afresh next time
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
     def _compose(self, idx: int, overrides: list[str]) -> Job:
@@ -252,18 +256,37 @@ class FusedLauncher(Launcher):
     def _active(self, job: Job) -> Iterator[None]:
         """Inside: Hydra's config is the job's, and log lines go to the job's log file (as during its ``run_job``)."""
         previous = HydraConfig.instance().cfg
-        if job.hydra_view is None:
-            # set_config copies the hydra node: made once per job, not at every grid point
-            # and epoch end of every member (the job's config no longer changes here).
-            HydraConfig.instance().set_config(job.config)
-            job.hydra_view = HydraConfig.instance().cfg
-        HydraConfig.instance().cfg = job.hydra_view
-        job.out.mkdir(parents=True, exist_ok=True)  # run_job creates it before its log file too
-        configure_log(job.config.hydra.job_logging, job.config.hydra.verbose)
+        self._switch_to(job)
         try:
             yield
         finally:
             HydraConfig.instance().cfg = previous
+
+    def _switch_to(self, job: Job) -> None:
+        """Hydra's config and the log handlers of ``job``. A fused group switches between its
+        members at every epoch end (each logs its own line), and composing them afresh costs
+        tens of milliseconds a switch (Hydra's ``set_config`` copies the config; ``dictConfig``
+        builds the handlers and opens the file): done once per job, then the results are put back."""
+        hydra_cfg = self._hydra_cfgs.get(job.idx)
+        if hydra_cfg is None:
+            HydraConfig.instance().set_config(job.config)
+            self._hydra_cfgs[job.idx] = HydraConfig.instance().cfg
+        else:
+            HydraConfig.instance().cfg = hydra_cfg
+        root = logging.getLogger()
+        cached = self._job_logging.get(job.idx)
+        if cached is not None:
+            root.setLevel(cached[0])
+            root.handlers = list(cached[1])
+            return
+        job.out.mkdir(parents=True, exist_ok=True)  # run_job creates it before its log file too
+        configure_log(job.config.hydra.job_logging, job.config.hydra.verbose)
+        for handler in root.handlers:
+            # The next job's dictConfig closes these handlers; a FileHandler reopens its file at
+            # its next line, in append mode now that the file was created ("w" would empty it).
+            if isinstance(handler, logging.FileHandler):
+                handler.mode = "a"
+        self._job_logging[job.idx] = (root.level, list(root.handlers))
 
     def _open_job(self, job: Job) -> None:
         """The start of ``run_job``: the directory, logging to its file, the ``.hydra/`` record."""

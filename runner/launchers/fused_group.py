@@ -2,17 +2,19 @@
 
 Each member is a complete single run — its own :class:`runner.train.Run` (model, real
 optimizer and scheduler, order generator), :class:`TrainState`, TensorBoard logger and run
-directory — and everything but the updates goes through the single run's own functions:
-epoch-0 and epoch-end evaluation (:func:`runner.epochs._finish_epoch` on the member's
-module, its weights copied in), logging (``_log_iterations``), early stopping, checkpoints
-(:func:`runner.train._checkpoint_payload`, the single-run format), the summary. Only the
-updates are stacked (:mod:`runner.launchers.stacked`). So each member's files are those its
+directory — and everything but the updates and the evaluation goes through the single run's
+own functions: the epoch-level logging (:func:`runner.epochs._finish_epoch`), logging
+(``_log_iterations``), early stopping, checkpoints (:func:`runner.train._checkpoint_payload`,
+the single-run format), the summary. The updates are stacked (:mod:`runner.launchers.stacked`),
+and so is the epoch-0 and epoch-end evaluation: every member's training and validation loss
+(and accuracy) in one forward per chunk, one device→host transfer. So each member's files are those its
 single run writes, and a member that diverges or stops early is written out then and leaves
 the stack while the others go on.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -29,12 +31,15 @@ from runner.epochs import (
     TrainState,
     _finish_epoch,
     _log_initial,
+    epoch_train_loss,
+    generalization_gap,
     _log_iterations,
     _no_longer_improving,
     _segment_end,
     summary_of,
 )
-from runner.launchers.stacked import FusedStep, StackedData, run_fused_segment
+from runner.launchers.stacked import FusedStep, StackedData, StackedSplit, run_fused_segment, stacked_evaluate
+from runner.launchers.stacked_grad import ClosedFormStep, closed_form
 from runner.launchers.stacked_vmap import stacked_model
 from runner.launchers.stacked_optim import StackedOptimizer
 from runner.loggers import TensorBoardLogger
@@ -73,7 +78,14 @@ class Member:
         self.config = _comparable_config(self.run.cfg)
 
     def save(self) -> None:
-        self.checkpoints.submit(_checkpoint_payload(self.run, self.state, self.logger.position(), self.config))
+        """The member's checkpoint, serialised and written by its writer's thread: the payload is
+        a snapshot, as nothing in it is written into later (:meth:`FusedGroup.sync` gives the
+        module new tensors and the optimizer state new ones; the dicts holding them are copied here)."""
+        payload = _checkpoint_payload(self.run, self.state, self.logger.position(), self.config)
+        optimizer = payload["optimizer"]
+        optimizer["state"] = {key: dict(value) for key, value in optimizer["state"].items()}
+        payload["scheduler"] = copy.deepcopy(payload["scheduler"])
+        self.checkpoints.submit(payload, snapshot=True)
 
 
 class FusedGroup:
@@ -92,7 +104,14 @@ class FusedGroup:
         clips = [r.cfg.grad_clip for r in runs]
         clip = None if all(c is None for c in clips) else self._column([float("inf") if c is None else c for c in clips])
         self.step = FusedStep(self.model, runs[0].loss_fn, self.optimizer, clip)
+        if closed_form(self.step):  # the same update without autograd's graph: the default MLPs
+            self.step = ClosedFormStep(self.model, runs[0].loss_fn, self.optimizer, clip)
         self.epoch_data: StackedData | None = None
+        # What the epoch ends evaluate, every member's split stacked (the training split shares
+        # the training data's tensors): one forward per chunk for the whole group.
+        self.eval_splits = {"train": StackedSplit(self.data.X, self.data.Y, StackedSplit.of([r.train for r in runs]).labels)}
+        if runs[0].val is not None:
+            self.eval_splits["val"] = StackedSplit.of([r.val for r in runs])
 
     def _column(self, values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=self.model.flat.dtype, device=self.model.flat.device).unsqueeze(1)
@@ -102,6 +121,27 @@ class FusedGroup:
         for k, member in enumerate(self.members):
             self.model.write_into(k, member.run.model)
         self.optimizer.store([m.run.optimizer for m in self.members])
+
+    def metrics(self, train_epoch_losses: Sequence[float | None]) -> list[dict[str, float]]:
+        """Each member's epoch-level values, as :func:`runner.epochs._epoch_metrics` gives them
+        for its single run (same keys, same order), from one stacked forward per chunk of the
+        training and validation splits and one device→host transfer for the group."""
+        ref = self.members[0].run
+        names, tensors = [], []
+        for split, data in self.eval_splits.items():
+            loss, acc = stacked_evaluate(self.model, ref.loss_fn, data, ref.cfg.eval_batch_size)
+            names.append("loss/train_full" if split == "train" else "loss/val")
+            tensors.append(loss)
+            if acc is not None:
+                names.append(f"acc/{split}")
+                tensors.append(acc)
+        table = torch.stack(tensors, dim=1).tolist()  # (K, metrics)
+        out = []
+        for row, epoch_loss in zip(table, train_epoch_losses):
+            values = dict(zip(names, row))
+            head = {} if epoch_loss is None else {"loss/train_epoch": epoch_loss}
+            out.append({**head, **values, **generalization_gap(values)})
+        return out
 
     def drop(self, leaving: list[Member]) -> None:
         """Take ``leaving`` out of the stack (their results are written); the rest go on."""
@@ -116,6 +156,8 @@ class FusedGroup:
         self.data = self.data.keep(rows)
         if self.epoch_data is not None:
             self.epoch_data = self.epoch_data.keep(rows)
+        self.eval_splits = {split: data.keep(rows) for split, data in self.eval_splits.items()}
+        self.eval_splits["train"] = StackedSplit(self.data.X, self.data.Y, self.eval_splits["train"].labels)
         if self.step.grad_clip is not None:
             self.step.grad_clip = self.step.grad_clip.index_select(0, rows)
 
@@ -202,12 +244,14 @@ def train_group(members: Sequence[Member]) -> None:
     """Train the members (all at the same position: fresh, or resumed from one boundary) until
     each is done, diverged, stopped early, or a stop signal interrupts them all. Every member
     has its ``summary`` afterwards."""
-    for member in members:
-        if member.state.initial_metrics is None and member.state.iteration == 0:
-            with member.active():
-                _log_initial(member.run, member.logger, member.state)
     ref = members[0].run
     group = FusedGroup(members)
+    fresh = [m.state.initial_metrics is None and m.state.iteration == 0 for m in members]
+    if any(fresh):
+        for member, metrics in zip(members, group.metrics([None] * len(members))):
+            if member.state.initial_metrics is None and member.state.iteration == 0:
+                with member.active():
+                    _log_initial(member.run, member.logger, member.state, metrics)
     device = next(ref.model.parameters()).device
     with StopFlag() as stop:
         try:
@@ -257,9 +301,10 @@ def _epochs(group: FusedGroup, ref: Run, device: torch.device, stop: StopFlag) -
             return
         group.sync()
         stopped = []
-        for member in group.members:
+        values = group.metrics([epoch_train_loss(m.state) for m in group.members])
+        for member, metrics in zip(group.members, values):
             with member.active():
-                _finish_epoch(member.run, member.logger, member.state)
+                _finish_epoch(member.run, member.logger, member.state, metrics)
                 if _at_target(probe, member) or _no_longer_improving(member.run, member.state):
                     stopped.append(member)
                     finish_member(member, stop)

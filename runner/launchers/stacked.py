@@ -112,7 +112,9 @@ class StackedModel:
         return x
 
     def write_into(self, k: int, model: nn.Module) -> None:
-        """Member ``k``'s current weights into its own module (for evaluation, checkpoints, ``model.pt``)."""
+        """Member ``k``'s current weights into its own module (for evaluation, checkpoints, ``model.pt``).
+        The parameters get new tensors (``vector_to_parameters`` rebinds them), never written into:
+        a checkpoint taken earlier is a snapshot its writer may still be serialising."""
         with torch.no_grad():
             nn.utils.vector_to_parameters(self.flat[k].detach().clone(), model.parameters())
 
@@ -139,6 +141,45 @@ class StackedData:
 
     def keep(self, members: Tensor) -> "StackedData":
         return StackedData(self.X.index_select(0, members), self.Y.index_select(0, members))
+
+
+@dataclass
+class StackedSplit:
+    """Every member's evaluation split stacked (``(K, N, ...)``), with its class labels (``None``
+    for regression): what :func:`stacked_evaluate` reads."""
+
+    X: Tensor
+    Y: Tensor
+    labels: Tensor | None
+
+    @classmethod
+    def of(cls, splits: Sequence[Any]) -> "StackedSplit":
+        labels = None if splits[0].labels is None else torch.stack([s.labels for s in splits])
+        return cls(torch.stack([s.X for s in splits]), torch.stack([s.Y for s in splits]), labels)
+
+    def keep(self, members: Tensor) -> "StackedSplit":
+        labels = None if self.labels is None else self.labels.index_select(0, members)
+        return StackedSplit(self.X.index_select(0, members), self.Y.index_select(0, members), labels)
+
+
+@torch.no_grad()
+def stacked_evaluate(model: StackedModel, loss_fn: Loss, split: StackedSplit, batch_size: int) -> tuple[Tensor, Tensor | None]:
+    """:func:`runner.loop.evaluate` for all K members in one forward per chunk: each member's
+    mean loss over its whole split (float64 sums of per-sample losses, as there) and accuracy,
+    as ``(K,)`` device tensors."""
+    K, n = split.X.shape[0], split.X.shape[1]
+    loss_sum = correct = None
+    for start in range(0, n, batch_size):
+        rows = slice(start, start + batch_size)
+        x, y = split.X[:, rows], split.Y[:, rows]
+        outputs = model(x)
+        flat = outputs.reshape(-1, *outputs.shape[2:])
+        chunk = loss_fn.per_sample(flat, y.reshape(-1, *y.shape[2:])).view(K, -1).sum(dim=1, dtype=torch.float64)
+        loss_sum = chunk if loss_sum is None else loss_sum + chunk
+        if split.labels is not None:
+            hits = (loss_fn.predict_classes(flat).view(K, -1) == split.labels[:, rows]).sum(dim=1)
+            correct = hits if correct is None else correct + hits
+    return loss_sum / n, (correct.double() / n if correct is not None else None)
 
 
 @dataclass
