@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -354,19 +355,30 @@ def interrupted(sweep: Path) -> None:
     assert proc.returncode == 130, err[-3000:]
 
 
+@pytest.fixture(scope="module")
+def interrupted_group(tmp_path_factory) -> tuple[Path, Path]:
+    """One fused group interrupted mid-epoch and the uninterrupted basic-launcher reference, made
+    once: each rerun below resumes its own copy (a copied sweep resumes where it now is)."""
+    root = tmp_path_factory.mktemp("interrupted")
+    sweep, reference = root / "sweep", root / "reference"
+    interrupted(sweep)
+    multirun(reference, *RESUMABLE, launcher="basic", process=True)
+    return sweep, reference
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("rerun_with", ["fused", "basic"])
-def test_an_interrupted_fused_group_resumes_every_member_exactly(tmp_path, rerun_with):
+def test_an_interrupted_fused_group_resumes_every_member_exactly(tmp_path, interrupted_group, rerun_with):
     """SIGTERM mid-epoch: every member stops at the same boundary with status interrupted; the
     same command again continues each from its checkpoint (a member's checkpoint is the
     single-run format, so the basic launcher resumes it too)."""
-    reference, sweep = tmp_path / "reference", tmp_path / "sweep"
-    interrupted(sweep)
+    original, reference = interrupted_group
+    sweep = tmp_path / "sweep"
+    shutil.copytree(original, sweep, symlinks=True)
     summaries = [json.loads((sweep / f"seed={s}" / "summary.json").read_text()) for s in (0, 1)]
     assert [s["status"] for s in summaries] == ["interrupted"] * 2
     assert 300 <= summaries[0]["iterations"] == summaries[1]["iterations"] < 2 * 1438
     multirun(sweep, *RESUMABLE, launcher=rerun_with, process=True)
-    multirun(reference, *RESUMABLE, launcher="basic", process=True)
     for seed in (0, 1):
         assert json.loads((reference / f"seed={seed}" / "summary.json").read_text())["val_loss"] < 0.5  # it learns
     assert_same_results(sweep, reference)
