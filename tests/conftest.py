@@ -99,6 +99,20 @@ def write_cifar_like(root: Path, per_batch: int = 10, seed: int = 0) -> None:
             pickle.dump(batch, f)
 
 
+@pytest.fixture(autouse=True)
+def _no_log_handler_outlives_its_test():
+    """A run in this process (the CLI's entry, Hydra's job logging) leaves its handlers on the
+    root logger: a later test's log line would go to a file in a deleted temporary directory
+    (a closed FileHandler reopens its file, and fails). pytest's own handlers stay."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
+
+
 def run_in_process(argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m runner <argv>`` run in ``cwd`` through the CLI's own entry (``run_cli``), in
     this process: the same composition, checks, launchers, callbacks and exit status as a fresh
