@@ -38,7 +38,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
 from runner import outcomes, preflight
 from runner.errors import ConfigError, RunnerError, print_error
-from runner.cluster import check_slurm_reachable
+from runner.cluster import check_slurm_reachable, join_ray_cluster
 from runner.extras import missing_extra
 from runner.launchers import distributed
 from runner.memory import OutOfMemory, release_device_memory
@@ -310,6 +310,7 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
         runs_a_job = args.run or not (args.cfg or args.info or args.shell_completion)
         if multirun and runs_a_job:
             check_slurm_reachable(cfg.hydra.launcher, str(cfg.hydra.runtime.choices.get("hydra/launcher")))
+            join_ray_cluster(cfg.hydra.launcher)
         if multirun or not runs_a_job:
             return  # a sweep's points are checked by SweepCallback.on_multirun_start
         HydraConfig.instance().set_config(cfg)

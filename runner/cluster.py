@@ -11,20 +11,25 @@
 
 The plugins are optional extras (``pip install 'hparam-runner[slurm]'``, ``[ray]``). Hydra's
 plugin discovery imports this module (through ``hydra_plugins.hpr_cluster_launchers``) on every
-run, as it imports the plugins themselves; submitit and ray are imported only in a launch or a job.
+run, as it imports the plugins themselves; submitit and ray are imported only by a sweep that uses
+them (Ray's cluster is joined before the sweep writes anything, see :func:`join_ray_cluster`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from runner.errors import ConfigError
 
@@ -75,6 +80,86 @@ def check_slurm_reachable(launcher: DictConfig, choice: str) -> None:
         said = [line.strip() for line in (answer.stderr + answer.stdout).splitlines() if line.strip()]
         last = said[-1] if said else f"exit status {answer.returncode}, no message"
         raise ConfigError("hydra/launcher", choice, f"a Slurm cluster that takes jobs: `sbatch --test-only{''.join(' ' + o for o in options)}` says {last!r}; {elsewhere}")
+
+
+# Launchers that join or start a Ray cluster (the project's and the plugin's own).
+RAY_TARGETS = (
+    "hydra_plugins.hpr_cluster_launchers.cluster_launchers.RayLauncher",
+    "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
+)
+RAY_ADDRESS_KEY = "hydra.launcher.ray.init.address"
+# A head that does not listen: Ray itself retries such an address for minutes.
+RAY_PORT_PROBE_TIMEOUT_S = 5.0
+# Ray 2.59 starts heads with token authentication while its clients still default to none.
+RAY_TOKEN_ADVICE = (
+    "the cluster asks for its token: export RAY_AUTH_MODE=token in this shell as in the one that started the head "
+    "(the token is read from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+)
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` (or ``ray://host:port``) as a pair; None for ``auto`` and other forms."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    return (host.strip("[]"), int(port)) if sep and host and port.isdigit() else None
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """Holds what this process writes to file descriptor 2 (Ray's core logs there directly,
+    past ``sys.stderr``); yields a function that returns it."""
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield lambda: (held.seek(0), held.read().decode(errors="replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def join_ray_cluster(launcher: DictConfig) -> None:
+    """Joins the Ray cluster a sweep names before the sweep writes anything.
+
+    The plugin calls ``ray.init`` only after Hydra has made the sweep directory, so a head
+    that is not there, or that asks for a token this process lacks, ended in a traceback and
+    a directory left behind. Joined here, the plugin finds Ray initialised and launches on
+    this connection. A sweep without an address starts a cluster of its own: nothing to join.
+    """
+    if launcher._target_ not in RAY_TARGETS:
+        return
+    init = OmegaConf.to_container(launcher.ray.init, resolve=True) or {}
+    address = init.get("address")
+    if address is None:
+        return
+    endpoint = _host_port(str(address))
+    if endpoint is not None:
+        try:
+            socket.create_connection(endpoint, timeout=RAY_PORT_PROBE_TIMEOUT_S).close()
+        except OSError as err:
+            reason = "no answer" if isinstance(err, TimeoutError) else err.strerror or type(err).__name__
+            raise ConfigError(RAY_ADDRESS_KEY, address, f"the address of a running Ray head: {reason} at {endpoint[0]}:{endpoint[1]}; start one with `ray start --head`") from None
+    import ray
+
+    if ray.is_initialized():
+        return
+    failure: Exception | None = None
+    with _stderr_held() as held:
+        try:
+            ray.init(**init)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            failure = err
+        said = held()
+    if failure is None:
+        os.write(2, said.encode())  # Ray's own lines on joining, as the plugin would have shown them
+        return
+    causes, cause = [], failure
+    while cause is not None and len(causes) < 8:
+        causes.append(f"{type(cause).__name__} {cause}")
+        cause = cause.__cause__ or cause.__context__
+    if any("AuthenticationError" in text or "InvalidAuthToken" in text for text in [*causes, said]):
+        raise ConfigError(RAY_ADDRESS_KEY, address, f"a Ray cluster this process can join: {RAY_TOKEN_ADVICE}") from None
+    first = str(failure).strip().splitlines()[0] if str(failure).strip() else type(failure).__name__
+    raise ConfigError(RAY_ADDRESS_KEY, address, f"a Ray cluster this process can join: Ray says {first!r}") from None
 
 
 # The plugins are optional: without one, its preset (conf/hydra/launcher/) fails to compose

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -155,6 +156,25 @@ def test_a_controller_that_would_take_the_job_passes_with_the_sweeps_partition_a
     launcher = OmegaConf.create({"_target_": cluster.SLURM_TARGETS[0], "partition": "gpu", "account": "lab", "qos": None})
     cluster.check_slurm_reachable(launcher, "slurm")
     assert log.read_text().split() == ["--test-only", "--wrap=true", "--partition=gpu", "--account=lab"]
+
+
+needs_ray_plugin = pytest.mark.skipif(
+    not __import__("importlib").util.find_spec("hydra_plugins.hydra_ray_launcher"), reason="hydra-ray-launcher is not installed"
+)
+
+
+@needs_ray_plugin
+def test_a_ray_address_where_no_head_listens_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    # Ray itself retries such an address for minutes; the sweep is refused at once.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["-m", "dataset=iris", "optimizer.lr=0.1,0.2", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address=127.0.0.1:{port}"]
+    lines = _refused(argv, tmp_path, monkeypatch, capsys)
+    assert lines == [
+        f"Error: hydra.launcher.ray.init.address='127.0.0.1:{port}' is not allowed: the address of a running Ray head: "
+        f"Connection refused at 127.0.0.1:{port}; start one with `ray start --head`"
+    ]
 
 
 # ------------------------------------------------------------------ paths past the OS limits
