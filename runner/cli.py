@@ -292,7 +292,7 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
         mode = RunMode.MULTIRUN if multirun else RunMode.RUN
         try:
             cfg = app.compose_config(config_name, args.overrides, run_mode=mode, with_log_configuration=False)
-        except ValueError as err:  # Hydra's defaults list: a group given a number (``scaling=1.5``)
+        except (ValueError, TypeError) as err:  # Hydra's defaults list: a group given a number (``scaling=1.5``, ``scaling=[1]``)
             raise _group_value(overrides=args.overrides) or RunnerError(str(err).splitlines()[0]) from None
         except (HydraException, OmegaConfBaseException) as err:
             raise (

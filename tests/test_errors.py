@@ -171,6 +171,9 @@ BAD_COMMAND_LINES = [
     # Found by tests/test_fuzz.py: an interpolation to a key that does not exist.
     (["budget_amount=${{oops}}"], "budget_amount", "oops"),
     (["seed=${{oops}}"], "seed", "oops"),  # refused once Hydra made the directory: it is removed again
+    # Found by tests/test_fuzz.py: a config group given a list of numbers (Hydra's TypeError).
+    (["scaling=[1]"], "scaling='[1]'", "one of quick (conf/scaling/*.yaml)"),
+    (["optimizer=[1,2]"], "optimizer='[1,2]'", "conf/optimizer/*.yaml"),
 ]
 
 
