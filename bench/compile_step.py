@@ -19,7 +19,7 @@ One run's update, at each batch size (``--batches``):
   hand (``p.add_(g, alpha=-lr)``, torch's own SGD formula), eager and compiled;
 * ``torch.func grad compiled + the runner's optimizer.step``: the same gradients, compiled, copied
   into the runner's flat gradient buffer, then the runner's own (eager) optimizer step, which works
-  for every optimizer.
+  for every optimizer; and the same with the optimizer's step inside the compiled function.
 
 The fused update of K members (``--ks``) at each batch size:
 
@@ -153,14 +153,26 @@ class Variant:
     first_call_s: float = float("nan")
     graphs: int = 0
     graph_breaks: int = 0
-    max_abs: float = float("nan")
+    max_abs_1: float = float("nan")  # after the first update
+    max_abs: float = float("nan")  # after --check-updates
     max_rel: float = float("nan")
     within: bool | None = None
     times: list[float] = field(default_factory=list)
+    timed: bool = True
     error: str | None = None
 
 
 # --------------------------------------------------------------------------- one run's update
+NUDGED = "*eager, every initial weight moved by 1 ulp (not a variant: how far rounding alone drifts)*"
+
+
+def nudge_(tensors) -> None:
+    """Move every element one float step up: a difference of rounding size, to see how it grows."""
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(torch.nextafter(t, torch.full_like(t, float("inf"))))
+
+
 def unwrapped_step(optimizer: torch.optim.Optimizer) -> Callable[[], object]:
     """``optimizer.step`` without the wrapper an LR scheduler puts around it (it only counts calls,
     for a warning): dynamo never traces that wrapper (its file is on dynamo's skip list), so the
@@ -269,7 +281,28 @@ def single_variants(data: Data, modes: list[str], quick: bool) -> list[Variant]:
 
         return build
 
-    variants = [Variant("eager (the runner's step)", eager, False)]
+    def nudged():
+        run, trunk, *_, weights = fresh()
+        nudge_(trunk.parameters())
+        return at(run.step), weights
+
+    def func_and_optimizer():
+        run, trunk, loss_fn, optimizer, grads, weights = fresh()
+        params = dict(trunk.named_parameters())
+        loss_and_grad = grad_and_value(lambda ps, x, y: loss_fn(functional_call(trunk, ps, (x,)), y))
+        optimizer_step = unwrapped_step(optimizer)
+
+        def update(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            g, loss = loss_and_grad(params, x, y)
+            grads.flat.copy_(torch.cat([t.reshape(-1) for t in g.values()]))
+            norm = grads.norm()
+            optimizer_step()
+            return loss, norm
+
+        compiled = torch.compile(update, dynamic=False)
+        return at(lambda source, positions: compiled(*source.take(positions))), weights
+
+    variants = [Variant("eager (the runner's step)", eager, False), Variant(NUDGED, nudged, False, timed=False)]
     for mode in modes:
         variants.append(Variant(f"compile forward [{mode}]", compile_forward(mode), True))
     if not quick:  # --quick keeps one variant of each kind that compiles
@@ -279,14 +312,20 @@ def single_variants(data: Data, modes: list[str], quick: bool) -> list[Variant]:
         variants.append(Variant("torch.func grad + SGD, eager", func(False), False))
     variants.append(Variant("torch.func grad + SGD, compiled", func(True), True))
     variants.append(Variant("torch.func grad compiled + the runner's optimizer.step", func_grads(True), True))
+    if not quick:
+        variants.append(Variant("torch.func grad + the runner's optimizer.step, compiled together", func_and_optimizer, True))
     return variants
 
 
-def single_reference(data: Data, updates: int) -> Tensor:
+def single_reference(data: Data, updates: int) -> tuple[Tensor, Tensor]:
+    """The eager runner step's weights after one update and after ``updates``."""
     run = build_run(data.cfg)
+    after = []
     for i in range(updates):
         run.step(data.source, data.slices[i % len(data.slices)])
-    return torch.nn.utils.parameters_to_vector(run.step.args[0].parameters()).detach().clone()
+        if i in (0, updates - 1):
+            after.append(torch.nn.utils.parameters_to_vector(run.step.args[0].parameters()).detach().clone())
+    return after[0], after[-1]
 
 
 # --------------------------------------------------------------------------- the fused update
@@ -344,6 +383,11 @@ def fused_variants(m: Members, quick: bool) -> list[Variant]:
 
         return build
 
+    def nudged():
+        model, optimizer = stacked()
+        nudge_([model.flat])
+        return at(ClosedFormStep(model, m.loss_fn, optimizer, None)), lambda: model.flat.detach().clone()
+
     def func(compiled: bool):
         def build():
             template = copy.deepcopy(m.models[0])
@@ -366,6 +410,7 @@ def fused_variants(m: Members, quick: bool) -> list[Variant]:
 
     variants = [
         Variant("closed form, eager (the fused launcher's step)", runner_step(ClosedFormStep, False), False),
+        Variant(NUDGED, nudged, False, timed=False),
         Variant("closed form, compiled", runner_step(ClosedFormStep, True), True),
     ]
     if not quick:
@@ -378,9 +423,9 @@ def fused_variants(m: Members, quick: bool) -> list[Variant]:
     return variants
 
 
-def fused_reference(m: Members, updates: int) -> Tensor:
-    """Each member's weights after ``updates`` of its own single-run eager step (the basic launcher)."""
-    rows = []
+def fused_reference(m: Members, updates: int) -> tuple[Tensor, Tensor]:
+    """Each member's weights after one and after ``updates`` of its own single-run eager step (the basic launcher)."""
+    first, rows = [], []
     for k, model in enumerate(m.models):
         model = copy.deepcopy(model)
         trunk = dense_trunk(model)
@@ -392,12 +437,14 @@ def fused_reference(m: Members, updates: int) -> Tensor:
             m.loss_fn(trunk(m.X[k, positions]), m.Y[k, positions]).backward()
             grads.norm()
             optimizer.step()
+            if i == 0:
+                first.append(torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone())
         rows.append(torch.nn.utils.parameters_to_vector(model.parameters()).detach())
-    return torch.stack(rows)
+    return torch.stack(first), torch.stack(rows)
 
 
 # --------------------------------------------------------------------------- measuring
-def check(variant: Variant, reference: Tensor, updates: int, tol: float) -> None:
+def check(variant: Variant, references: tuple[Tensor, Tensor], updates: int, tol: float) -> None:
     """Build the variant, time its first call (compilation), run ``updates`` and compare with ``reference``."""
     frames0 = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     breaks0 = sum(torch._dynamo.utils.counters["graph_break"].values())
@@ -409,6 +456,7 @@ def check(variant: Variant, reference: Tensor, updates: int, tol: float) -> None
             started = time.perf_counter()
             variant.update(0)
             variant.first_call_s = time.perf_counter() - started
+            variant.max_abs_1 = (variant.weights() - references[0]).abs().max().item()
             for i in range(1, updates):
                 variant.update(i)
     except Exception as error:  # a variant torch cannot compile is a result, not a crash
@@ -417,7 +465,7 @@ def check(variant: Variant, reference: Tensor, updates: int, tol: float) -> None
         return
     variant.graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - frames0
     variant.graph_breaks = sum(torch._dynamo.utils.counters["graph_break"].values()) - breaks0
-    got = variant.weights()
+    got, reference = variant.weights(), references[1]
     diff = (got - reference).abs()
     variant.max_abs = diff.max().item()
     variant.max_rel = variant.max_abs / reference.abs().max().item()
@@ -425,7 +473,7 @@ def check(variant: Variant, reference: Tensor, updates: int, tol: float) -> None
 
 
 def time_interleaved(variants: list[Variant], rounds: int, updates: int, start: int) -> None:
-    live = [v for v in variants if v.error is None]
+    live = [v for v in variants if v.error is None and v.timed]
     cursor = start
     for r in range(rounds + 1):  # round 0 warms up, untimed
         shift = r % len(live)
@@ -450,15 +498,15 @@ def rows(setting: str, variants: list[Variant]) -> list[str]:
     out = []
     for v in variants:
         if v.error:
-            out.append(f"| {setting} | {v.name} | failed: {v.error} | | | | | |")
+            out.append(f"| {setting} | {v.name} | failed: {v.error} | | | | | | |")
             continue
         compile_s = f"{v.first_call_s:.1f}" if v.compiled else f"({v.first_call_s * 1e3:.1f} ms)"
         graphs = f"{v.graphs} / {v.graph_breaks}" if v.compiled else ""
-        spread = f"{min(v.times):.0f}–{max(v.times):.0f}"
+        speed = f"{median(v):.0f} ({min(v.times):.0f}–{max(v.times):.0f}) | {base / median(v):.2f}×" if v.times else "– | –"
         verdict = "yes" if v.within else "**no**"
         out.append(
-            f"| {setting} | {v.name} | {compile_s} | {graphs} | {median(v):.0f} ({spread}) | {base / median(v):.2f}× | "
-            f"{v.max_abs:.1e} / {v.max_rel:.1e} | {verdict} |"
+            f"| {setting} | {v.name} | {compile_s if v.timed else '–'} | {graphs} | {speed} | "
+            f"{v.max_abs_1:.1e} | {v.max_abs:.1e} / {v.max_rel:.1e} | {verdict} |"
         )
     return out
 
@@ -502,7 +550,11 @@ def main() -> None:
         args.rounds, args.updates, args.check_updates = 2, 20, 5
 
     load_start, started = uptime(), time.time()
-    lines = ["| setting | variant | compile s (first call) | graphs / breaks | µs per update: median (min–max) | speed-up vs eager | max abs / rel diff | within tol |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| setting | variant | compile s (first call) | graphs / breaks | µs per update: median (min–max) | speed-up vs eager | "
+        "max abs diff after 1 update | after N: max abs / rel to largest weight | within tol after N |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     try:
         start_up = compiler_start_up()
         for batch in args.batches:
