@@ -50,19 +50,26 @@ into an empty inductor cache (``fresh_cache``). The compiler's one-time start-up
 Usage::
 
     .venv/bin/python bench/compile_step.py [--quick] [--batches 1 32] [--ks 8 32] [--rounds 5] [--updates 200] [--check-updates 100] [--out FILE]
+    .venv/bin/python bench/compile_step.py --quick --cache-dir /tmp/warm   # twice: the second run's compile times are a warm cache's
+
+The whole default run takes about 8 minutes on a 2-core machine; ``--quick`` about a minute.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 
 # One thread, before torch is imported: the machine is shared, and a one-thread run is what the
 # fused launcher's figures use (several threads split tiny kernels and wait for each other).
 os.environ["OMP_NUM_THREADS"] = "1"
-# A fresh inductor cache: the compile times are a first run's (a later run finds its kernels on disk).
-INDUCTOR_CACHE = tempfile.mkdtemp(prefix="compile_step_inductor_")
+# A fresh inductor cache: the compile times are a first run's (a later run finds its kernels on
+# disk) -- unless --cache-dir names one to keep, to time a second run against a warm cache.
+KEPT_CACHE = sys.argv[sys.argv.index("--cache-dir") + 1] if "--cache-dir" in sys.argv[:-1] else None
+INDUCTOR_CACHE = KEPT_CACHE or tempfile.mkdtemp(prefix="compile_step_inductor_")
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = INDUCTOR_CACHE
 
 import argparse  # noqa: E402
@@ -70,7 +77,6 @@ import copy  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 import types  # noqa: E402
@@ -444,14 +450,18 @@ def fused_reference(m: Members, updates: int) -> tuple[Tensor, Tensor]:
 
 
 # --------------------------------------------------------------------------- measuring
+def own_cache() -> contextlib.AbstractContextManager:
+    """An empty inductor cache for one variant (no variant finds another's kernels: the same graph
+    under another mode would be a cache hit), or the kept ``--cache-dir`` as it is."""
+    return contextlib.nullcontext() if KEPT_CACHE else fresh_cache(dir=INDUCTOR_CACHE, delete=False)
+
+
 def check(variant: Variant, references: tuple[Tensor, Tensor], updates: int, tol: float) -> None:
     """Build the variant, time its first call (compilation), run ``updates`` and compare with ``reference``."""
     frames0 = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     breaks0 = sum(torch._dynamo.utils.counters["graph_break"].values())
     try:
-        # Each variant compiles into its own empty cache: no variant finds another's kernels
-        # (the same graph under another mode would otherwise be a cache hit).
-        with fresh_cache(dir=INDUCTOR_CACHE, delete=False):
+        with own_cache():
             variant.update, variant.weights = variant.build()
             started = time.perf_counter()
             variant.update(0)
@@ -529,7 +539,7 @@ def compiler_start_up() -> float:
     """Seconds the first compilation in a process pays once (inductor's imports, its compile
     workers), measured on a one-op function so that no variant's figure carries it."""
     started = time.perf_counter()
-    with fresh_cache(dir=INDUCTOR_CACHE, delete=False):
+    with own_cache():
         torch.compile(lambda t: t * 2, dynamic=False)(torch.ones(3))
     return time.perf_counter() - started
 
@@ -544,6 +554,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--check-updates", type=int, default=100, help="updates compared with the reference")
     parser.add_argument("--out", type=Path, help="also write the tables here")
+    parser.add_argument("--cache-dir", help="compile into this inductor cache and keep it (a second run then times a warm cache)")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.ks, args.modes = [1], [8], ["default"]
@@ -581,7 +592,8 @@ def main() -> None:
                 lines += rows(f"fused K={k}, B={batch}", variants)
                 print("\n".join(lines[-len(variants):]), file=sys.stderr, flush=True)
     finally:
-        shutil.rmtree(INDUCTOR_CACHE, ignore_errors=True)
+        if KEPT_CACHE is None:
+            shutil.rmtree(INDUCTOR_CACHE, ignore_errors=True)
 
     header = [
         f"- Machine: {platform.platform()}; CPU: {cpu_model()}; {os.cpu_count()} logical cores; torch threads {torch.get_num_threads()} (OMP_NUM_THREADS=1)",
@@ -589,6 +601,7 @@ def main() -> None:
         f"- Command: `{python_for_display()} bench/compile_step.py {' '.join(sys.argv[1:])}`; runner code: {code_version()}",
         f"- {args.rounds} interleaved rounds of {args.updates} updates per variant (after {WARMUP_CALLS} untimed calls each, "
         f"one untimed warm-up round first); exactness after {args.check_updates} updates; whole bench {time.time() - started:.0f} s",
+        f"- Inductor cache: {'kept in ' + KEPT_CACHE + ' (warm if an earlier run filled it)' if KEPT_CACHE else 'empty for each variant (cold compile times)'}",
         f"- Compiler start-up, paid once per process before the first compilation (imports, compile workers; "
         f"not in any variant's figure): {start_up:.1f} s",
         f"- Load: at start `{load_start}`; at end `{uptime()}`",
