@@ -51,6 +51,7 @@ Usage::
 
     .venv/bin/python bench/compile_step.py [--quick] [--batches 1 32] [--ks 8 32] [--rounds 5] [--updates 200] [--check-updates 100] [--out FILE]
     .venv/bin/python bench/compile_step.py --quick --cache-dir /tmp/warm   # twice: the second run's compile times are a warm cache's
+    .venv/bin/python bench/compile_step.py --drift 32   # where a 1-ulp difference becomes a large one (seconds)
 
 The whole default run takes about 8 minutes on a 2-core machine; ``--quick`` about a minute.
 """
@@ -535,6 +536,30 @@ def gcc_version() -> str:
         return "gcc not found"
 
 
+def drift(batch: int, updates: int) -> list[str]:
+    """Where a rounding-size difference turns into a large one: the eager step and the same step
+    started 1 ulp off, side by side; every update at which a first-layer ReLU unit's pre-activation
+    has opposite signs in the two runs for some sample of the batch, or the weights' difference
+    grows tenfold."""
+    data = load_data(batch)
+    runs = [build_run(data.cfg), build_run(data.cfg)]
+    nudge_(runs[1].step.args[0].parameters())
+    lines, previous = [], 0.0
+    for i in range(updates):
+        positions = data.slices[i % len(data.slices)]
+        x, _ = data.source.take(positions)
+        with torch.no_grad():
+            signs = [run.step.args[0][0](x) > 0 for run in runs]  # the trunk's first Linear
+        for run in runs:
+            run.step(data.source, positions)
+        diff = max((a - b).abs().max().item() for a, b in zip(runs[0].step.args[0].parameters(), runs[1].step.args[0].parameters()))
+        flips = int((signs[0] != signs[1]).sum())
+        if flips or diff > 10 * max(previous, 1e-8):
+            lines.append(f"- update {i}: {flips} ReLU pre-activation(s) of opposite sign; weights now {diff:.1e} apart")
+        previous = diff
+    return lines + [f"- after {updates} updates: {previous:.1e} apart"]
+
+
 def compiler_start_up() -> float:
     """Seconds the first compilation in a process pays once (inductor's imports, its compile
     workers), measured on a one-op function so that no variant's figure carries it."""
@@ -554,8 +579,14 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--check-updates", type=int, default=100, help="updates compared with the reference")
     parser.add_argument("--out", type=Path, help="also write the tables here")
+    parser.add_argument("--drift", type=int, metavar="B", help="only trace the 1-ulp drift at batch size B (no compilation)")
     parser.add_argument("--cache-dir", help="compile into this inductor cache and keep it (a second run then times a warm cache)")
     args = parser.parse_args()
+    if args.drift:
+        print("\n".join(drift(args.drift, args.check_updates)))
+        if KEPT_CACHE is None:
+            shutil.rmtree(INDUCTOR_CACHE, ignore_errors=True)
+        return
     if args.quick:
         args.batches, args.ks, args.modes = [1], [8], ["default"]
         args.rounds, args.updates, args.check_updates = 2, 20, 5
