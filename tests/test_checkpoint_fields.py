@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,7 +37,8 @@ from conftest import compose_cfg
 RUN = ("dataset=iris", "batch_size=16", "epochs=2", "checkpoint_every=3", "optimizer=adam", "scheduler=step")
 COUNTS = ("status", "iterations", "samples_seen", "epochs")
 FEW = settings(max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-MANY = settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# -m fuzz: HPR_FUZZ_EXAMPLES (150 by default) mutations, each a resume in this process.
+MANY = settings(max_examples=int(os.environ.get("HPR_FUZZ_EXAMPLES", "150")), deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
 def interrupted(out: Path) -> None:
@@ -227,7 +229,7 @@ def test_any_field_mutated_is_refused_or_resumes_to_the_same_counts(original, pa
 
 
 @pytest.mark.fuzz
-def test_any_field_mutated_is_refused_or_resumes_to_the_same_counts_300(original, payloads):
+def test_any_field_mutated_is_refused_or_resumes_to_the_same_counts_many(original, payloads):
     @MANY
     @given(mutations(payloads))
     def check(mutation):

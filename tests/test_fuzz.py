@@ -40,11 +40,13 @@ GROUP_OPTIONS = {
 }
 SMALL = ("epochs=1", "progress=false", "device=cpu", "dataset.n=60", "eval_batch_size=64")
 # Values that are never a valid run length, but must be refused, not allocated or looped over.
+FUZZ_EXAMPLES = int(os.environ.get("HPR_FUZZ_EXAMPLES", "150"))
 HUGE_INTS = (10**15, 2**63, 2**64, -(2**63))
 BAD_TEXT = ("abc", "", "1.5", "[1]", "null", "${oops}", "a b", "'x'", "true")
 
 settings.register_profile("runner-default", max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-settings.register_profile("fuzz", max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# -m fuzz: 150 examples in CI (each a command line run in this process); HPR_FUZZ_EXAMPLES=1000 for a deeper run.
+settings.register_profile("fuzz", max_examples=FUZZ_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
 def _option_schema(group: str, option: str) -> type:
@@ -191,5 +193,5 @@ def test_any_command_line_runs_or_is_refused_cleanly(example):
 @pytest.mark.fuzz
 @settings(settings.get_profile("fuzz"))
 @given(command_lines())
-def test_any_command_line_runs_or_is_refused_cleanly_300(example):
+def test_any_command_line_runs_or_is_refused_cleanly_many(example):
     check_invariant(*example)

@@ -52,11 +52,20 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def done_run(tmp_path) -> Path:
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
     result = run_cli(out, *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture
+def done_run(finished_run, tmp_path) -> Path:
+    """Each test's own copy of one finished run (a copy is a run, as the README promises): one
+    training process for the module instead of one per test."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out, symlinks=True)
     return out
 
 
