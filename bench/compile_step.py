@@ -569,6 +569,17 @@ def compiler_start_up() -> float:
     return time.perf_counter() - started
 
 
+def measure(label: str, variants: list, reference, tol: float, args: argparse.Namespace) -> list[str]:
+    """Check every variant against the reference, time them interleaved; their table rows."""
+    for v in variants:
+        check(v, reference, args.check_updates, tol)
+        print(f"  checked {label} {v.name}: first call {v.first_call_s:.2f} s, max abs {v.max_abs:.1e}", file=sys.stderr, flush=True)
+    time_interleaved(variants, args.rounds, args.updates, args.check_updates)
+    table = rows(label, variants)
+    print("\n".join(table), file=sys.stderr, flush=True)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 1, K 8, default mode only, tiny counts (a smoke run)")
@@ -604,24 +615,12 @@ def main() -> None:
             tol = tolerance(batch)
             torch._dynamo.reset()
             variants = single_variants(data, args.modes, args.quick)
-            reference = single_reference(data, args.check_updates)
-            for v in variants:
-                check(v, reference, args.check_updates, tol)
-                print(f"  checked B={batch} {v.name}: first call {v.first_call_s:.2f} s, max abs {v.max_abs:.1e}", file=sys.stderr, flush=True)
-            time_interleaved(variants, args.rounds, args.updates, args.check_updates)
-            lines += rows(f"one run, B={batch}", variants)
-            print("\n".join(lines[-len(variants):]), file=sys.stderr, flush=True)
+            lines += measure(f"one run, B={batch}", variants, single_reference(data, args.check_updates), tol, args)
             for k in args.ks:
                 members = make_members(data, k)
                 torch._dynamo.reset()
                 variants = fused_variants(members, args.quick)
-                reference = fused_reference(members, args.check_updates)
-                for v in variants:
-                    check(v, reference, args.check_updates, tol)
-                    print(f"  checked K={k} B={batch} {v.name}: first call {v.first_call_s:.2f} s, max abs {v.max_abs:.1e}", file=sys.stderr, flush=True)
-                time_interleaved(variants, args.rounds, args.updates, args.check_updates)
-                lines += rows(f"fused K={k}, B={batch}", variants)
-                print("\n".join(lines[-len(variants):]), file=sys.stderr, flush=True)
+                lines += measure(f"fused K={k}, B={batch}", variants, fused_reference(members, args.check_updates), tol, args)
     finally:
         if KEPT_CACHE is None:
             shutil.rmtree(INDUCTOR_CACHE, ignore_errors=True)

@@ -25,6 +25,8 @@ import runner.schema  # noqa: F401  (registers the schemas)
 from runner.cli import CONF_DIR  # noqa: F401  (the configs the runner reads; tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
+# How many examples each `-m fuzz` Hypothesis run draws: 150 in CI; HPR_FUZZ_EXAMPLES=1000 for a deeper run.
+FUZZ_EXAMPLES = int(os.environ.get("HPR_FUZZ_EXAMPLES", "150"))
 
 # Small and quiet: one epoch, no progress bar. Tests override what they exercise.
 FAST = ("epochs=1", "progress=false", "device=cpu")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,15 +29,15 @@ from runner.checkpoint_check import ImpossibleCheckpoint, check_checkpoint
 from runner.errors import RunnerError
 from runner.train import build_run, train
 
-from conftest import compose_cfg
+from conftest import FUZZ_EXAMPLES, compose_cfg
 
 # iris, 8 batches of 16 an epoch, a checkpoint every 3 updates: prev.ckpt is inside epoch 2
 # (iteration 15: an order, losses, batch sizes, a best epoch), last.ckpt at its end.
 RUN = ("dataset=iris", "batch_size=16", "epochs=2", "checkpoint_every=3", "optimizer=adam", "scheduler=step")
 COUNTS = ("status", "iterations", "samples_seen", "epochs")
 FEW = settings(max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-# -m fuzz: HPR_FUZZ_EXAMPLES (150 by default) mutations, each a resume in this process.
-MANY = settings(max_examples=int(os.environ.get("HPR_FUZZ_EXAMPLES", "150")), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# -m fuzz: FUZZ_EXAMPLES mutations, each a resume in this process.
+MANY = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
 def interrupted(out: Path) -> None:

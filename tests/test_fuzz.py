@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 import runner.schema as schema
 from runner.sweep import SweepCallback
 
-from conftest import CONF_DIR
+from conftest import CONF_DIR, FUZZ_EXAMPLES
 
 # Tiny options so that an accepted example trains in about a second.
 GROUP_OPTIONS = {
@@ -40,12 +40,11 @@ GROUP_OPTIONS = {
 }
 SMALL = ("epochs=1", "progress=false", "device=cpu", "dataset.n=60", "eval_batch_size=64")
 # Values that are never a valid run length, but must be refused, not allocated or looped over.
-FUZZ_EXAMPLES = int(os.environ.get("HPR_FUZZ_EXAMPLES", "150"))
 HUGE_INTS = (10**15, 2**63, 2**64, -(2**63))
 BAD_TEXT = ("abc", "", "1.5", "[1]", "null", "${oops}", "a b", "'x'", "true")
 
 settings.register_profile("runner-default", max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-# -m fuzz: 150 examples in CI (each a command line run in this process); HPR_FUZZ_EXAMPLES=1000 for a deeper run.
+# -m fuzz: FUZZ_EXAMPLES command lines, each run in this process.
 settings.register_profile("fuzz", max_examples=FUZZ_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
