@@ -35,6 +35,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard.summary import custom_scalars
 
+from runner import tags
 from runner.outcomes import LEDGER_DIR, not_results
 from runner.tbwriter import EventWriter, encode_scalar
 from runner.safefs import open_inside
@@ -68,7 +69,7 @@ EXCLUDED_DIRS = frozenset({"report", AGGREGATE_DIR})
 _SEED_DIR = re.compile(r"seed=(-?\d+)")
 # Tags whose step is a measured time: no two seeds share those steps, so their points are
 # paired by position (the k-th epoch end of every seed) instead of by step.
-_POSITIONAL_PREFIXES = ("by_time_ms/",)
+_POSITIONAL_PREFIXES = (tags.BY_TIME_MS,)
 _STAT_SUFFIXES = ("min", "max", "std")
 _EVENT_GLOB = "events.out.tfevents.*"
 
@@ -367,14 +368,15 @@ def read_scalar_series(run: Path) -> dict[str, Series]:
         run: a directory holding ``events.out.tfevents.*`` files (a run directory).
 
     Returns:
-        Tag → :class:`Series`; empty when there are no event files.
+        Tag (under its present name, :func:`runner.tags.current`) → :class:`Series`; empty
+        when there are no event files.
     """
     merged: dict[str, list[tuple[np.ndarray, ...]]] = {}
     offset = 0
     for path in event_files(run):
         file_chunks = _read_event_file(path)
         for tag, parts in file_chunks.items():
-            merged.setdefault(tag, []).extend((order + offset, *rest) for order, *rest in parts)
+            merged.setdefault(tags.current(tag), []).extend((order + offset, *rest) for order, *rest in parts)
         offset += 1 << 40  # keeps records of a later file after those of an earlier one
     series = {}
     for tag, parts in sorted(merged.items()):
@@ -556,7 +558,7 @@ def write_seed_aggregates(root: Path) -> list[Path]:
 
     For every scalar tag all finished members have, the aggregate run holds ``<tag>``
     (the mean across seeds), ``<tag>/min``, ``<tag>/max`` and ``<tag>/std`` (sample, ddof=1)
-    at each step present in every member; ``by_time_ms/`` tags, whose steps are
+    at each step present in every member; ``vs_time_ms/`` tags, whose steps are
     measured times, pair the seeds' k-th points instead. Diverged and failed seeds are
     left out (and listed in ``aggregate.json``). An existing aggregate is replaced, and
     one whose group no longer qualifies is removed.
@@ -612,19 +614,19 @@ DEFAULT_LAYOUT: LayoutSpec = {
         "loss/train_epoch: mean batch loss during the epoch": ("Multiline", ["loss/train_epoch"]),
     },
     "Loss by samples seen": {
-        "by_samples/loss/train_full (step = samples seen)": ("Multiline", ["by_samples/loss/train_full"]),
+        "vs_samples/loss/train_full (step = samples seen)": ("Multiline", [tags.BY_SAMPLES + tags.LOSS_FULL]),
     },
     "Loss by wall time": {
-        "by_time_ms/loss/train_full (step = training ms)": ("Multiline", ["by_time_ms/loss/train_full"]),
+        "vs_time_ms/loss/train_full (step = training ms)": ("Multiline", [tags.BY_TIME_MS + tags.LOSS_FULL]),
     },
     "Validation": {
         "loss/val": ("Multiline", ["loss/val"]),
-        "acc/val": ("Multiline", ["acc/val"]),
+        "metric/acc/val": ("Multiline", [tags.ACC_VAL]),
     },
     "Overfitting": {
         "loss/train_full and loss/val: the gap between them": ("Multiline", ["loss/train_full", "loss/val"]),
-        "gap/loss: validation − whole-training-set loss": ("Multiline", ["gap/loss"]),
-        "gap/acc: training − validation accuracy": ("Multiline", ["gap/acc"]),
+        "overfit_gap/loss: validation − whole-training-set loss": ("Multiline", [tags.GAP_LOSS]),
+        "overfit_gap/acc: training − validation accuracy": ("Multiline", [tags.GAP_ACC]),
     },
     "Seed bands": {
         "loss/train_full: seed mean, min–max": (
@@ -650,7 +652,7 @@ def _layout_for_torch(tags: LayoutSpec) -> dict[str, dict[str, list]]:
                     raise ValueError(f"margin chart {title!r} needs (value, lower, upper), got {list(chart_tags)}")
                 layout[category][title] = ["Margin", list(chart_tags)]
             else:
-                # Anchored, so "loss/train_full" does not also match "by_samples/loss/train_full".
+                # Anchored, so "loss/train_full" does not also match "vs_samples/loss/train_full".
                 layout[category][title] = ["Multiline", [f"^{re.escape(tag)}$" for tag in chart_tags]]
     return layout
 

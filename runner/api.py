@@ -27,6 +27,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from runner import tags
 from runner.aggregate import find_runs, read_scalar_series, read_summary
 from runner.errors import RunnerError
 
@@ -173,11 +174,7 @@ def _config_columns(run_dir: Path) -> dict[str, Any]:
 
 
 # Series logged against the iteration (runner.epochs.log_segment, runner.instruments.noise).
-ITERATION_TAGS = ("loss/train_iter", "grad_norm", "lr")
-
-
-# The epoch-end scalars again, on the x-axis their prefix names (README's tag table).
-AXIS_PREFIXES = {"by_iteration/": "iteration", "by_samples/": "samples", "by_time_ms/": "time_ms"}
+ITERATION_TAGS = (tags.LOSS_ITER, tags.GRAD_NORM, tags.LR)
 
 
 def axis_of(tag: str) -> str:
@@ -185,7 +182,7 @@ def axis_of(tag: str) -> str:
     milliseconds) or ``epoch``."""
     if tag in ITERATION_TAGS or tag.startswith("noise/"):
         return "iteration"
-    for prefix, axis in AXIS_PREFIXES.items():
+    for axis, prefix in tags.AXIS_PREFIXES.items():
         if tag.startswith(prefix):
             return axis
     return "epoch"
@@ -196,10 +193,11 @@ def load(directory: str | Path) -> Any:
 
     Columns: ``run`` (the run directory relative to ``directory``, ``"."`` for a single run),
     ``status`` (from its summary), ``tag`` (the TensorBoard tag), ``axis`` (what ``step``
-    counts: ``iteration`` for ``loss/train_iter``, ``grad_norm``, ``lr`` and the noise
-    measurements and ``by_iteration/*``; ``samples`` for ``by_samples/*``; ``time_ms`` for
-    ``by_time_ms/*``; ``epoch`` for the epoch-end metrics
-    ``loss/train_full``, ``loss/val``, ``acc/*``...), ``step``, ``value``, ``wall_time``, then the
+    counts: ``iteration`` for ``loss/train_iter``, ``update/grad_norm``, ``lr`` and the noise
+    measurements and ``vs_iteration/*``; ``samples`` for ``vs_samples/*``; ``time_ms`` for
+    ``vs_time_ms/*``; ``epoch`` for the epoch-end metrics
+    ``loss/train_full``, ``loss/val``, ``metric/acc/*``...; runs written before these names
+    are read under them), ``step``, ``value``, ``wall_time``, then the
     run's config as dotted columns (``batch_size``, ``optimizer.lr``, ``model._target_``...),
     equal on every row of a run.
 

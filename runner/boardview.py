@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from runner import tags
+
 EVENT_PREFIX = "events.out.tfevents."
 MULTIRUN_FILE = "multirun.yaml"
 REFRESH_S = 5.0  # TensorBoard itself reloads every 5 s
@@ -38,11 +40,11 @@ REFRESH_S = 5.0  # TensorBoard itself reloads every 5 s
 # comparison (whole training set and validation by samples seen), the same by epoch, and
 # every update's loss. A tag a run did not log (no validation split) is not shown.
 PINNED_TAGS = (
-    "by_samples/loss/train_full",
-    "by_samples/loss/val",
-    "loss/train_full",
-    "loss/val",
-    "loss/train_iter",
+    tags.BY_SAMPLES + tags.LOSS_FULL,
+    tags.BY_SAMPLES + tags.LOSS_VAL,
+    tags.LOSS_FULL,
+    tags.LOSS_VAL,
+    tags.LOSS_ITER,
 )
 # One colour per configuration: TensorBoard groups runs by the regex's capture group, so
 # the configuration (the name without its last ``seed=<k>`` or ``seed_aggregate`` part)

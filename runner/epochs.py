@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from runner import tags
 from runner.loggers import MetricLogger
 from runner.loop import EpochTrace, epoch_order, evaluate, train_one_epoch
 from runner.progress import make_progress
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # Training seconds so far (time in updates, not in evaluation) at epoch 0, 1, …: the
 # HParams "seconds" column (a metric is its tag's last point) and a curve of its own.
-TRAIN_SECONDS_TAG = "time/train_s"
+TRAIN_SECONDS_TAG = tags.TRAIN_SECONDS
 # Tags whose steps or values are wall-clock time: what two runs of one configuration never share.
-TIMED_PREFIXES = ("by_time_ms/", "time/")
+TIMED_PREFIXES = (tags.BY_TIME_MS, "time/")
 
 
 @dataclass
@@ -63,6 +64,13 @@ class TrainState:
     restored_best: bool = False
     initial_metrics: dict[str, float] | None = None  # epoch 0: at the initial weights, before any update
     stop_reason: str | None = None  # "target_reached" (runner.scaling); else the summary derives it
+
+    def __post_init__(self) -> None:
+        # A checkpoint written before the tag renaming holds its metrics under the old tags.
+        for name in ("metrics", "best_metrics", "initial_metrics"):
+            values = getattr(self, name)
+            if values is not None:
+                setattr(self, name, {tags.current(tag): value for tag, value in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,18 +131,18 @@ def _epoch_metrics(run: Any, train_epoch_loss: float | None) -> dict[str, float]
         parts["val"] = evaluate(run.model, run.loss_fn, run.val, run.cfg.eval_batch_size)
     names, tensors = [], []
     for split, (loss, acc) in parts.items():
-        names.append("loss/train_full" if split == "train" else "loss/val")
+        names.append(tags.loss_tag(split))
         tensors.append(loss)
         if acc is not None:
-            names.append(f"acc/{split}")
+            names.append(tags.acc_tag(split))
             tensors.append(acc)
     values = dict(zip(names, torch.stack(tensors).tolist()))
-    epoch_loss = {} if train_epoch_loss is None else {"loss/train_epoch": train_epoch_loss}
+    epoch_loss = {} if train_epoch_loss is None else {tags.LOSS_EPOCH: train_epoch_loss}
     return {**epoch_loss, **values, **generalization_gap(values)}
 
 
 def generalization_gap(metrics: dict[str, float]) -> dict[str, float]:
-    """``gap/loss`` = validation − whole-training-set loss, ``gap/acc`` = training −
+    """``overfit_gap/loss`` = validation − whole-training-set loss, ``overfit_gap/acc`` = training −
     validation accuracy: both grow as the model fits its training samples at the cost of
     unseen ones. Empty without a validation split.
 
@@ -142,10 +150,10 @@ def generalization_gap(metrics: dict[str, float]) -> dict[str, float]:
     gap read back from the event file is exactly the difference of the two curves read back.
     """
     gaps = {}
-    if "loss/val" in metrics:
-        gaps["gap/loss"] = float(np.float32(metrics["loss/val"]) - np.float32(metrics["loss/train_full"]))
-    if "acc/val" in metrics and "acc/train" in metrics:
-        gaps["gap/acc"] = float(np.float32(metrics["acc/train"]) - np.float32(metrics["acc/val"]))
+    if tags.LOSS_VAL in metrics:
+        gaps[tags.GAP_LOSS] = float(np.float32(metrics[tags.LOSS_VAL]) - np.float32(metrics[tags.LOSS_FULL]))
+    if tags.ACC_VAL in metrics and tags.ACC_TRAIN in metrics:
+        gaps[tags.GAP_ACC] = float(np.float32(metrics[tags.ACC_TRAIN]) - np.float32(metrics[tags.ACC_VAL]))
     return gaps
 
 
@@ -154,10 +162,11 @@ def _log_epoch(logger: MetricLogger, metrics: dict[str, float], state: TrainStat
     and the training seconds so far against epoch."""
     logger.log_dict(metrics, step=epoch)
     for name, value in metrics.items():
-        logger.log(f"by_iteration/{name}", value, state.iteration)
-        logger.log(f"by_samples/{name}", value, state.samples)
-        logger.log(f"by_time_ms/{name}", value, round(state.train_seconds * 1000))
-    # Not one of the metrics: on the by_* axes it would be time against itself.
+        by_iteration, by_samples, by_time_ms = tags.on_axes(name)
+        logger.log(by_iteration, value, state.iteration)
+        logger.log(by_samples, value, state.samples)
+        logger.log(by_time_ms, value, round(state.train_seconds * 1000))
+    # Not one of the metrics: on the vs_* axes it would be time against itself.
     logger.log(TRAIN_SECONDS_TAG, state.train_seconds, epoch)
 
 
@@ -165,9 +174,9 @@ def _log_iterations(logger: MetricLogger, steps: np.ndarray, losses: np.ndarray,
     """A segment's per-iteration series, every ``log_every``-th global iteration."""
     keep = steps % log_every == 0
     wall_times = np.asarray(trace.wall_times)[keep]
-    logger.log_series("loss/train_iter", steps[keep], losses[keep], wall_times)
-    logger.log_series("grad_norm", steps[keep], grad_norms[keep], wall_times)
-    logger.log_series("lr", steps[keep], np.asarray(trace.lrs)[keep], wall_times)
+    logger.log_series(tags.LOSS_ITER, steps[keep], losses[keep], wall_times)
+    logger.log_series(tags.GRAD_NORM, steps[keep], grad_norms[keep], wall_times)
+    logger.log_series(tags.LR, steps[keep], np.asarray(trace.lrs)[keep], wall_times)
 
 
 def _run_segment(run: Any, logger: MetricLogger, state: TrainState, source: Any, end: int, progress: Any, stop: StopFlag) -> np.ndarray:
@@ -235,7 +244,7 @@ def _track_best(run: Any, state: TrainState) -> None:
     """Note the epoch when the monitored loss (validation, else whole training set) improved
     on the best so far by more than ``early_stopping_min_delta`` (Keras' rule), and keep a
     copy of its weights when they are to be restored at the end."""
-    monitored = state.metrics.get("loss/val", state.metrics["loss/train_full"])
+    monitored = state.metrics.get(tags.LOSS_VAL, state.metrics[tags.LOSS_FULL])
     if state.best_loss is not None and not monitored < state.best_loss - run.cfg.early_stopping_min_delta:
         return
     state.best_epoch, state.best_loss, state.best_metrics = state.epoch, monitored, dict(state.metrics)
@@ -319,7 +328,7 @@ def run_epochs(
                     break
                 _finish_epoch(run, logger, state)
                 if probe is not None and not state.stop_reason and not probe.on_grid(state.iteration):
-                    if probe.reached(run, logger, state.iteration, state.metrics["loss/train_full"]):
+                    if probe.reached(run, logger, state.iteration, state.metrics[tags.LOSS_FULL]):
                         state.stop_reason = STOP_REASON
                 if out_of_time or state.stop_reason or _no_longer_improving(run, state):
                     break
@@ -358,8 +367,8 @@ def loss_growth(initial: float | None, final: float | None) -> float | None:
 def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
     """The run's ``summary.json`` (without the keys :func:`runner.train.train` adds)."""
     cfg, metrics = run.cfg, state.metrics
-    initial_loss = (state.initial_metrics or {}).get("loss/train_full")
-    growth = loss_growth(initial_loss, metrics.get("loss/train_full"))
+    initial_loss = (state.initial_metrics or {}).get(tags.LOSS_FULL)
+    growth = loss_growth(initial_loss, metrics.get(tags.LOSS_FULL))
     warnings = []
     if growth is not None:
         warnings.append(
@@ -386,22 +395,22 @@ def summary_of(run: Any, state: TrainState) -> dict[str, Any]:
         "lr": run.lr,
         "n_train": len(run.train),
         "n_val": len(run.val) if run.val is not None else 0,
-        "train_loss": _finite_or_none(metrics.get("loss/train_full")),
+        "train_loss": _finite_or_none(metrics.get(tags.LOSS_FULL)),
         "initial_train_loss": _finite_or_none(initial_loss),
         "loss_grew": growth is not None,
         "warnings": warnings,
-        "train_epoch_loss": _finite_or_none(metrics.get("loss/train_epoch")),
-        "val_loss": _finite_or_none(metrics.get("loss/val")),
-        "train_acc": metrics.get("acc/train"),
-        "val_acc": metrics.get("acc/val"),
+        "train_epoch_loss": _finite_or_none(metrics.get(tags.LOSS_EPOCH)),
+        "val_loss": _finite_or_none(metrics.get(tags.LOSS_VAL)),
+        "train_acc": metrics.get(tags.ACC_TRAIN),
+        "val_acc": metrics.get(tags.ACC_VAL),
         "seconds_per_epoch": state.train_seconds / epochs_begun if epochs_begun else None,
         "train_seconds": state.train_seconds,
         "divergence": state.divergence,
         "best_epoch": state.best_epoch,
         "best_loss": _finite_or_none(state.best_loss),
         "stopped_early": state.stopped_early,
-        "gap_loss": _finite_or_none(metrics.get("gap/loss")),
-        "gap_acc": metrics.get("gap/acc"),
+        "gap_loss": _finite_or_none(metrics.get(tags.GAP_LOSS)),
+        "gap_acc": metrics.get(tags.GAP_ACC),
         "best_metrics": state.best_metrics,
         # model.pt holds the best epoch's weights (early_stopping_restore_best), not the last.
         "restored_best": state.restored_best,

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from runner import tags
 from runner.batches import EpochSource, Split
 from runner.losses import Loss
 
@@ -70,7 +71,7 @@ class EpochScheduler:
 
     def step(self, metrics: dict[str, float]) -> None:
         if isinstance(self.scheduler, ReduceLROnPlateau):
-            self.scheduler.step(metrics.get("loss/val", metrics["loss/train_full"]))
+            self.scheduler.step(metrics.get(tags.LOSS_VAL, metrics[tags.LOSS_FULL]))
         else:
             self.scheduler.step()
 

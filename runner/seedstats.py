@@ -32,8 +32,8 @@ FINAL_METRICS: dict[str, str] = {
     "val_acc": "validation accuracy",
     "train_loss": "whole-training-set loss",
     "train_acc": "training accuracy",
-    "gap_loss": "gap/loss (validation − training loss)",
-    "gap_acc": "gap/acc (training − validation accuracy)",
+    "gap_loss": "overfit_gap/loss (validation − training loss)",
+    "gap_acc": "overfit_gap/acc (training − validation accuracy)",
     "best_loss": "best monitored loss",
 }
 CONFIDENCE = 0.95

@@ -1,8 +1,8 @@
 """The HParams experiment every run writes: the swept keys first, the loss first among the metrics.
 
 Without an experiment summary TensorBoard infers one from the sessions it finds: every
-scalar tag becomes a metric (43 of them, each epoch tag again on three ``by_*`` axes) and
-it shows the first five in name order (``acc/...``, ``by_iteration/acc/...``), so the loss
+scalar tag becomes a metric (43 of them, each epoch tag again on three ``vs_*`` axes) and
+it shows the first five in name order (``acc/...``, ``by_iteration/acc/...`` in older runs), so the loss
 had to be ticked by hand. Its hparams backend instead takes the experiment from the first
 run that holds one, so each job writes the same one into its own event file (no
 pseudo-run): the same hyperparameters in the same order, the same short list of metrics.
@@ -21,17 +21,12 @@ from typing import Any, Mapping
 
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
+from runner import tags
 from runner.boardview import MULTIRUN_FILE
 
-# (tag, column title): what a comparison reads, the loss first. No ``by_*`` duplicates:
+# (tag, column title): what a comparison reads, the loss first. No ``vs_*`` duplicates:
 # they end at the same values.
-METRICS = (
-    ("loss/val", "loss/val"),
-    ("loss/train_full", "loss/train_full"),
-    ("acc/val", "acc/val"),
-    ("acc/train", "acc/train"),
-    ("time/train_s", "time/train_s"),  # runner.epochs.TRAIN_SECONDS_TAG: training seconds
-)
+METRICS = tuple((tag, tag) for tag in (tags.LOSS_VAL, tags.LOSS_FULL, tags.ACC_VAL, tags.ACC_TRAIN, tags.TRAIN_SECONDS))
 # Hyperparameters that follow from others, so they differ where those are swept.
 DERIVED = {"batch_size": ("regime", "lr"), "lr_scaling": ("lr",), "optimizer.lr": ("lr",), "optimizer": ("lr",)}
 

@@ -107,8 +107,8 @@ def test_aggregate_is_exactly_the_seed_statistics(sweep):
         members = [read_scalars(agg_dir.parent / f"seed={k}") for k in seeds]
         aggregate = read_scalars(agg_dir)
         tags = set(members[0]).intersection(*members[1:])
-        assert {"loss/train_iter", "loss/train_full", "lr", "by_samples/loss/train_full"} <= tags
-        for tag in tags - {t for t in tags if t.startswith("by_time_ms/")}:
+        assert {"loss/train_iter", "loss/train_full", "lr", "vs_samples/loss/train_full"} <= tags
+        for tag in tags - {t for t in tags if t.startswith("vs_time_ms/")}:
             steps, values = _common(members, tag)
             wide = values.astype(np.float64)
             expected = {
@@ -127,7 +127,7 @@ def test_time_tags_pair_the_kth_epoch_of_each_seed(sweep):
     write_seed_aggregates(sweep)
     members = [read_scalars(sweep / "batch_size=8" / f"seed={k}") for k in (0, 1, 2)]
     aggregate = read_scalars(sweep / "batch_size=8" / AGGREGATE_DIR)
-    tag = "by_time_ms/loss/train_full"
+    tag = "vs_time_ms/loss/train_full"
     steps = np.array([[s for s, _ in m[tag]] for m in members])
     values = np.array([[v for _, v in m[tag]] for m in members], np.float32)
     got = aggregate[tag]
@@ -142,7 +142,7 @@ def test_aggregate_json_lists_members_and_leaves_out_the_diverged_seed(sweep):
     assert info["seeds"] == [0, 1]
     assert info["excluded"] == [{"run": "seed=7", "status": "diverged"}]
     assert info["tags"]["loss/train_full"] == {"points": 3, "first_step": 0, "last_step": 2, "aligned_by": "step"}
-    assert info["tags"]["by_time_ms/loss/train_full"]["aligned_by"].startswith("position")
+    assert info["tags"]["vs_time_ms/loss/train_full"]["aligned_by"].startswith("position")
 
 
 def test_aggregate_json_holds_the_final_metrics_over_seeds(sweep):
@@ -209,13 +209,13 @@ def test_layout_has_the_categories_and_anchored_regexes(tmp_path):
 
     assert regexes("Loss by iteration") == ["^loss/train_iter$"]
     assert regexes("Loss by epoch") == ["^loss/train_full$", "^loss/train_epoch$"]
-    assert regexes("Loss by samples seen") == ["^by_samples/loss/train_full$"]
-    assert regexes("Loss by wall time") == ["^by_time_ms/loss/train_full$"]
-    assert regexes("Validation") == ["^loss/val$", "^acc/val$"]
-    assert regexes("Overfitting") == ["^loss/train_full$", "^loss/val$", "^gap/loss$", "^gap/acc$"]
+    assert regexes("Loss by samples seen") == ["^vs_samples/loss/train_full$"]
+    assert regexes("Loss by wall time") == ["^vs_time_ms/loss/train_full$"]
+    assert regexes("Validation") == ["^loss/val$", "^metric/acc/val$"]
+    assert regexes("Overfitting") == ["^loss/train_full$", "^loss/val$", "^overfit_gap/loss$", "^overfit_gap/acc$"]
     train_full = re.compile(regexes("Loss by epoch")[0])
     assert train_full.search("loss/train_full")
-    for other in ("by_samples/loss/train_full", "loss/train_full/min", "by_iteration/loss/train_full"):
+    for other in ("vs_samples/loss/train_full", "loss/train_full/min", "vs_iteration/loss/train_full"):
         assert not train_full.search(other)
 
     bands = [(s.value, s.lower, s.upper) for chart in categories["Seed bands"].chart for s in chart.margin.series]

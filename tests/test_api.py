@@ -56,10 +56,10 @@ def test_run_returns_the_summary_and_writes_where_the_cli_would(in_tmp):
     epochs = frame[frame.tag == "loss/val"]
     assert list(epochs.step) == [0, 1, 2] and set(epochs.axis) == {"epoch"}
     # The same epoch-end loss on the other axes: each step counts what its axis says.
-    axes = {tag: set(frame[frame.tag == tag].axis) for tag in ("by_iteration/loss/val", "by_samples/loss/val", "by_time_ms/loss/val")}
-    assert axes == {"by_iteration/loss/val": {"iteration"}, "by_samples/loss/val": {"samples"}, "by_time_ms/loss/val": {"time_ms"}}
-    assert list(frame[frame.tag == "by_iteration/loss/val"].step) == [0, 4, 8]
-    assert list(frame[frame.tag == "by_samples/loss/val"].step) == [0, 120, 240]
+    axes = {tag: set(frame[frame.tag == tag].axis) for tag in ("vs_iteration/loss/val", "vs_samples/loss/val", "vs_time_ms/loss/val")}
+    assert axes == {"vs_iteration/loss/val": {"iteration"}, "vs_samples/loss/val": {"samples"}, "vs_time_ms/loss/val": {"time_ms"}}
+    assert list(frame[frame.tag == "vs_iteration/loss/val"].step) == [0, 4, 8]
+    assert list(frame[frame.tag == "vs_samples/loss/val"].step) == [0, 120, 240]
     assert set(frame.axis) <= {"iteration", "samples", "time_ms", "epoch"}
     assert set(frame["model._target_"]) == {"mynets.nets.ResidualMLP"} and set(frame["dataset.name"]) == {"iris"}
     series = read_scalar_series(run_dir)

@@ -266,7 +266,7 @@ def test_hparams_lists_every_run_with_its_metrics(dashboard, driver, shots):
         assert not empty, (row[0], empty, found["headers"])
     # The metrics a comparison reads, ticked in the side pane as a person would (TensorBoard
     # shows only the first few metrics by default).
-    metrics = (("loss/train_full", "train_loss"), ("loss/val", "val_loss"), ("acc/val", "val_acc"))
+    metrics = (("loss/train_full", "train_loss"), ("loss/val", "val_loss"), ("metric/acc/val", "val_acc"))
     wanted = [metric for metric, _ in metrics]
     found = wait_for(lambda: driver.execute_script(SHOW_METRICS, wanted) and (t := table()) and set(wanted) <= set(t["headers"]) and t,
                      f"the metric columns {wanted}", driver)
@@ -288,6 +288,7 @@ return box ? box.value : null;
 """
 FIRST_CARDS = DEEP_ALL + "return deepAll(document, 'scalar-card .heading .name').map(e => e.textContent.replace(/\\s/g, ''));"
 LOSS_CARD = re.compile(r"(^|/)loss/")
+GROUP_TITLES = DEEP_ALL + "return deepAll(document, '.card-group .group-title').map(e => e.textContent.trim());"
 
 
 def configuration(job: Job) -> str:
@@ -304,7 +305,11 @@ def test_the_printed_link_opens_the_comparison_view(dashboard, driver, shots):
     assert wait_for(lambda: driver.execute_script(SMOOTHING), "the smoothing setting", driver) == "0"
     cards = wait_for(lambda: driver.execute_script(FIRST_CARDS), "a card", driver)
     assert LOSS_CARD.search(cards[0]), cards[:5]
-    assert cards[:5] == ["by_samples/loss/train_full", "by_samples/loss/val", "loss/train_full", "loss/val", "loss/train_iter"]
+    assert cards[:5] == ["vs_samples/loss/train_full", "vs_samples/loss/val", "loss/train_full", "loss/val", "loss/train_iter"]
+    # Below the pins, the tag groups in TensorBoard's own order: the loss first (of the two it
+    # opens expanded), the three other x-axes last.
+    groups = wait_for(lambda: driver.execute_script(GROUP_TITLES), "the tag groups", driver)
+    assert groups == ["loss", "lr", "metric", "overfit_gap", "time", "update", "vs_iteration", "vs_samples", "vs_time_ms"], groups
     listed = {r["run"]: r["color"] for r in wait_for(
         lambda: {job.run for job in jobs} <= {r["run"] for r in driver.execute_script(TIME_SERIES_RUNS)}
         and driver.execute_script(TIME_SERIES_RUNS), "every run in the run list", driver)}
@@ -342,7 +347,7 @@ def test_hparams_shows_the_loss_first_without_ticking(dashboard, driver, shots):
     found = wait_for(lambda: (t := driver.execute_script(HPARAMS_TABLE)) and {row[0] for row in t["rows"]} == set(runs) and t,
                      "a table row per run", driver)
     headers = found["headers"]
-    curated = ["loss/val", "loss/train_full", "acc/val", "acc/train", "time/train_s"]
+    curated = ["loss/val", "loss/train_full", "metric/acc/val", "metric/acc/train", "time/train_s"]
     metrics = [h for h in headers if h in curated]
     assert metrics == curated, headers  # all five shown, the loss first, no ticking
     # The swept keys lead the hyperparameters, integers as integers.

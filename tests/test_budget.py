@@ -56,7 +56,7 @@ def test_update_budget_gives_every_batch_size_the_same_updates(batch_size, epoch
     assert summary["iterations"] == 25 and summary["epochs"] == epochs_run
     assert [s for s, _ in logger.scalars["loss/train_iter"]] == list(range(25))
     # the partial last epoch still gets its epoch-level point, at its exact sample count
-    assert logger.scalars["by_samples/loss/train_full"][-1][0] == summary["samples_seen"]
+    assert logger.scalars["vs_samples/loss/train_full"][-1][0] == summary["samples_seen"]
 
 
 def test_time_budget_stops_training_and_records_all_four_units(make_cfg):

@@ -87,7 +87,7 @@ def assert_same_results(got_root: Path, want_root: Path, tol: float = 1e-5) -> N
             assert_close_values(summary[key], expected[key], tol, (name, key))
         scalars, reference = read_scalars(got), read_scalars(want)
         assert set(scalars) == set(reference)
-        for tag in ("loss/train_iter", "lr", "loss/train_full", "loss/val", "acc/val"):
+        for tag in ("loss/train_iter", "lr", "loss/train_full", "loss/val", "metric/acc/val"):
             if tag not in reference:
                 continue
             assert [s for s, _ in scalars[tag]] == [s for s, _ in reference[tag]], (name, tag)

@@ -1,4 +1,4 @@
-"""Overfitting made visible: gap/loss and gap/acc, early stopping's min_delta and restore_best,
+"""Overfitting made visible: overfit_gap/loss and overfit_gap/acc, early stopping's min_delta and restore_best,
 train_size, and the report's best-epoch mark, each against a known answer."""
 
 from __future__ import annotations
@@ -27,21 +27,21 @@ IRIS = ("dataset=iris", "optimizer.lr=0.05")
 def test_gap_is_validation_minus_training_exactly_as_read_back(make_cfg, tmp_path):
     summary = train(make_cfg(*IRIS, "epochs=3", output_dir=tmp_path / "r"))
     tags = read_scalars(tmp_path / "r")
-    steps = [s for s, _ in tags["gap/loss"]]
+    steps = [s for s, _ in tags["overfit_gap/loss"]]
     assert steps == [0, 1, 2, 3]  # epoch 0 (initial weights) and every epoch end
-    for name, (high, low) in {"gap/loss": ("loss/val", "loss/train_full"), "gap/acc": ("acc/train", "acc/val")}.items():
+    for name, (high, low) in {"overfit_gap/loss": ("loss/val", "loss/train_full"), "overfit_gap/acc": ("metric/acc/train", "metric/acc/val")}.items():
         gap = np.array([v for _, v in tags[name]], np.float32)
         # float32 a - b is the exact difference rounded once: what the runner logs.
         want = np.array([v for _, v in tags[high]], np.float32) - np.array([v for _, v in tags[low]], np.float32)
         assert gap.tobytes() == want.tobytes(), name
     assert summary["gap_loss"] == np.float32(summary["val_loss"]) - np.float32(summary["train_loss"])
     assert summary["gap_acc"] == np.float32(summary["train_acc"]) - np.float32(summary["val_acc"])
-    assert "by_iteration/gap/loss" in tags  # on every x-axis, like the other epoch-level scalars
+    assert "vs_iteration/overfit_gap/loss" in tags  # on every x-axis, like the other epoch-level scalars
 
 
 def test_no_gap_without_a_validation_split(make_cfg, tmp_path):
     summary = train(make_cfg(*IRIS, "val_fraction=0", output_dir=tmp_path / "r"))
-    assert not any(tag.startswith("gap/") for tag in read_scalars(tmp_path / "r"))
+    assert not any(tag.startswith("overfit_gap/") for tag in read_scalars(tmp_path / "r"))
     assert summary["gap_loss"] is None and summary["gap_acc"] is None
 
 
@@ -156,7 +156,7 @@ def test_the_overfit_preset_opens_the_gap(tmp_path):
     tags = read_scalars(out)
     val = [v for _, v in tags["loss/val"]]
     train_full = [v for _, v in tags["loss/train_full"]]
-    gap = [v for _, v in tags["gap/loss"]]
+    gap = [v for _, v in tags["overfit_gap/loss"]]
     best = summary["best_epoch"]
     assert summary["n_train"] == 60 and summary["restored_best"]
     assert 1 <= best < 40 and val[best] == min(val)

@@ -62,9 +62,9 @@ def fake_run(
     batch_losses = 2.3 + 0.2 * rng.standard_normal(iterations)
     writer = EventWriter(directory)
     writer.add_scalars(METRIC, np.arange(epochs + 1), full)
-    writer.add_scalars(f"by_samples/{METRIC}", samples, full)
-    writer.add_scalars(f"by_iteration/{METRIC}", updates, full)
-    writer.add_scalars(f"by_time_ms/{METRIC}", ms.astype(np.int64), full)
+    writer.add_scalars(f"vs_samples/{METRIC}", samples, full)
+    writer.add_scalars(f"vs_iteration/{METRIC}", updates, full)
+    writer.add_scalars(f"vs_time_ms/{METRIC}", ms.astype(np.int64), full)
     writer.add_scalars("loss/train_iter", np.arange(iterations), batch_losses)
     writer.close()
     unit, amount = budget or ("epochs", epochs)
@@ -127,15 +127,15 @@ def _value_at(scalars, tag: str, at: float) -> float:
 def expected_findings(root: Path) -> dict:
     """findings.json from the README's definition, computed from the event files."""
     runs = _runs(root)
-    samples = _shared_last(runs, f"by_samples/{METRIC}")
-    updates = _shared_last(runs, f"by_iteration/{METRIC}")
-    points = {"samples": (f"by_samples/{METRIC}", samples)}
+    samples = _shared_last(runs, f"vs_samples/{METRIC}")
+    updates = _shared_last(runs, f"vs_iteration/{METRIC}")
+    points = {"samples": (f"vs_samples/{METRIC}", samples)}
     if updates is None:  # whole-set evaluations share only the start: the per-update batch loss
         points["updates"] = ("loss/train_iter", _shared_last(runs, "loss/train_iter"))
     else:
-        points["updates"] = (f"by_iteration/{METRIC}", updates)
-    end_ms = min(max(s for s, _ in scalars[f"by_time_ms/{METRIC}"]) for members in runs.values() for scalars in members)
-    points["seconds"] = (f"by_time_ms/{METRIC}", end_ms)
+        points["updates"] = (f"vs_iteration/{METRIC}", updates)
+    end_ms = min(max(s for s, _ in scalars[f"vs_time_ms/{METRIC}"]) for members in runs.values() for scalars in members)
+    points["seconds"] = (f"vs_time_ms/{METRIC}", end_ms)
     axes = {}
     for axis, (tag, at) in points.items():
         values = {c: [_value_at(s, tag, at) for s in members] for c, members in runs.items()}
@@ -221,7 +221,7 @@ def test_the_budget_of_a_samples_budget_run_is_the_equal_point(tmp_path):
     samples = found.as_json()["axes"]["samples"]
     assert samples["at"] == 100 and samples["how"].startswith("the budget: every run trained for 100 samples")
     for config in CONFIGS:
-        final = read_scalars(root / config)[f"by_samples/{METRIC}"][-1][1]
+        final = read_scalars(root / config)[f"vs_samples/{METRIC}"][-1][1]
         assert samples["values"][config] == {"mean": pytest.approx(final), "low": None, "high": None, "n": 1}
     assert "Budget: 100 samples (`budget=samples`) per run." in text
     assert "`batch_size=8` " in _bullet(text, "At equal samples") and "(at 104 samples)" in _bullet(text, "At equal samples")

@@ -52,7 +52,7 @@ def assert_same_run(out: Path, reference: Path) -> None:
     steps = [s for s, _ in got["loss/train_iter"]]
     assert steps == list(range(TOTAL))  # every step exactly once
     assert got["loss/train_iter"] == want["loss/train_iter"]  # bit for bit
-    for tag in ("loss/train_full", "loss/val", "acc/val", "by_samples/loss/train_full", "grad_norm", "lr"):
+    for tag in ("loss/train_full", "loss/val", "metric/acc/val", "vs_samples/loss/train_full", "update/grad_norm", "lr"):
         assert got[tag] == want[tag], tag
     weights, ref_weights = (torch.load(p / "model.pt", weights_only=True) for p in (out, reference))
     assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights)

@@ -87,7 +87,7 @@ def test_a_single_run_stops_at_the_first_grid_point_at_its_target(make_cfg, tmp_
 
     overrides = ("dataset=linreg", "dataset.d=1", "dataset.n=40", "model=linear", "loss=mse", "val_fraction=0", "batch_size=8", "optimizer.lr=0.05", "epochs=30")
     free = train(make_cfg(*overrides, output_dir=tmp_path / "free"))
-    logged = read_scalars(tmp_path / "free")["by_iteration/loss/train_full"]
+    logged = read_scalars(tmp_path / "free")["vs_iteration/loss/train_full"]
     target = logged[len(logged) // 2][1] * 1.0001  # reached at an epoch end, mid-run
     summary = train(make_cfg(*overrides, f"scaling.target={target}", output_dir=tmp_path / "study"))
     series = read_scalars(tmp_path / "study")[TAG]

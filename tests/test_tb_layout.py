@@ -150,7 +150,7 @@ def test_tensorboard_lists_runs_and_infers_which_hparams_differ(gd_compare, tmp_
         # The experiment every run writes (no inference): the swept values as a discrete
         # domain, integers as text (the HParams tab prints numbers as 0.0000), the curated metrics.
         assert infos["seed"]["domainDiscrete"] == ["0", "1"] and infos["experiment"]["type"] == "DATA_TYPE_STRING"
-        assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["loss/val", "loss/train_full", "acc/val", "acc/train", TRAIN_SECONDS_TAG]
+        assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["loss/val", "loss/train_full", "metric/acc/val", "metric/acc/train", TRAIN_SECONDS_TAG]
         # ... and the HParams dashboard shows those columns first.
         assert {info["name"] for info in experiment["hparamInfos"][:3]} == differs
         groups = _request(port, "/data/plugin/hparams/session_groups", {"experimentName": "", "startIndex": 0, "sliceSize": 100, "allowedStatuses": ["STATUS_SUCCESS"]})
@@ -204,7 +204,7 @@ def test_training_seconds_are_logged_each_epoch_and_are_the_last_hparams_metric(
     acc.Reload()
     content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.EXPERIMENT_TAG]
     experiment = hparams_metadata.parse_experiment_plugin_data(content)
-    assert [m.name.tag for m in experiment.metric_infos] == ["loss/val", "loss/train_full", "acc/val", "acc/train", TRAIN_SECONDS_TAG]
+    assert [m.name.tag for m in experiment.metric_infos] == ["loss/val", "loss/train_full", "metric/acc/val", "metric/acc/train", TRAIN_SECONDS_TAG]
 
 
 # --------------------------------------------------------------------------- pieces

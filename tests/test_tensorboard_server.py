@@ -197,7 +197,7 @@ def test_the_printed_query_is_what_tensorboard_reads():
     # The deep-link reader keeps a card with a string plugin and tag and no run (a multi-run plugin).
     cards = json.loads(query["pinnedCards"])
     assert cards == [{"plugin": "scalars", "tag": tag} for tag in PINNED_TAGS]
-    assert cards[0]["tag"] == "by_samples/loss/train_full" and cards[-1]["tag"] == "loss/train_iter"
+    assert cards[0]["tag"] == "vs_samples/loss/train_full" and cards[-1]["tag"] == "loss/train_iter"
 
 
 def test_the_links_are_made_outside_the_runs_and_removed(tmp_path):

@@ -135,7 +135,7 @@ def test_grad_norm_is_the_norm_of_the_gradient_each_update_used(make_cfg):
     expected = math.sqrt(sum(float((p.grad**2).sum()) for p in reference.parameters()))
     logger = MemoryLogger()
     fit(run, logger)
-    assert logger.scalars["grad_norm"][0][1] == pytest.approx(expected, rel=1e-5)
+    assert logger.scalars["update/grad_norm"][0][1] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop", "adagrad", "lars"])
@@ -180,19 +180,19 @@ def test_run_directory_contract(make_cfg, tmp_path):
     scalars = read_scalars(out)
     assert [s for s, _ in scalars["loss/train_iter"]] == list(range(2 * ipe))
     assert [s for s, _ in scalars["lr"]] == list(range(2 * ipe))
-    assert [s for s, _ in scalars["grad_norm"]] == list(range(2 * ipe))
+    assert [s for s, _ in scalars["update/grad_norm"]] == list(range(2 * ipe))
     # Evaluations start at epoch 0 (the initial weights, at iteration, sample and time 0);
     # the mean of an epoch's batch losses exists from epoch 1.
-    for tag in ("loss/train_epoch", "loss/train_full", "loss/val", "acc/train", "acc/val"):
+    for tag in ("loss/train_epoch", "loss/train_full", "loss/val", "metric/acc/train", "metric/acc/val"):
         first = 1 if tag == "loss/train_epoch" else 0
         assert [s for s, _ in scalars[tag]] == [0, 1, 2][first:], tag
-        assert [s for s, _ in scalars[f"by_iteration/{tag}"]] == [0, ipe, 2 * ipe][first:]
-        assert [s for s, _ in scalars[f"by_samples/{tag}"]] == [0, 120, 240][first:]
-        assert len(scalars[f"by_time_ms/{tag}"]) == 3 - first
-        assert first == 1 or scalars[f"by_time_ms/{tag}"][0][0] == 0
+        assert [s for s, _ in scalars[f"vs_iteration/{tag}"]] == [0, ipe, 2 * ipe][first:]
+        assert [s for s, _ in scalars[f"vs_samples/{tag}"]] == [0, 120, 240][first:]
+        assert len(scalars[f"vs_time_ms/{tag}"]) == 3 - first
+        assert first == 1 or scalars[f"vs_time_ms/{tag}"][0][0] == 0
     assert scalars["loss/train_full"][0][1] == pytest.approx(summary["initial_train_loss"], rel=1e-6)
     assert scalars["loss/train_full"][-1][1] == pytest.approx(summary["train_loss"], rel=1e-6)
-    assert scalars["acc/val"][-1][1] == pytest.approx(summary["val_acc"], rel=1e-6)
+    assert scalars["metric/acc/val"][-1][1] == pytest.approx(summary["val_acc"], rel=1e-6)
 
     on_disk = json.loads((out / "summary.json").read_text())
     for key in ("status", "epochs", "iterations", "iterations_per_epoch", "samples_seen", "train_loss", "val_loss",
@@ -211,7 +211,7 @@ def test_regression_run_has_no_accuracy(make_cfg, tmp_path):
     summary = train(make_cfg(*LINREG_103, "val_fraction=0.2", output_dir=tmp_path / "r"))
     assert summary["train_acc"] is None and summary["val_acc"] is None
     scalars = read_scalars(tmp_path / "r")
-    assert "acc/train" not in scalars and "loss/val" in scalars
+    assert "metric/acc/train" not in scalars and "loss/val" in scalars
 
 
 def test_val_fraction_zero_turns_validation_off(make_cfg, tmp_path):
@@ -251,7 +251,7 @@ def test_divergence_stops_at_the_first_non_finite_loss(make_cfg, tmp_path, check
     assert summary["status"] == "diverged" and summary["divergence"]["iteration"] == first
     assert summary["iterations"] == first + 1 and summary["samples_seen"] == first + 1
     scalars = read_scalars(out)
-    for tag in ("loss/train_iter", "grad_norm", "lr"):
+    for tag in ("loss/train_iter", "update/grad_norm", "lr"):
         assert [s for s, _ in scalars[tag]] == list(range(first + 1)), tag
     losses = [v for _, v in scalars["loss/train_iter"]]
     assert all(math.isfinite(v) for v in losses[:-1]) and not math.isfinite(losses[-1])
@@ -264,7 +264,7 @@ def test_grad_clip_caps_the_update_but_logs_the_raw_norm(make_cfg):
     fit(run, logger)
     step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(run.model.parameters(), before)))
     assert float(step) == pytest.approx(0.01, rel=1e-4)  # lr 1 x clipped norm 0.01
-    assert logger.scalars["grad_norm"][0][1] > 0.01  # the logged norm is the unclipped one
+    assert logger.scalars["update/grad_norm"][0][1] > 0.01  # the logged norm is the unclipped one
 
 
 def test_early_stopping_keeps_the_best_epoch(make_cfg, tmp_path):

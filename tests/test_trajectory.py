@@ -209,7 +209,7 @@ def test_noise_report_marks_the_batch_sizes_against_the_measured_critical_batch_
     for b in (1, 4, "full"):
         scalars = read_scalars(tmp_path / "sweep" / f"b{b}")
         steps, values = zip(*scalars["noise/b_simple"])
-        loss_steps, loss_values = zip(*scalars["by_iteration/loss/train_full"])
+        loss_steps, loss_values = zip(*scalars["vs_iteration/loss/train_full"])
         curves.append((np.interp(steps, loss_steps, loss_values), np.asarray(values)))
     level = float(np.median([losses.min() for losses, _ in curves]))
     at = []
@@ -238,7 +238,7 @@ def test_critical_batch_size_compares_runs_at_equal_training_loss():
         def __init__(self, steps, b_simple, loss_steps, losses):
             self.scalars = {
                 "noise/b_simple": Series(np.asarray(steps), np.asarray(b_simple, dtype=np.float32), np.zeros(len(steps))),
-                "by_iteration/loss/train_full": Series(np.asarray(loss_steps), np.asarray(losses, dtype=np.float32), np.zeros(len(loss_steps))),
+                "vs_iteration/loss/train_full": Series(np.asarray(loss_steps), np.asarray(losses, dtype=np.float32), np.zeros(len(loss_steps))),
             }
 
     once = Record([0], [48.0], [0, 10], [2.0, 1.0])

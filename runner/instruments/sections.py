@@ -17,6 +17,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from runner import tags
 from runner.instruments.trajectory import TRAJECTORY_FILE, PathLine, Trajectory, draw, plane_note, png_bytes
 from runner.safefs import save_figure
 
@@ -47,7 +48,7 @@ def _colors(count: int) -> list[Any]:
 
 
 # --------------------------------------------------------------------------- noise
-LOSS_TAG = "by_iteration/loss/train_full"  # the whole-training-set loss against the update (epoch 0 and epoch ends)
+LOSS_TAG = tags.BY_ITERATION + tags.LOSS_FULL  # the whole-training-set loss against the update (epoch 0 and epoch ends)
 
 
 def loss_at_measurements(record: Any) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from runner import tags
 from runner.checkpoint import CheckpointWriter
 from runner.epochs import (
     StopFlag,
@@ -130,16 +131,16 @@ class FusedGroup:
         names, tensors = [], []
         for split, data in self.eval_splits.items():
             loss, acc = stacked_evaluate(self.model, ref.loss_fn, data, ref.cfg.eval_batch_size)
-            names.append("loss/train_full" if split == "train" else "loss/val")
+            names.append(tags.loss_tag(split))
             tensors.append(loss)
             if acc is not None:
-                names.append(f"acc/{split}")
+                names.append(tags.acc_tag(split))
                 tensors.append(acc)
         table = torch.stack(tensors, dim=1).tolist()  # (K, metrics)
         out = []
         for row, epoch_loss in zip(table, train_epoch_losses):
             values = dict(zip(names, row))
-            head = {} if epoch_loss is None else {"loss/train_epoch": epoch_loss}
+            head = {} if epoch_loss is None else {tags.LOSS_EPOCH: epoch_loss}
             out.append({**head, **values, **generalization_gap(values)})
         return out
 
@@ -325,7 +326,7 @@ def _at_target(probe: Any, member: Member) -> bool:
     if probe is None:
         return False
     if not state.stop_reason and not probe.on_grid(state.iteration):
-        if probe.reached(member.run, member.logger, state.iteration, state.metrics["loss/train_full"]):
+        if probe.reached(member.run, member.logger, state.iteration, state.metrics[tags.LOSS_FULL]):
             state.stop_reason = STOP_REASON
     return state.stop_reason == STOP_REASON
 

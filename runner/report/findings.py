@@ -8,7 +8,7 @@ extrapolated (:func:`equal_point`):
    same amount, that amount, and each run's last evaluation (the one where the budget ran out;
    a samples budget stops at the first update that reaches it, so within one batch above);
 2. **a shared point** (samples, updates): the largest value above 0 that every run logged on
-   the axis's series (``by_samples/loss/train_full``, ``by_iteration/loss/train_full``);
+   the axis's series (``vs_samples/loss/train_full``, ``vs_iteration/loss/train_full``);
 3. otherwise, for **updates**: the largest update every run logged on ``loss/train_iter``: the
    loss of the batch that update was computed from, at the weights after that many updates
    (full-batch runs evaluate once per update, SGD once per 1438: their whole-set evaluations
@@ -32,14 +32,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from runner import tags
 from runner.aggregate import Series
 from runner.report.records import Labels, RunRecord
 from runner.safefs import open_inside
 from runner.seedstats import ALPHA, TOO_FEW, Comparison, Spread, compare, spread
 
-METRIC = "loss/train_full"
+METRIC = tags.LOSS_FULL
 FINDINGS_FILE = "findings.json"
-BATCH_LOSS_TAG = "loss/train_iter"
+BATCH_LOSS_TAG = tags.LOSS_ITER
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,9 @@ class Axis:
 
 
 AXES: tuple[Axis, ...] = (
-    Axis("samples", f"by_samples/{METRIC}", "samples", "samples", "At equal samples"),
-    Axis("updates", f"by_iteration/{METRIC}", "updates", "updates", "At equal updates", fallback=BATCH_LOSS_TAG),
-    Axis("seconds", f"by_time_ms/{METRIC}", "seconds", "s", "At equal training time", scale=1e-3, shared=False),
+    Axis("samples", tags.BY_SAMPLES + METRIC, "samples", "samples", "At equal samples"),
+    Axis("updates", tags.BY_ITERATION + METRIC, "updates", "updates", "At equal updates", fallback=BATCH_LOSS_TAG),
+    Axis("seconds", tags.BY_TIME_MS + METRIC, "seconds", "s", "At equal training time", scale=1e-3, shared=False),
 )
 
 

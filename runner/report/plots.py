@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+from runner import tags
 from runner.aggregate import Series, align_series, is_positional
 from runner.safefs import save_figure
 from runner.report.records import LOSS_GREW, Labels, RunRecord, compact_ints, problem_suffix
@@ -61,7 +62,7 @@ class PlotSpec:
     # Seed bands: the spread of an epoch-level curve across seeds is informative; the
     # min-max of per-sample batch losses is only noise (and touches 0, off a log axis).
     bands: bool = True
-    # A difference of losses (gap/loss) crosses 0 and is read on a linear axis.
+    # A difference of losses (overfit_gap/loss) crosses 0 and is read on a linear axis.
     log_y: bool = True
     ylabel: str = ""  # instead of the loss's name or "accuracy"
     # A second tag drawn dotted in the same colour, the space between the two shaded.
@@ -82,20 +83,20 @@ PLOTS: tuple[PlotSpec, ...] = (
     ),
     PlotSpec(
         "loss_vs_samples",
-        "by_samples/loss/train_full",
+        tags.BY_SAMPLES + tags.LOSS_FULL,
         "Whole-training-set loss vs samples seen",
         "training samples seen",
         integer_x=True,
     ),
     PlotSpec(
         "loss_vs_time",
-        "by_time_ms/loss/train_full",
+        tags.BY_TIME_MS + tags.LOSS_FULL,
         "Whole-training-set loss vs training time",
         "training time (s, evaluation excluded)",
         x_scale=1e-3,
     ),
     PlotSpec("val_loss_vs_epoch", "loss/val", "Validation loss at each epoch end", "epoch", integer_x=True),
-    PlotSpec("val_acc_vs_epoch", "acc/val", "Validation accuracy at each epoch end", "epoch", is_loss=False, integer_x=True),
+    PlotSpec("val_acc_vs_epoch", tags.ACC_VAL, "Validation accuracy at each epoch end", "epoch", is_loss=False, integer_x=True),
     PlotSpec(
         "train_vs_val_loss",
         "loss/val",
@@ -107,12 +108,12 @@ PLOTS: tuple[PlotSpec, ...] = (
     ),
     PlotSpec(
         "gap_loss_vs_epoch",
-        "gap/loss",
+        tags.GAP_LOSS,
         "Generalization gap: validation loss − whole-training-set loss at each epoch end",
         "epoch",
         integer_x=True,
         log_y=False,
-        ylabel="gap/loss (validation − training)",
+        ylabel="overfit_gap/loss (validation − training)",
     ),
 )
 
@@ -335,7 +336,7 @@ def _draw_companion(ax: Any, spec: PlotSpec, line: Line, curve: Curve) -> None:
 
 
 # The epoch-axis plots that mark a single run's best epoch (runner.epochs._track_best).
-BEST_EPOCH_TAGS = ("loss/val", "gap/loss")
+BEST_EPOCH_TAGS = (tags.LOSS_VAL, tags.GAP_LOSS)
 
 
 def _draw_raw(ax: Any, curve: Curve, color: Any) -> None:
