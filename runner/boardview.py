@@ -81,14 +81,22 @@ def sweep_root(run: Path) -> Path | None:
     return None
 
 
+# A sweep with neither a preset nor a name of its own (Hydra's dated directory): ``sweep@<time>``.
+UNNAMED_SWEEP = "sweep"
+
+
 def sweep_label(root: Path) -> str:
-    """A sweep's name: its experiment preset (``gd_compare``), else its directory's name."""
+    """A sweep's name: its experiment preset (``gd_compare``), else its directory's name, or
+    :data:`UNNAMED_SWEEP` for Hydra's dated one (its 26 characters would fill the width
+    TensorBoard gives a run's name, and HParams' Trial ID column, before the swept keys)."""
     try:
         config = yaml.safe_load((root / MULTIRUN_FILE).read_text(encoding="utf-8")) or {}
         experiment = config.get("hydra", {}).get("runtime", {}).get("choices", {}).get("experiment")
     except (OSError, yaml.YAMLError, AttributeError):
         experiment = None
-    return str(experiment) if experiment else root.name
+    if experiment:
+        return str(experiment)
+    return UNNAMED_SWEEP if _STAMP.search(root.name) else root.name
 
 
 def _stamp(root: Path, with_date: bool) -> str:
@@ -101,13 +109,14 @@ def _stamp(root: Path, with_date: bool) -> str:
 
 
 def _sweep_labels(roots: list[Path]) -> dict[Path, str]:
-    """Each sweep's label, told apart by its start time (as short as it can be) where two share one."""
+    """Each sweep's label, told apart by its start time (as short as it can be) where two
+    share one; an unnamed sweep always carries its start time."""
     by_label: dict[str, list[Path]] = {}
     for root in roots:
         by_label.setdefault(sweep_label(root), []).append(root)
     labels = {}
     for label, same in by_label.items():
-        if len(same) == 1:
+        if len(same) == 1 and label != UNNAMED_SWEEP:
             labels[same[0]] = label
             continue
         for with_date in (False, True):
@@ -145,7 +154,8 @@ def run_names(logdir: Path) -> dict[str, Path]:
 
     A job of a sweep is ``<experiment or sweep name>/<its path in the sweep>``
     (``gd_compare/batch_size=8/seed=1``); two sweeps of one experiment add their start time
-    (``gd_compare@13-10-44/…``); a run outside any sweep is its directory's last part, with
+    (``gd_compare@13-10-44/…``), as does a sweep without a preset in Hydra's dated directory
+    (``sweep@13-10-44/…``); a run outside any sweep is its directory's last part, with
     parents added only where two would share a name.
     """
     logdir = Path(logdir).resolve()

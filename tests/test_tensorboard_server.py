@@ -157,6 +157,8 @@ def test_runs_are_named_by_experiment_and_swept_keys_and_two_sweeps_are_told_apa
     first = _fake_sweep(out / "sweeps" / "2026-12-04_11-34-33-989570", "gd_compare", jobs)
     _fake_sweep(out / "sweeps" / "2026-12-04_12-00-01-000001", "gd_compare", ["batch_size=1"])
     _fake_sweep(out / "sweeps" / "2026-12-05_09-00-00-000000", None, ["optimizer=adam"])
+    _fake_sweep(out / "sweeps" / "2026-12-06_09-00-00-000000", None, ["optimizer=sgd"])  # same time, next day
+    _fake_sweep(out / "my_study", None, ["lr=0.1"])  # named by the user (hydra.sweep.dir)
     _fake_run(out / "runs" / "2026-12-04_10-00-00-000000")
     _fake_run(out / "runs" / "2026-12-04_10-00-00-000000" / ".attempts" / "1")  # hidden: no run
     _fake_run(out / "old" / "a" / "run1")
@@ -166,13 +168,16 @@ def test_runs_are_named_by_experiment_and_swept_keys_and_two_sweeps_are_told_apa
     assert names == {
         **{f"gd_compare@11-34-33/{job}": first / job for job in jobs},
         "gd_compare@12-00-01/batch_size=1": out / "sweeps" / "2026-12-04_12-00-01-000001" / "batch_size=1",
-        "2026-12-05_09-00-00-000000/optimizer=adam": out / "sweeps" / "2026-12-05_09-00-00-000000" / "optimizer=adam",
+        "sweep@12-05_09-00-00/optimizer=adam": out / "sweeps" / "2026-12-05_09-00-00-000000" / "optimizer=adam",
+        "sweep@12-06_09-00-00/optimizer=sgd": out / "sweeps" / "2026-12-06_09-00-00-000000" / "optimizer=sgd",
+        "my_study/lr=0.1": out / "my_study" / "lr=0.1",
         "2026-12-04_10-00-00-000000": out / "runs" / "2026-12-04_10-00-00-000000",
         "a/run1": out / "old" / "a" / "run1",
         "b/run1": out / "old" / "b" / "run1",
     }
     # One sweep on its own: the experiment and the swept keys; a run on its own: its name, never ".".
     assert set(run_names(first)) == {f"gd_compare/{job}" for job in jobs}
+    assert set(run_names(out / "sweeps" / "2026-12-05_09-00-00-000000")) == {"sweep@09-00-00/optimizer=adam"}
     assert set(run_names(first / "batch_size=8" / "seed=1")) == {"gd_compare/batch_size=8/seed=1"}
     assert set(run_names(out / "runs" / "2026-12-04_10-00-00-000000")) == {"2026-12-04_10-00-00-000000"}
     # The two gd_compare sweeps differ within the first 20 characters (the run list's visible width).
