@@ -45,7 +45,7 @@ from runner.memory import OutOfMemory, release_device_memory
 from runner.rundir import DiskFull, RunDirRefused
 from runner.sweep import check_search_space
 from runner.train import Run, build_run, record_failure, train
-from runner.validate import nearest_keys
+from runner.validate import unknown_key_allowed
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,8 @@ def _unknown_key(err: BaseException, overrides: list[str]) -> ConfigError | None
         chosen = _given("hydra/launcher", overrides)
         launcher = f"hydra/launcher={chosen}" if chosen else f"the launcher ({cause.object_type.__name__})"
         return ConfigError(key, _given(key, overrides), preflight.launcher_keys_allowed(key, fields, launcher))
-    return ConfigError(key, _given(key, overrides), f"a key of the schema: {nearest_keys(key.rsplit('.', 1)[-1], fields)}")
+    given = _given(key, overrides)
+    return ConfigError(key, given, unknown_key_allowed(key, fields, given))
 
 
 def _missing_option(err: BaseException, overrides: list[str]) -> ConfigError | None:

@@ -100,11 +100,49 @@ def check_keys(cfg: DictConfig) -> None:
         _check_node_keys(cfg[group], f"{group}.", schema, extra_ok=schema is CustomModelConfig)
 
 
+def options_with_key(group: str, key: str) -> list[str]:
+    """The options of ``conf/<group>/`` whose schema has ``key`` (``betas``: adam, adamw)."""
+    import yaml
+
+    from runner.cli import CONF_DIR  # only on the error path: cli imports this module
+    from runner.schema import _SCHEMAS
+
+    found = []
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        defaults = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("defaults") or []
+        names = [d.split("/schema_", 1)[1].split("@", 1)[0] for d in defaults if isinstance(d, str) and "/schema_" in d]
+        if any(key in {f.name for f in dataclasses.fields(_SCHEMAS[n])} for n in names if n in _SCHEMAS):
+            found.append(path.stem)
+    return found
+
+
+def unknown_key_allowed(full_key: str, fields: list[str], value: Any = "...") -> str:
+    """What is allowed instead of an unknown key (``optimizer.betas`` under sgd): the options
+    of its group that have it, else the nearest spelling among ``fields``."""
+    group, _, key = full_key.rpartition(".")
+    elsewhere = options_with_key(group, key) if group in GROUPS else []
+    if not elsewhere:
+        return f"a key of the schema: {nearest_keys(key, fields)}"
+    settable = ", ".join(sorted(f for f in fields if f != "_target_"))
+    options = elsewhere[0] if len(elsewhere) == 1 else f"{', '.join(elsewhere[:-1])} or {elsewhere[-1]}"
+    example = key if key in elsewhere else elsewhere[0]  # optimizer=momentum for optimizer.momentum
+    return (f"a key of the {group} chosen ({settable}); {key} is a key of {group}={options}: "
+            f"choose one, e.g. {group}={example} {full_key}={_as_override(value)}")
+
+
+def _as_override(value: Any) -> str:
+    """A value as it is typed on the command line: ``[0.9,0.99]``, without the spaces a shell splits."""
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return "[" + ",".join(_as_override(v) for v in value) + "]"
+    return str(value)
+
+
 def _check_node_keys(node: DictConfig, prefix: str, schema: type, extra_ok: bool = False) -> None:
     fields = [f.name for f in dataclasses.fields(schema)]
     for key in node:
         if key not in fields and not extra_ok:
-            raise ConfigError(f"{prefix}{key}", node._get_node(key)._value(), f"a key of the schema: {nearest_keys(str(key), fields)}")
+            value = node._get_node(key)._value()
+            raise ConfigError(f"{prefix}{key}", value, unknown_key_allowed(f"{prefix}{key}", fields, value))
     for key in fields:
         if OmegaConf.is_missing(node, key):
             raise ConfigError(f"{prefix}{key}", None, "a value: it has no default")

@@ -259,6 +259,27 @@ HELPFUL_REFUSALS = [
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number, e.g. 0.01 or 1e-3"),
     (["epochs=many"], "epochs='many' is not allowed: a whole number"),
     (["optimizer.learning_rate=1"], "optimizer.learning_rate='1' is not allowed: a key of the schema: did you mean lr? (python -m runner --help lists every key)"),
+    # A key of another option of the group: that option named, with the override to type.
+    (
+        ["optimizer.betas=[0.9,0.99]"],
+        "optimizer.betas='[0.9,0.99]' is not allowed: a key of the optimizer chosen (dampening, lr, momentum, nesterov, "
+        "weight_decay); betas is a key of optimizer=adam or adamw: choose one, e.g. optimizer=adam optimizer.betas=[0.9,0.99]",
+    ),
+    (
+        ["+optimizer.betas=[0.9,0.99]"],  # + adds the key: refused after composing, the same way
+        "optimizer.betas=[0.9, 0.99] is not allowed: a key of the optimizer chosen (dampening, lr, momentum, nesterov, "
+        "weight_decay); betas is a key of optimizer=adam or adamw: choose one, e.g. optimizer=adam optimizer.betas=[0.9,0.99]",
+    ),
+    (
+        ["optimizer=adam", "optimizer.momentum=0.9"],
+        "optimizer.momentum='0.9' is not allowed: a key of the optimizer chosen (amsgrad, betas, eps, lr, weight_decay); "
+        "momentum is a key of optimizer=lars, momentum, nesterov, rmsprop or sgd: choose one, e.g. optimizer=momentum optimizer.momentum=0.9",
+    ),
+    (
+        ["scheduler=cosine", "scheduler.gamma=0.5"],
+        "scheduler.gamma='0.5' is not allowed: a key of the scheduler chosen (eta_min, interval); gamma is a key of "
+        "scheduler=exponential or step: choose one, e.g. scheduler=exponential scheduler.gamma=0.5",
+    ),
     (["optimizer.lr=a;b"], "the override 'optimizer.lr=a;b' cannot be parsed: quote it like this: 'optimizer.lr=\"a;b\"'"),
     (["dataset=file", "dataset.path=x&y(1).csv"], "the override 'dataset.path=x&y(1).csv' cannot be parsed: quote it like this: 'dataset.path=\"x&y(1).csv\"'"),
     (["optimizer.lr=a\udcffb"], "the override 'optimizer.lr=a\\udcffb' cannot be parsed: it is not UTF-8 text; values and keys must be UTF-8"),
