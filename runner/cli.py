@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
-from runner import outcomes, preflight
+from runner import compose_cache, outcomes, preflight
 from runner.errors import ConfigError, RunnerError, print_error
 from runner.cluster import check_slurm_reachable, join_ray_cluster
 from runner.extras import missing_extra
@@ -273,6 +273,23 @@ def _given(key: str, overrides: list[str]) -> str | None:
     return given[-1] if given else None
 
 
+def _mode_as_hydra_picks(app: Hydra, config_name: str, args: Any) -> tuple[RunMode, list[str]]:
+    """Run or multirun, and the overrides Hydra composes with, as ``hydra._internal.utils._run_app``
+    decides them (it adds ``hydra.mode=...`` where the config does not set it), so the
+    composition checked here is the one Hydra runs (and :mod:`runner.compose_cache` can answer it)."""
+    detected = app.get_mode(config_name=config_name, overrides=args.overrides)
+    overrides = list(args.overrides)
+    if detected is None:
+        mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
+        overrides.append(f"hydra.mode={mode.name}")
+    elif args.multirun and detected == RunMode.RUN:
+        mode = RunMode.MULTIRUN
+        overrides.append("hydra.mode=MULTIRUN")
+    else:
+        mode = detected
+    return mode, overrides
+
+
 def _preflight(args: Any, session: distributed.Session | None = None) -> None:
     """Compose the command line as Hydra will and check it; for a single run, also build it
     (under torchrun: as this rank trains it)."""
@@ -289,10 +306,10 @@ def _preflight(args: Any, session: distributed.Session | None = None) -> None:
         check_group_paths(args.overrides)
         app = Hydra.create_main_hydra2(task_name=detect_task_name(calling_file, calling_module), config_search_path=search_path)
         config_name = args.config_name or "config"
-        multirun = args.multirun or app.get_mode(config_name=config_name, overrides=args.overrides) == RunMode.MULTIRUN
-        mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+        mode, overrides = _mode_as_hydra_picks(app, config_name, args)
+        multirun = mode == RunMode.MULTIRUN
         try:
-            cfg = app.compose_config(config_name, args.overrides, run_mode=mode, with_log_configuration=False)
+            cfg = app.compose_config(config_name, overrides, run_mode=mode, with_log_configuration=False)
         except (ValueError, TypeError) as err:  # Hydra's defaults list: a group given a number (``scaling=1.5``, ``scaling=[1]``)
             raise _group_value(overrides=args.overrides) or RunnerError(str(err).splitlines()[0]) from None
         except (HydraException, OmegaConfBaseException) as err:
@@ -335,7 +352,8 @@ def run_cli(argv: list[str]) -> int:
     """
     args = get_args_parser().parse_known_args(argv)[0]
     if args.help or args.hydra_help:
-        return _hydra_cli(argv)
+        with compose_cache.listing():
+            return _hydra_cli(argv)
     try:
         session = distributed.join()
     except RunnerError as err:
@@ -344,7 +362,8 @@ def run_cli(argv: list[str]) -> int:
     try:
         error = None
         try:
-            _preflight(args, session)
+            with compose_cache.recording():
+                _preflight(args, session)
         except RunnerError as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1" and session is None:
                 raise
@@ -364,7 +383,8 @@ def run_cli(argv: list[str]) -> int:
             return distributed.follow(run, session)
         code = 1
         try:
-            code = _hydra_cli(argv)
+            with compose_cache.replaying():
+                code = _hydra_cli(argv)
         finally:
             if session is not None:
                 try:
@@ -373,6 +393,7 @@ def run_cli(argv: list[str]) -> int:
                     print_error(one_line(lost))
         return code
     finally:
+        compose_cache.forget()
         distributed.leave(session)
 
 

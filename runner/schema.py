@@ -424,6 +424,10 @@ class RunConfig:
     resume: str = "auto"
     # auto: a progress bar when stderr is a terminal, plain log lines otherwise.
     progress: str = "auto"
+    # Draw the report's figures at the end of a single run too (a sweep's report always has
+    # them): about 2 s, longer than a short run trains, so off; `python -m runner.report DIR`
+    # draws them for any run.
+    single_run_plots: bool = False
     # Where the run writes its TensorBoard event file, summary.json and model.pt.
     output_dir: str = "${hydra:runtime.output_dir}"
     # Instruments (off by default): gradient noise, loss-surface trajectory.

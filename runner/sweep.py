@@ -26,8 +26,8 @@ from runner.text import plural
 log = logging.getLogger(__name__)
 
 
-def finish(root: Path) -> Path:
-    """Seed aggregates and report for ``root``.
+def finish(root: Path, plots: bool = True) -> Path:
+    """Seed aggregates and report for ``root`` (its figures only with ``plots``).
 
     Nothing else is written for TensorBoard: every run's own event file carries the
     custom-scalars layout, its HParams session and the sweep's HParams experiment
@@ -40,7 +40,7 @@ def finish(root: Path) -> Path:
 
     write_seed_aggregates(root)
     finish_study(root)  # a batch-size scaling study: scaling.json, its figures, B_crit printed
-    return write_report(root)
+    return write_report(root, plots=plots)
 
 
 class SweepConfigError(RunnerError):
@@ -297,7 +297,7 @@ class SweepCallback(Callback):
         note_run_dir(config.hydra.run.dir)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._finish(Path(config.hydra.runtime.output_dir))
+        self._finish(Path(config.hydra.runtime.output_dir), plots=bool(config.get("single_run_plots", False)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.core.global_hydra import GlobalHydra
@@ -315,13 +315,13 @@ class SweepCallback(Callback):
             raise SystemExit(code)
 
     @staticmethod
-    def _finish(root: Path) -> None:
+    def _finish(root: Path, plots: bool = True) -> None:
         from runner.aggregate import find_runs
 
         if not root.is_dir() or not find_runs(root):
             return  # no results here (or only runs this sweep was refused: not its results)
         try:
-            report = finish(root)
+            report = finish(root, plots)
         except Exception:
             log.exception("Could not write the report for %s (the results themselves are complete).", root)
             return

@@ -21,7 +21,8 @@ import pytest
 from runner.errors import DataError
 from runner.safefs import LinkRefused, check_no_links, open_inside
 
-RUN = ["dataset=iris", "epochs=1", "batch_size=32", "checkpoint_every=2", "progress=false", "device=cpu"]
+# single_run_plots: the report's figures are among the paths a run writes.
+RUN = ["dataset=iris", "epochs=1", "batch_size=32", "checkpoint_every=2", "progress=false", "device=cpu", "single_run_plots=true"]
 SWEEP = ["-m", "dataset=iris", "epochs=1", "batch_size=32", "seed=0,1", "progress=false", "device=cpu"]
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from runner import tags
 from runner.instruments.trajectory import TRAJECTORY_FILE, PathLine, Trajectory, draw, plane_note, png_bytes
 from runner.safefs import save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 NOISE_PNG = "noise_scale.png"
 TRAJECTORY_PNG = "trajectory.png"  # one loss surface shared by every recorded run
@@ -44,6 +44,8 @@ def _records(configs: dict[str, list[Any]]) -> list[Any]:
 
 
 def _colors(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
     return [colormaps["tab10"](i % 10) for i in range(count)]
 
 
@@ -121,6 +123,9 @@ def batch_size_sentence(batch_sizes: Sequence[int], critical: float, runs: int, 
 
 
 def _noise_figure(lines: list[tuple[str, Any, Any]], batch_sizes: Sequence[int], n_train: int | None) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -156,6 +161,7 @@ def noise_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any) -> 
     n_train = next((r.summary.get("n_train") for r in measured if r.summary.get("n_train")), None)
     colors = _colors(len(measured))
     fig = _noise_figure([(_label(labels, r), r, c) for r, c in zip(measured, colors)], batch_sizes, n_train)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only when there is a figure: a run without one gets no folder
     save_figure(fig, out_dir.parent, path, dpi=DPI)
     critical, runs, level = critical_batch_size(measured)
     parts = ["## Gradient noise", "", NOISE_READ, "", f"![Gradient noise scale]({out_dir.name}/{NOISE_PNG})", ""]
@@ -239,6 +245,7 @@ def trajectory_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any
     if surface is not None:
         lines = [PathLine(_label(labels, record), t.coords, color, int(t.steps[-1])) for (record, t), color in zip(found, colors)]
         fig = draw(surface, lines, "Paths of the weights over the training-loss contours", plane_note(surface), ylabel)
+        out_dir.mkdir(parents=True, exist_ok=True)
         save_figure(fig, out_dir.parent, out_dir / TRAJECTORY_PNG, dpi=DPI)
         _write_tensorboard_image(out_dir, TRAJECTORY_IMAGE_TAG, png_bytes(fig))
         parts += [
@@ -255,6 +262,7 @@ def trajectory_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any
     for number, ((record, t), color) in enumerate(zip(found, colors), start=1):
         name = TRAJECTORY_PNG_EACH.format(number)
         fig = draw(t, [PathLine(_label(labels, record), t.coords, color, int(t.steps[-1]))], f"Path of the weights: {labels.run(record)}", plane_note(t), ylabel)
+        out_dir.mkdir(parents=True, exist_ok=True)
         save_figure(fig, out_dir.parent, out_dir / name, dpi=DPI)
         parts += [f"![Trajectory of {labels.run(record)}]({out_dir.name}/{name})", ""]
     return "\n".join(parts)
@@ -262,7 +270,6 @@ def trajectory_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any
 
 def instrument_sections(out_dir: Path, configs: dict[str, list[Any]], labels: Any, loss_name: str = "") -> str:
     """The Markdown of the instruments' sections ("" when no run has instrument data)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     sections = [noise_section(out_dir, configs, labels), trajectory_section(out_dir, configs, labels, loss_name)]
     text = "\n".join(s for s in sections if s)
     return ("\n" + text) if text else ""

@@ -29,17 +29,17 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from runner.batches import Split
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 from runner.losses import Loss
 from runner.safefs import open_inside
 
@@ -240,12 +240,17 @@ def _levels(losses: np.ndarray) -> tuple[np.ndarray, Any]:
     finite = losses[np.isfinite(losses)]
     low, high = float(finite.min()), float(finite.max())
     if low > 0 and high / low > 30:
+        from matplotlib.colors import LogNorm
+
         return np.geomspace(low, high, 25), LogNorm(low, high)
     return np.linspace(low, high, 25) if high > low else np.array([low, low + 1e-12]), None
 
 
 def draw(surface: Trajectory, lines: Sequence[PathLine], title: str, subtitle: str = "", loss_name: str = "loss") -> Figure:
     """Loss contours of ``surface``'s grid with every line's path: start ○, end ★."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +77,7 @@ class Report:
     loss_name: str
     plots: PlotFiles = field(default_factory=lambda: PlotFiles((), ()))
     findings: found.Findings | None = None
+    drew_plots: bool = True  # False: a single run's report without figures (single_run_plots=false)
 
     @property
     def images(self) -> Path:
@@ -172,8 +175,18 @@ def _kept_note(path: Path) -> str:
     return f"kept from the report of {datetime.fromtimestamp(path.stat().st_mtime):%Y-%m-%d %H:%M}: a run's log could not be read whole"
 
 
+NOT_DRAWN = (
+    "Not drawn at the end of a single run: drawing them takes about 2 s, longer than a short run "
+    "trains. `{report}` draws them now (`single_run_plots=true` at the end of every run), and "
+    "TensorBoard shows every curve: `{board}`."
+)
+
+
 def plots_section(report: Report) -> str:
     parts = ["## Plots"]
+    if not report.drew_plots:
+        command = shlex.join([str(Path(sys.executable).absolute()), "-m", "runner.report", str(report.root.resolve())])
+        return "\n\n".join([*parts, NOT_DRAWN.format(report=command, board=board_command(report.root))])
     titles = {spec.name: spec.title for spec in PLOTS}
     kept = set(report.plots.kept)
     for png in report.plots.all:
@@ -263,7 +276,7 @@ SECTIONS: tuple[Section, ...] = (
 
 
 # --------------------------------------------------------------------------- entry point
-def write_report(root: Path, sections: Sequence[Section] = SECTIONS) -> Path:
+def write_report(root: Path, sections: Sequence[Section] = SECTIONS, plots: bool = True) -> Path:
     """Writes ``<root>/report.md``, ``<root>/report/*.png`` and, for several configurations,
     ``<root>/findings.json``.
 
@@ -273,6 +286,9 @@ def write_report(root: Path, sections: Sequence[Section] = SECTIONS) -> Path:
     Args:
         root: a run directory, a sweep, or any directory above runs.
         sections: the section builders, in order (:data:`SECTIONS`).
+        plots: draw the figures of :data:`PLOTS`; False writes the text alone (the figures
+            of an earlier report are removed: they would be out of date), and matplotlib is
+            never imported (the instruments' figures are still drawn for runs that measured).
 
     Returns:
         The path of ``report.md``.
@@ -288,7 +304,9 @@ def write_report(root: Path, sections: Sequence[Section] = SECTIONS) -> Path:
     labels = Labels.build(list(configs), fallback=display_name(root))
     report = Report(root, records, configs, labels, loss_name(records))
     subtitle = shorten(", ".join(labels.common), 110) if len(configs) > 1 else labels.fallback
-    report.plots = write_plots(report.images, lines_of(configs, labels), subtitle, report.loss_name, keep_existing=bool(report.unread))
+    lines = lines_of(configs, labels) if plots else []
+    report.plots = write_plots(report.images, lines, subtitle, report.loss_name, keep_existing=bool(report.unread))
+    report.drew_plots = plots
     report.findings = found.find(configs, labels) if len(configs) > 1 else None
     found.write_json(root, report.findings)
     blocks = [block.strip() for block in (section(report) for section in sections) if block and block.strip()]

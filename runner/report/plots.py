@@ -1,7 +1,8 @@
 """The report's figures: one line per configuration in its own colour, seeds as a min–max band, legends beside the axes."""
 
 # Figures are drawn on matplotlib's Agg canvas directly, so neither pyplot's global state nor
-# the caller's backend is touched.
+# the caller's backend is touched. matplotlib is imported where a figure is drawn (0.7 s): a
+# report without figures (a single run's, by default) never loads it.
 
 from __future__ import annotations
 
@@ -9,18 +10,17 @@ import math
 import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from runner import tags
 from runner.aggregate import Series, align_series, is_positional
 from runner.safefs import save_figure
 from runner.report.records import LOSS_GREW, Labels, RunRecord, compact_ints, problem_suffix
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Above this many points a per-iteration curve is drawn as a moving mean over a faint copy
 # of the raw batch losses: raw SGD or small-batch losses are a band of noise that buries
@@ -142,6 +142,8 @@ def palette(count: int) -> list[Any]:
     """``count`` distinct colours, one per configuration: matplotlib's qualitative ``tab10``;
     above 10 its ``tab20`` with the ten strong shades first, so neighbours never get a light
     and a dark shade of one hue; above 20 evenly spaced hues of ``turbo``."""
+    from matplotlib import colormaps
+
     if count <= 10:
         return [colormaps["tab10"](i) for i in range(count)]
     if count <= 20:
@@ -270,6 +272,8 @@ def _scale_y(ax: Any, spec: PlotSpec, drawn: list[tuple[Line, Curve]]) -> None:
         ax.set_yscale("log", nonpositive="mask")
         # Plain numbers (0.6, 1e-05) rather than 6×10⁻¹; minor ticks are labelled only
         # when the curves span too few decades for the major ticks alone to be read.
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         plain = FuncFormatter(lambda v, _: f"{v:.3g}")
         narrow = math.log10(float(values.max()) / float(values.min())) < 1.3
         ax.yaxis.set_major_formatter(plain)
@@ -348,6 +352,10 @@ def _draw_raw(ax: Any, curve: Curve, color: Any) -> None:
 
 def draw(spec: PlotSpec, lines: Sequence[Line], subtitle: str, ylabel: str) -> Figure | None:
     """The figure of ``spec`` for ``lines``; None when no line has a point on it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -418,15 +426,17 @@ class PlotFiles:
 
 def write_plots(out_dir: Path, lines: Sequence[Line], subtitle: str, loss_name: str, keep_existing: bool = False) -> PlotFiles:
     """Draws the plots of :data:`PLOTS` that ``lines`` need into ``out_dir`` (for a single
-    line, :data:`SINGLE_LINE_PLOTS`); a plot they do not need is removed from an earlier report.
+    line, :data:`SINGLE_LINE_PLOTS`; none for no lines); a plot they do not need is removed
+    from an earlier report.
 
     Args:
         keep_existing: some run's log could not be read whole: an existing plot is kept as it
             is (not redrawn from less, not deleted); only plots missing so far are drawn.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     ylabel = f"loss ({loss_name})" if loss_name else "loss"
-    groups = [(spec.name,) for spec in PLOTS] if len(lines) > 1 else SINGLE_LINE_PLOTS
+    groups = [(spec.name,) for spec in PLOTS] if len(lines) > 1 else SINGLE_LINE_PLOTS if lines else ()
+    if groups:
+        out_dir.mkdir(parents=True, exist_ok=True)
     by_name = {spec.name: spec for spec in PLOTS}
     written, kept = [], []
     for group in groups:

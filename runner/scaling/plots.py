@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from runner.safefs import save_figure
 from runner.scaling.grid import B_SIMPLE_TAG, TAG
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 STEPS_PNG = "scaling_steps.png"
 FRONTIER_PNG = "scaling_frontier.png"
@@ -24,6 +24,9 @@ REGIME_FACTOR = 4.0
 
 def _axes() -> tuple[Figure, Any]:
     """A figure of the study's size with one axes (no pyplot: no global state, any thread)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # here: a report without a study never loads matplotlib
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=FIGSIZE)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
@@ -106,6 +109,8 @@ def noise_plot(result: dict[str, Any], runs: Sequence[Any], path: Path, n_train:
     colour per batch size (its best-lr runs); the target as a vertical line."""
     chosen = {rel: p["batch_size"] for p in result["points"] for rel in p["runs"]}
     sizes = sorted(set(chosen.values()))
+    from matplotlib import colormaps
+
     colors = {b: colormaps["viridis"](i / max(len(sizes) - 1, 1)) for i, b in enumerate(sizes)}
     fig, ax = _axes()
     drawn, labelled = 0, set()
