@@ -375,7 +375,8 @@ def run_cli(argv: list[str]) -> int:
                 print_error(one_line(lost))
                 return 1
         if error is not None:
-            print_error(error)
+            if session is None or session.leader:  # every rank refuses; one says so
+                print_error(error)
             return 2
         if session is not None and not session.leader:
             run = next(iter(_prebuilt.values()), None)

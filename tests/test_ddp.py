@@ -11,6 +11,7 @@ default; CI runs them with ``-m ddp``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -35,13 +36,14 @@ from test_presets import readme_blocks
 ddp = pytest.mark.ddp
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
+HPR_TORCHRUN = Path(sys.executable).parent / "hpr-torchrun"  # the README's: torchrun ending in one line
 # Small enough for seconds per run: iris has 120 training rows after the validation split.
 BASE = ("dataset=iris", "epochs=2", "seed=3")
 
 
-def torchrun_cmd(*overrides: str, nproc: int = 2) -> list[str]:
+def torchrun_cmd(*overrides: str, nproc: int = 2, launcher: Path = HPR_TORCHRUN) -> list[str]:
     """The README's command: torchrun on one machine, N processes, the runner's overrides."""
-    return [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "-m", "runner", *FAST, *overrides]
+    return [str(launcher), "--standalone", f"--nproc_per_node={nproc}", "-m", "runner", *FAST, *overrides]
 
 
 def env() -> dict[str, str]:
@@ -99,19 +101,19 @@ def test_two_processes_train_the_same_run_as_one(tmp_path, case):
 
 
 def readme_torchrun_commands() -> list[list[str]]:
-    """Every ``torchrun`` line in the README's code blocks (as the README prints it, from the
-    project's venv: ``.venv/bin/torchrun``), as an argv."""
+    """Every ``hpr-torchrun`` line in the README's code blocks (as the README prints it, from the
+    project's venv: ``.venv/bin/hpr-torchrun``), as an argv."""
     return [shlex.split(line) for block in readme_blocks((REPO / "README.md").read_text()) for line in block
-            if line.startswith((".venv/bin/torchrun ", "torchrun "))]
+            if line.startswith((".venv/bin/hpr-torchrun ", "hpr-torchrun "))]
 
 
 @ddp
 def test_the_readme_command_trains_the_same_run_as_one_process(tmp_path):
     """The README's command as printed (from a fresh directory, 2 epochs instead of 20)."""
     (argv,) = readme_torchrun_commands()
-    assert Path(argv[0]).name == "torchrun" and argv[1:4] == ["--standalone", "--nproc_per_node=2", "-m"] and argv[4] == "runner"
+    assert Path(argv[0]).name == "hpr-torchrun" and argv[1:4] == ["--standalone", "--nproc_per_node=2", "-m"] and argv[4] == "runner"
     overrides = [*argv[5:], "epochs=2", "progress=false", "device=cpu"]
-    done = subprocess.run([str(TORCHRUN), *argv[1:5], *overrides], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run([str(HPR_TORCHRUN), *argv[1:5], *overrides], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
     out = tmp_path / run_dir
@@ -161,13 +163,23 @@ def test_rank_zero_alone_decides_the_directory_and_writes(tmp_path):
     ids=["budget-seconds", "multirun", "bad-config", "instruments"],
 )
 def test_refused_on_every_rank_and_nothing_written(tmp_path, overrides, refused):
+    """Every rank refuses; rank 0 says so, in the one line the whole command prints."""
     result = torchrun(tmp_path, *BASE, *overrides)
+    assert result.returncode == 2
+    [line] = (result.stderr + result.stdout).strip().splitlines()
+    assert line.startswith(refused), line
+    assert list(tmp_path.iterdir()) == []
+
+
+@ddp
+def test_plain_torchrun_still_refuses_on_every_rank(tmp_path):
+    """PyTorch's own torchrun runs the same workers; its agent adds its failure report."""
+    result = subprocess.run(torchrun_cmd(*BASE, "optimizer.lr=-1", launcher=TORCHRUN), cwd=tmp_path, env=env(),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     lines = [line for line in (result.stderr + result.stdout).splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 2 and all(line.startswith(refused) for line in lines), lines
-    # The workers print no traceback (torchrun itself then reports the failed workers).
-    assert "]: Traceback" not in result.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert lines == [lines[0]] and lines[0].startswith("Error: optimizer.lr=-1"), lines
+    assert "ChildFailedError" in result.stderr and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
@@ -231,7 +243,7 @@ def test_stopped_run_resumes_exactly_with_the_same_command(tmp_path, stop):
     finally:
         if first.poll() is None:
             first.kill()
-    assert first.returncode != 0
+    assert first.returncode == (128 + signal.SIGTERM if stop == "sigterm-torchrun" else 1)
     summary = out / "summary.json"
     if stop == "sigterm-torchrun":
         # Both ranks stopped after the same update and rank 0 saved it.
@@ -278,11 +290,19 @@ def test_more_processes_than_gpus_is_refused_on_every_rank(tmp_path):
 RANK_LINE = re.compile(r"^Error: torchrun rank [01] of 2: (?P<what>[a-z' ]+) failed \((?P<gloo>[^\n]+)\); (?P<why>.+)$")
 
 
-def _rank_errors(output: str) -> list[re.Match]:
-    """The runner's lines in torchrun's output; no traceback of the runner's own (torchrun's
-    agent adds its ChildFailedError summary, which names the rank that failed first)."""
-    assert "runner/" not in "".join(line for line in output.splitlines() if line.lstrip().startswith("File ")), output[-3000:]
+KILLED_LINE = re.compile(r"^Error: torchrun rank (?P<rank>[01]) \(pid \d+\) was killed by (?P<signal>SIG[A-Z]+); the other ranks "
+                         r"were stopped: the same command resumes the run from its last checkpoint$")
+
+
+def _rank_errors(output: str, killed: int | None = None) -> list[re.Match]:
+    """The ranks' lines in the launcher's output, and for a rank killed by a signal the
+    launcher's line naming it; nothing else of any length (no traceback, no failure report)."""
+    assert not any(word in output for word in ("Traceback", "ChildFailedError", "SignalException", "FAILED")), output[-3000:]
     lines = [line for line in output.splitlines() if line.startswith("Error: ")]
+    if killed is not None:
+        *lines, last = lines
+        match = KILLED_LINE.match(last)
+        assert match and int(match["rank"]) == killed and match["signal"] == "SIGKILL", output[-3000:]
     matches = [RANK_LINE.match(line) for line in lines]
     assert lines and all(matches), output[-3000:]
     return matches
@@ -304,11 +324,48 @@ def test_a_rank_killed_mid_run_ends_the_other_with_one_line_and_a_non_zero_exit(
     finally:
         if run.poll() is None:
             run.kill()
-    assert run.returncode != 0
-    [line] = _rank_errors(output)
+    assert run.returncode == 1
+    [line] = _rank_errors(output, killed=1)
     assert line["what"] == "summing an update's gradient" and "Connection" in line["gloo"]
     assert line["why"].startswith("another rank died, hung for more than 600 s (RUNNER_DIST_TIMEOUT_S) or cannot be reached")
     assert not (out / "summary.json").exists() and (out / "checkpoints" / "last.ckpt").exists()  # resumable, as test_stopped_run... shows
+
+
+@ddp
+def test_a_hung_rank_ends_the_run_within_the_timeout_with_one_line_and_it_resumes(tmp_path):
+    """A rank that stops answering (SIGSTOP: alive, silent) is given RUNNER_DIST_TIMEOUT_S; the
+    other rank then says what it waited for, in one line, and the run resumes exactly."""
+    overrides = (*BASE, "epochs=4", "batch_size=1", "checkpoint_every=50")
+    out = tmp_path / "ddp"
+    cmd = torchrun_cmd(*overrides, f"hydra.run.dir={out}")
+    run = subprocess.Popen(cmd, cwd=tmp_path, env={**env(), "RUNNER_DIST_TIMEOUT_S": "3"},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoints" / "prev.ckpt").exists() and run.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        victim = _rank_pid(run.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGSTOP)
+        output, _ = run.communicate(timeout=120)  # the timeout, then torchrun's grace period for the stopped rank
+    finally:
+        if victim is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1
+    [line] = _rank_errors(output)
+    assert line.group(0).startswith("Error: torchrun rank 0 of 2: ")
+    assert line["why"].startswith("another rank died, hung for more than 3 s (RUNNER_DIST_TIMEOUT_S) or cannot be reached"), line.group(0)
+    assert not (out / "summary.json").exists()
+    resumed = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stderr + resumed.stdout
+    reference = single(tmp_path / "one", *overrides)
+    assert json.loads((out / "summary.json").read_text())["iterations"] == reference["iterations"] == 4 * 120
+    assert_same_run(out, tmp_path / "one")
 
 
 @ddp
