@@ -75,6 +75,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 import runner.schema  # noqa: F401  (registers the config schemas)
+from runner import tags
 from runner.cli import CONF_DIR
 from runner.loggers import TensorBoardLogger
 from runner.loop import FlatGradients, dense_trunk, epoch_order, train_one_epoch
@@ -96,7 +97,7 @@ EPOCHS = {"1": 2, "32": 40, "full": 200}
 QUICK_EPOCHS = {"1": 1, "32": 10, "full": 50}
 # The "buffer_series" what-if hands the logger at least this many points per call.
 BUFFER_POINTS = 1024
-TAG = "loss/train_iter"
+TAG = tags.LOSS_ITER
 
 # Where every variant runs (--device); the CPU unless asked.
 DEVICE = torch.device("cpu")
@@ -276,7 +277,7 @@ def runner_epochs(
 
     def log_series(steps, losses, grad_norms, lrs, wall_times) -> None:
         logger.log_series(TAG, steps, losses, wall_times)
-        logger.log_series("grad_norm", steps, grad_norms, wall_times)
+        logger.log_series(tags.GRAD_NORM, steps, grad_norms, wall_times)
         logger.log_series("lr", steps, lrs, wall_times)
 
     def body() -> None:
@@ -316,7 +317,7 @@ def runner_epochs(
 
     def check() -> None:
         if logger is not None:
-            check_event_file(logdir, s.iterations, np.concatenate(kept), also=("grad_norm", "lr"))
+            check_event_file(logdir, s.iterations, np.concatenate(kept), also=(tags.GRAD_NORM, tags.LR))
 
     return body, check
 
