@@ -180,7 +180,7 @@ def check_invariant(argv: list[str], data: dict | None) -> None:
 @pytest.fixture(autouse=True)
 def _no_report(monkeypatch):
     # The report (plots, aggregates) is not what is fuzzed here, and takes seconds per run.
-    monkeypatch.setattr(SweepCallback, "_finish", staticmethod(lambda root: None))
+    monkeypatch.setattr(SweepCallback, "_finish", staticmethod(lambda root, plots=True: None))
 
 
 @settings(settings.get_profile("runner-default"))

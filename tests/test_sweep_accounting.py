@@ -211,7 +211,7 @@ def test_any_mix_of_job_directories_is_counted_exactly(prior_runs, monkeypatch, 
     from conftest import run_in_process
     from runner.sweep import SweepCallback
 
-    monkeypatch.setattr(SweepCallback, "_finish", staticmethod(lambda root: None))  # seconds of plots per example
+    monkeypatch.setattr(SweepCallback, "_finish", staticmethod(lambda root, plots=True: None))  # seconds of plots per example
 
     with tempfile.TemporaryDirectory() as tmp:
         sweep_dir = Path(tmp) / "sweep"
