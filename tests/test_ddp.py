@@ -397,3 +397,22 @@ def test_a_failed_collective_becomes_one_line_naming_the_rank_and_the_timeout(mo
     for bad in ("0", "-1", "abc", "inf"):
         with pytest.raises(ConfigError, match=r"^RUNNER_DIST_TIMEOUT_S='.*' is not allowed: a number of seconds > 0"):
             collective_timeout({"RUNNER_DIST_TIMEOUT_S": bad})
+
+
+def test_the_launcher_names_a_killed_rank_but_not_one_the_agent_stopped():
+    """hpr-torchrun's line from torchrun's failures (seconds resolution): a rank killed by
+    SIGKILL beside its survivor's own exit is named; a rank SIGTERMed in the second another rank
+    exited by itself (the agent stopping the rest, e.g. a bad GLOO_SOCKET_IFNAME) is not."""
+    from types import SimpleNamespace as F
+
+    from runner.launchers.torchrun import failure_line
+
+    kill9 = {0: F(exitcode=1, timestamp=7, pid=10), 1: F(exitcode=-9, timestamp=7, pid=11)}
+    assert failure_line(kill9) == ("Error: torchrun rank 1 (pid 11) was killed by SIGKILL; the other ranks were stopped: "
+                                   "the same command resumes the run from its last checkpoint", 1)
+    stopped = {0: F(exitcode=1, timestamp=7, pid=10), 1: F(exitcode=-15, timestamp=7, pid=11)}
+    assert failure_line(stopped) == (None, 1)
+    refused = {0: F(exitcode=2, timestamp=7, pid=10), 1: F(exitcode=-15, timestamp=8, pid=11)}
+    assert failure_line(refused) == (None, 2)
+    alone = {1: F(exitcode=-15, timestamp=7, pid=11), 0: F(exitcode=1, timestamp=8, pid=10)}
+    assert failure_line(alone)[0].startswith("Error: torchrun rank 1 (pid 11) was killed by SIGTERM;")

@@ -38,10 +38,12 @@ def failure_line(failures: dict[int, Any]) -> tuple[str | None, int]:
     """What to print for torchrun's failed workers (rank → ``ProcessFailure``) and the exit
     status, from the first to fail: the others failed because it did (a survivor's collective
     broke; the agent stopped the rest). The agent records failures to the second, so a rank
-    killed by a signal within the second of the first failure is taken as its cause."""
+    killed by a signal within the second of the first failure is taken as its cause, except a
+    SIGTERM beside a rank that exited by itself: that is the agent stopping the rest."""
     first_second = min(f.timestamp for f in failures.values())
     first = {rank: f for rank, f in failures.items() if f.timestamp == first_second}
-    killed = sorted(rank for rank, f in first.items() if f.exitcode < 0)
+    spoke = any(f.exitcode > 0 for f in first.values())
+    killed = sorted(rank for rank, f in first.items() if f.exitcode < 0 and not (spoke and f.exitcode == -signal.SIGTERM))
     if killed:  # it could not say anything itself
         rank = killed[0]
         return (
