@@ -308,23 +308,34 @@ def _rank_errors(output: str, killed: int | None = None) -> list[re.Match]:
     return matches
 
 
-@ddp
-def test_a_rank_killed_mid_run_ends_the_other_with_one_line_and_a_non_zero_exit(tmp_path):
-    out = tmp_path / "ddp"
-    cmd = torchrun_cmd(*BASE, "epochs=40", "batch_size=1", "checkpoint_every=50", f"hydra.run.dir={out}")
-    run = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _signal_rank_1_mid_run(cmd: list[str], cwd: Path, out: Path, sig: signal.Signals, environ: dict[str, str]) -> tuple[int, str]:
+    """Run ``cmd``, send ``sig`` to rank 1 once the first in-epoch checkpoint exists, and return
+    the exit status and everything printed (a stopped rank is let go again at the end)."""
+    run = subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
     try:
         deadline = time.time() + 120
         while not (out / "checkpoints" / "prev.ckpt").exists() and run.poll() is None and time.time() < deadline:
             time.sleep(0.01)
         victim = _rank_pid(run.pid, 1)
         assert victim is not None
-        os.kill(victim, signal.SIGKILL)
-        output, _ = run.communicate(timeout=120)  # bounded: the survivor's collective fails at once
+        os.kill(victim, sig)
+        output, _ = run.communicate(timeout=120)
     finally:
+        if victim is not None and sig == signal.SIGSTOP:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
         if run.poll() is None:
             run.kill()
-    assert run.returncode == 1
+    return run.returncode, output
+
+
+@ddp
+def test_a_rank_killed_mid_run_ends_the_other_with_one_line_and_a_non_zero_exit(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = torchrun_cmd(*BASE, "epochs=40", "batch_size=1", "checkpoint_every=50", f"hydra.run.dir={out}")
+    code, output = _signal_rank_1_mid_run(cmd, tmp_path, out, signal.SIGKILL, env())  # the survivor's collective fails at once
+    assert code == 1
     [line] = _rank_errors(output, killed=1)
     assert line["what"] == "summing an update's gradient" and "Connection" in line["gloo"]
     assert line["why"].startswith("another rank died, hung for more than 600 s (RUNNER_DIST_TIMEOUT_S) or cannot be reached")
@@ -338,24 +349,9 @@ def test_a_hung_rank_ends_the_run_within_the_timeout_with_one_line_and_it_resume
     overrides = (*BASE, "epochs=4", "batch_size=1", "checkpoint_every=50")
     out = tmp_path / "ddp"
     cmd = torchrun_cmd(*overrides, f"hydra.run.dir={out}")
-    run = subprocess.Popen(cmd, cwd=tmp_path, env={**env(), "RUNNER_DIST_TIMEOUT_S": "3"},
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    victim = None
-    try:
-        deadline = time.time() + 120
-        while not (out / "checkpoints" / "prev.ckpt").exists() and run.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        victim = _rank_pid(run.pid, 1)
-        assert victim is not None
-        os.kill(victim, signal.SIGSTOP)
-        output, _ = run.communicate(timeout=120)  # the timeout, then torchrun's grace period for the stopped rank
-    finally:
-        if victim is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(victim, signal.SIGCONT)
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 1
+    # The timeout, then torchrun's 30-second grace before it kills the stopped rank.
+    code, output = _signal_rank_1_mid_run(cmd, tmp_path, out, signal.SIGSTOP, {**env(), "RUNNER_DIST_TIMEOUT_S": "3"})
+    assert code == 1
     [line] = _rank_errors(output)
     assert line.group(0).startswith("Error: torchrun rank 0 of 2: ")
     assert line["why"].startswith("another rank died, hung for more than 3 s (RUNNER_DIST_TIMEOUT_S) or cannot be reached"), line.group(0)
