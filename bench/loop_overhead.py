@@ -278,7 +278,7 @@ def runner_epochs(
     def log_series(steps, losses, grad_norms, lrs, wall_times) -> None:
         logger.log_series(TAG, steps, losses, wall_times)
         logger.log_series(tags.GRAD_NORM, steps, grad_norms, wall_times)
-        logger.log_series("lr", steps, lrs, wall_times)
+        logger.log_series(tags.LR, steps, lrs, wall_times)
 
     def body() -> None:
         iteration = 0

@@ -213,19 +213,23 @@ def train_one_epoch(
     """
     stop = stop or NO_STOP
     losses, grad_norms, lrs, wall_times = [], [], [], []
+    # Looked up once, not per update: schedulers write "lr" into this same dict in place,
+    # so reading it each iteration still sees the rate the coming update uses.
+    group = optimizer.param_groups[0]
+    clock, step_scheduler, report = time.time, iteration_scheduler.step, progress.iteration
     for positions in slices:
-        now = time.time()
+        now = clock()
         # No update starts once the time is up or a stop was asked for (the first always
         # runs: a segment only starts when there is time left).
         if losses and (stop.requested or now >= deadline):
             break
-        lrs.append(optimizer.param_groups[0]["lr"])
+        lrs.append(group["lr"])
         wall_times.append(now)
         loss, grad_norm = step(source, positions)
-        iteration_scheduler.step()
+        step_scheduler()
         losses.append(loss)
         grad_norms.append(grad_norm)
-        progress.iteration(loss)
+        report(loss)
     return EpochTrace(
         losses=torch.stack(losses),
         grad_norms=torch.stack(grad_norms),
