@@ -18,7 +18,7 @@ busy neighbour on the machine hits them all alike; one untimed warm-up round fir
 * ``runner_loop``: what ``fit`` (``runner.epochs.run_epochs``) does per epoch for the per-iteration series,
   with TensorBoard on: ``build_run(cfg)``, then per epoch ``epoch_order`` +
   ``run.train.source`` + ``train_one_epoch`` + the one device-to-host transfer +
-  ``TensorBoardLogger.log_series`` of ``loss/train_iter``, ``grad_norm`` and ``lr``
+  ``TensorBoardLogger.log_series`` of ``loss/train_iter``, ``update/grad_norm`` and ``lr``
   (closing the logger is timed too). No epoch-end evaluation. This is the target's ratio.
 * ``runner_fit``: the whole ``fit(run, TensorBoardLogger(...))`` (+ ``close``), which also
   evaluates the whole training and validation sets after every epoch.
@@ -773,7 +773,7 @@ def main() -> None:
         f"TensorBoard check: {CHECKS['files']} event files written by runner_loop, runner_fit and "
         f"summarywriter_per_step read back with EventAccumulator (no sampling): each holds exactly one "
         f"`{TAG}` point per iteration with steps 0..T-1 ({CHECKS['points']} points in all); for runner_loop the "
-        "values equal the per-iteration losses (as float32) and `grad_norm`/`lr` have the same steps.",
+        "values equal the per-iteration losses (as float32) and `update/grad_norm`/`lr` have the same steps.",
         "",
         "Same work: over one epoch, bare and runner_loop compute the same per-iteration losses (max |difference| "
         + ", ".join(f"{d:.1e} at batch {settings[b].batch_size}" for b, d in same.items())
