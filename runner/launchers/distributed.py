@@ -109,12 +109,23 @@ def collective(what: str) -> Any:
         yield
     except (RuntimeError, ValueError) as err:  # torch.distributed.DistError is a RuntimeError
         rank, world = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
-        waited = f"{collective_timeout().total_seconds():g} s ({TIMEOUT_ENV})"
+        seconds = f"{collective_timeout().total_seconds():g} s"
+        gloo = _first_sentence(err)
         if what == FORMING:
-            why = f"the ranks could not connect within {waited}: check GLOO_SOCKET_IFNAME, MASTER_ADDR and MASTER_PORT, and that every node started"
+            why = f"the ranks could not connect within {seconds} ({TIMEOUT_ENV}): check GLOO_SOCKET_IFNAME, MASTER_ADDR and MASTER_PORT, and that every node started"
         else:
-            why = f"another rank died, hung for more than {waited} or cannot be reached; the run stopped, and its last checkpoint resumes with the same command"
-        raise PeerLost(f"torchrun rank {rank} of {world}: {what} failed ({_first_sentence(err)}); {why}") from None
+            why = f"{_lost_peer(gloo, rank, world, seconds)}; the run stopped, and its last checkpoint resumes with the same command"
+        raise PeerLost(f"torchrun rank {rank} of {world}: {what} failed ({gloo}); {why}") from None
+
+
+def _lost_peer(gloo: str, rank: str, world: str, seconds: str) -> str:
+    """Who this rank waited for and why it stopped: gloo names neither the rank nor the cause,
+    but a timed-out wait is a peer alive and silent (or unreachable), any other error a closed
+    connection. With two ranks the peer is the other one."""
+    peer = f"rank {1 - int(rank)}" if world == "2" and rank in ("0", "1") else "another rank"
+    if "timed out" in gloo.lower():
+        return f"waited {seconds} for {peer} ({TIMEOUT_ENV} sets how long): it hangs or cannot be reached"
+    return f"{peer} died or cannot be reached (ranks wait {seconds} for each other: {TIMEOUT_ENV})"
 
 
 class LeaderEnded(Exception):
