@@ -29,14 +29,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def code_version() -> str:
+def code_version(repo: Path = REPO) -> str:
     """The commit the runner was measured at, and whether runner/ or conf/ had uncommitted changes."""
     try:
         commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "runner", "conf"],
+            ["git", "-C", str(repo), "status", "--porcelain", "--", "runner", "conf"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

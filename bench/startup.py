@@ -16,7 +16,14 @@ what the big imports cost and whether each was imported at all.
 
 Usage::
 
-    .venv/bin/python bench/startup.py [--rounds 5] [--device cuda] [--quick] [--out FILE]
+    .venv/bin/python bench/startup.py [--rounds 5] [--device cuda] [--quick] [--baseline DIR] [--out FILE]
+
+Every round also times the **torch floor**: a fresh ``python -c`` that imports torch and takes
+one SGD step on a ``Linear(64, 10)`` (``torch.optim`` imports ``torch._dynamo`` on that step,
+as the runner's does), and the table gives each run's process exit against it. ``--baseline
+DIR`` times the same settings from another checkout (a worktree of an earlier commit, run
+with that directory as the working directory, so ``-m runner`` imports its code) in the same
+rounds, interleaved: before and after, side by side.
 
 ``--device D`` adds ``device=D`` to every run (on ``cuda``, one more setting runs the default
 with ``cuda_graph=true``); on a GPU the first update's time is when it was issued, so it
@@ -30,6 +37,7 @@ import argparse
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -50,6 +58,9 @@ SETTINGS = [
 # Modules whose import cost the table lists (cumulative µs from -X importtime, first import only).
 MODULES = ["torch", "torch._dynamo", "hydra", "sklearn", "scipy", "matplotlib", "runner.report"]
 TAG = "loss/train_iter"
+FLOOR = ("import torch; model = torch.nn.Linear(64, 10); opt = torch.optim.SGD(model.parameters(), lr=0.1); "
+         "model(torch.randn(4, 64)).sum().backward(); opt.step()")
+FLOOR_LABEL = "torch floor: import torch, one SGD step"
 
 
 def command(overrides: list[str], run_dir: Path, importtime: bool = False) -> list[str]:
@@ -66,15 +77,27 @@ def iteration_wall_times(run_dir: Path) -> list[float]:
     return [e.wall_time for e in sorted(acc.Scalars(TAG), key=lambda e: e.step)]
 
 
-def one_run(overrides: list[str], root: Path, n: int) -> dict[str, float]:
+def cpu_seconds() -> float:
+    """User + system CPU seconds of every child waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def floor_run() -> dict[str, float]:
+    started, cpu = time.time(), cpu_seconds()
+    subprocess.run([sys.executable, "-c", FLOOR], check=True)
+    return {"process exit": time.time() - started, "cpu": cpu_seconds() - cpu}
+
+
+def one_run(overrides: list[str], root: Path, n: int, code: Path = REPO) -> dict[str, float]:
     run_dir = root / f"r{n}"
-    started = time.time()
-    done = subprocess.run(command(overrides, run_dir), cwd=REPO, capture_output=True, text=True)
-    ended = time.time()
+    started, cpu = time.time(), cpu_seconds()
+    done = subprocess.run(command(overrides, run_dir), cwd=code, capture_output=True, text=True)
+    ended, cpu = time.time(), cpu_seconds() - cpu
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(command(overrides, run_dir))} failed:\n{done.stderr[-2000:]}")
     walls = iteration_wall_times(run_dir)
-    return {"first update": walls[0] - started, "training done": walls[-1] - started, "process exit": ended - started}
+    return {"first update": walls[0] - started, "training done": walls[-1] - started, "process exit": ended - started, "cpu": cpu}
 
 
 def import_costs(overrides: list[str], root: Path, n: int) -> dict[str, float | None]:
@@ -108,6 +131,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed runs per setting (default 5)")
     parser.add_argument("--device", help="add device=DEVICE to every run (e.g. cuda)")
     parser.add_argument("--quick", action="store_true", help="only the default run, no import table")
+    parser.add_argument("--baseline", type=Path, help="also time the settings from this checkout, interleaved")
     parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
     args = parser.parse_args()
     load_start = os.getloadavg()
@@ -116,16 +140,22 @@ def main() -> None:
         settings.append(("default, 1 epoch, cuda_graph=true", ["epochs=1", "cuda_graph=true"]))
     if args.device:
         settings = [(f"{label}, device={args.device}", [*overrides, f"device={args.device}"]) for label, overrides in settings]
-    results: dict[str, list[dict[str, float]]] = {label: [] for label, _ in settings}
+    # (label, overrides, checkout): None is the floor.
+    timed: list[tuple[str, list[str] | None, Path]] = [(label, overrides, REPO) for label, overrides in settings]
+    if args.baseline:
+        base = f"baseline {code_version(args.baseline.resolve())}"
+        timed += [(f"{label} [{base}]", overrides, args.baseline.resolve()) for label, overrides in settings]
+    timed.append((FLOOR_LABEL, None, REPO))
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in timed}
     imports = {}
     with tempfile.TemporaryDirectory(prefix="bench_startup_") as tmp:
         root = Path(tmp)
         n = 0
         for r in range(args.rounds + 1):  # round 0 warms the file cache, untimed
-            shift = r % len(settings)
-            for label, overrides in settings[shift:] + settings[:shift]:
+            shift = r % len(timed)
+            for label, overrides, code in timed[shift:] + timed[:shift]:
                 n += 1
-                sample = one_run(overrides, root, n)
+                sample = floor_run() if overrides is None else one_run(overrides, root, n, code)
                 if r:
                     results[label].append(sample)
             print(f"  round {r}/{args.rounds}{' (warm-up)' if r == 0 else ''} done", file=sys.stderr, flush=True)
@@ -145,14 +175,16 @@ def main() -> None:
         f"at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}",
         f"- Each run: `python -m runner <overrides> progress=false hydra.run.dir=<tmp>` in a fresh process "
         f"(a single run also writes its report). {args.rounds} rounds after one warm-up round, settings interleaved; "
-        "seconds from just before the process starts, median (min–max).",
+        "seconds from just before the process starts, median (min–max); the CPU seconds the process used (not counting waits for the disk).",
         "",
-        "| run | first update, s | training done, s | process exit, s |",
-        "|---|---:|---:|---:|",
+        "| run | first update, s | training done, s | process exit, s | exit / torch floor | CPU s (user + sys) | CPU / floor's |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    floor = {key: statistics.median(s[key] for s in results[FLOOR_LABEL]) for key in ("process exit", "cpu")}
     for label, samples in results.items():
-        cells = [fmt([s[key] for s in samples]) for key in ("first update", "training done", "process exit")]
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+        cells = [fmt([s[key] for s in samples]) if key in samples[0] else "" for key in ("first update", "training done", "process exit")]
+        ratios = {key: statistics.median(s[key] for s in samples) / floor[key] for key in floor}
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratios['process exit']:.2f} | {fmt([s['cpu'] for s in samples])} | {ratios['cpu']:.2f} |")
     out += [] if args.quick else [
         "",
         "Import cost in one run of each (cumulative seconds from `python -X importtime`, which itself slows "

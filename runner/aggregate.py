@@ -32,10 +32,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2
-from tensorboard.util import tensor_util
-from torch.utils.tensorboard.summary import custom_scalars
 
-from runner import tags
+from runner import tags, tbsummaries
 from runner.outcomes import LEDGER_DIR, not_results
 from runner.tbwriter import EventWriter, encode_scalar
 from runner.safefs import open_inside
@@ -316,6 +314,8 @@ def _slow_scalars(record: bytes) -> list[tuple[str, int, float, float]]:
         if kind == "simple_value":
             points.append((value.tag, event.step, value.simple_value, event.wall_time))
         elif kind == "tensor" and value.metadata.plugin_data.plugin_name == "scalars":
+            from tensorboard.util import tensor_util  # TF2-style files only; it loads TensorBoard's TF stub
+
             array = tensor_util.make_ndarray(value.tensor)
             if array.size == 1:
                 points.append((value.tag, event.step, float(array.reshape(())), event.wall_time))
@@ -671,4 +671,4 @@ def layout_summary(tags: LayoutSpec = DEFAULT_LAYOUT):
     Returns:
         A ``Summary`` for :meth:`runner.tbwriter.EventWriter.add_summary`.
     """
-    return custom_scalars(_layout_for_torch(tags))
+    return tbsummaries.custom_scalars(_layout_for_torch(tags))

@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 import runner.schema  # noqa: F401  (registers the schemas the YAML files extend)
-from runner import compose_cache, outcomes, preflight
+from runner import compose_cache, fastexit, outcomes, preflight
 from runner.errors import ConfigError, RunnerError, print_error
 from runner.cluster import check_slurm_reachable, join_ray_cluster
 from runner.extras import missing_extra
@@ -273,11 +273,27 @@ def _given(key: str, overrides: list[str]) -> str | None:
     return given[-1] if given else None
 
 
+def _mode_settable(args: Any) -> bool:
+    """Whether the composed config could set ``hydra.mode``: no file in ``conf/`` does
+    (``tests/test_startup.py`` composes every option to check), so only the user's own configs
+    (``--config-dir``, ``--config-path``, ``--config-name``), ``hydra.mode`` itself, the whole
+    ``hydra`` node, its search path or one of its groups' options (``hydra/launcher=...``) can.
+    A value such as ``hydra.run.dir=...`` cannot."""
+    if args.config_dir is not None or args.config_path is not None or args.config_name not in (None, "config"):
+        return True
+    keys = (o.split("=", 1)[0].strip().lstrip("+~") for o in args.overrides)
+    return any(key in ("hydra", "hydra.mode") or key.startswith(("hydra/", "hydra.searchpath")) for key in keys)
+
+
 def _mode_as_hydra_picks(app: Hydra, config_name: str, args: Any) -> tuple[RunMode, list[str]]:
     """Run or multirun, and the overrides Hydra composes with, as ``hydra._internal.utils._run_app``
     decides them (it adds ``hydra.mode=...`` where the config does not set it), so the
     composition checked here is the one Hydra runs (and :mod:`runner.compose_cache` can answer it)."""
-    detected = app.get_mode(config_name=config_name, overrides=args.overrides)
+    if _mode_settable(args):
+        detected = app.get_mode(config_name=config_name, overrides=args.overrides)
+    else:
+        detected = None  # what Hydra's detection (a whole composition) would find; kept for Hydra's own
+        compose_cache.known_mode(app, config_name, args.overrides, detected)
     overrides = list(args.overrides)
     if detected is None:
         mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
@@ -449,4 +465,4 @@ def main() -> None:
     code = run_cli(sys.argv[1:])
     if distributed.under_torchrun():
         distributed.exit_worker(code)
-    raise SystemExit(code)
+    fastexit.exit_now(code)

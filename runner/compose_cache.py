@@ -8,7 +8,10 @@ the first update. While :func:`recording`, each composition is kept (a copy, unt
 what the caller does with its own); while :func:`replaying`, a composition asked for with the
 same arguments, from the same config search path and working directory, is answered with a
 fresh copy of the kept one, and anything else (a sweep's jobs) is composed as usual. (A
-sweep's per-job compositions are kept by :mod:`runner.sweepcache`.)
+sweep's per-job compositions are kept by :mod:`runner.sweepcache`.) Hydra's mode detection
+is kept the same way, and where the CLI knows its answer without composing
+(:func:`known_mode`: nothing in ``conf/`` sets ``hydra.mode``), no composition is made for
+it at all: one composition per run instead of four.
 
 ``--help`` lists every group and its options: Hydra deep-copies its whole config repository
 (every YAML source and every schema in the ConfigStore) for each of about 97 listings, most
@@ -23,11 +26,14 @@ import os
 from typing import Any, Iterator
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.hydra import Hydra
 from hydra.core.object_type import ObjectType
 
 _compose = ConfigLoaderImpl.load_configuration
 _list = ConfigLoaderImpl.get_group_options
+_get_mode = Hydra.get_mode
 _kept: dict[tuple, Any] = {}
+_modes: dict[tuple, Any] = {}
 _repositories: dict[tuple, Any] = {}
 _mode: str | None = None  # "record", "replay", "list" or None (pass through)
 
@@ -59,6 +65,29 @@ def _load_configuration(self: ConfigLoaderImpl, *args: Any, **kwargs: Any) -> An
     return cfg
 
 
+def _mode_key(app: Hydra, config_name: str | None, overrides: list[str]) -> tuple:
+    path = tuple((p.provider, p.path) for p in app.config_loader.config_search_path.get_path())
+    return path, os.getcwd(), config_name, tuple(overrides)
+
+
+def _get_mode_kept(self: Hydra, config_name: str | None, overrides: list[str]) -> Any:
+    if _mode is None:
+        return _get_mode(self, config_name, overrides)
+    key = _mode_key(self, config_name, overrides)
+    if _mode == "replay" and key in _modes:
+        return _modes[key]
+    mode = _get_mode(self, config_name, overrides)
+    if _mode == "record":
+        _modes[key] = mode
+    return mode
+
+
+def known_mode(app: Hydra, config_name: str | None, overrides: list[str], mode: Any) -> None:
+    """Keep ``mode`` as the answer to Hydra's mode detection (a whole composition in multirun
+    mode) for this command line, where the caller knows it without composing."""
+    _modes[_mode_key(app, config_name, overrides)] = mode
+
+
 def _get_group_options(self: ConfigLoaderImpl, group_name: str, results_filter: Any = ObjectType.CONFIG,
                        config_name: str | None = None, overrides: list[str] | None = None) -> list[str]:
     if _mode != "list":
@@ -71,6 +100,7 @@ def _get_group_options(self: ConfigLoaderImpl, group_name: str, results_filter: 
 
 ConfigLoaderImpl.load_configuration = _load_configuration  # type: ignore[method-assign]
 ConfigLoaderImpl.get_group_options = _get_group_options  # type: ignore[method-assign]
+Hydra.get_mode = _get_mode_kept  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -105,3 +135,4 @@ def listing() -> Iterator[None]:
 
 def forget() -> None:
     _kept.clear()
+    _modes.clear()

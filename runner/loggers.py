@@ -8,17 +8,15 @@ fans one process's many fused runs out to many directories, only has to implemen
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-import struct
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from tensorboard.compat.proto import summary_pb2
-from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-from torch.utils.tensorboard import summary as tb_summary
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
+from runner import tbsummaries
 from runner.aggregate import layout_summary
 from runner.tbhparams import experiment_plugin_data, tb_value
 from runner.tbwriter import EventWriter
@@ -97,16 +95,16 @@ class TensorBoardLogger(MetricLogger):
         self._writer.add_scalars(name, steps, values, wall_times)
 
     def log_text(self, name: str, text: str) -> None:
-        self._writer.add_summary(tb_summary.text(name, text), step=0)
+        self._writer.add_summary(tbsummaries.text(name, text), step=0)
 
     def log_image(self, name: str, png: bytes, step: int) -> None:
-        self._writer.add_summary(image_summary(name, png), step=step)
+        self._writer.add_summary(tbsummaries.image(name, png), step=step)
 
     def log_hparams(self, hparams: Mapping[str, Any]) -> None:
         # The experiment (hyperparameters in display order, the curated metrics; the same in
         # every run of a sweep: see runner.tbhparams), then this session's start. A metric's
         # value is the last point of the run's own series with that tag.
-        self._write_hparams_plugin_data(metadata.EXPERIMENT_TAG, experiment_plugin_data(hparams, self.log_dir))
+        self._write_hparams_plugin_data(tbsummaries.EXPERIMENT_TAG, experiment_plugin_data(hparams, self.log_dir))
         start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
         for name, value in hparams.items():
             value = tb_value(value)
@@ -120,35 +118,20 @@ class TensorBoardLogger(MetricLogger):
                 start.hparams[name].number_value = float(value)
             else:
                 start.hparams[name].string_value = repr(value)
-        self._write_hparams_plugin_data(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))
+        self._write_hparams_plugin_data(tbsummaries.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))
 
     def log_status(self, status: str) -> None:
         end = plugin_data_pb2.SessionEndInfo(status=SESSION_STATUS[status], end_time_secs=time.time())
-        self._write_hparams_plugin_data(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))
+        self._write_hparams_plugin_data(tbsummaries.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))
 
     def _write_hparams_plugin_data(self, tag: str, data: plugin_data_pb2.HParamsPluginData) -> None:
-        data.version = metadata.PLUGIN_DATA_VERSION
-        self._writer.add_summary(hparams_pb(tag, data), step=0)
+        self._writer.add_summary(tbsummaries.hparams(tag, data), step=0)
 
     def flush(self) -> None:
         self._writer.flush()
 
     def close(self) -> None:
         self._writer.close()
-
-
-def image_summary(tag: str, png: bytes) -> summary_pb2.Summary:
-    """A summary holding one encoded PNG (TensorBoard's Images tab); the size is read from its header."""
-    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk follows the 8-byte signature
-    image = summary_pb2.Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
-    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)])
-
-
-def hparams_pb(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.Summary:
-    """A summary carrying HParams plugin data (what TensorBoard's TF-only helpers would build)."""
-    summary = summary_pb2.Summary()
-    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)
-    return summary
 
 
 class MemoryLogger(MetricLogger):

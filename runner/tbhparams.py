@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from runner import tags
+from runner import tags, tbsummaries
 from runner.boardview import MULTIRUN_FILE
 
 # (tag, column title): what a comparison reads, the loss first. No ``vs_*`` duplicates:
@@ -130,4 +130,4 @@ def experiment_plugin_data(hparams: Mapping[str, Any], log_dir: Path) -> plugin_
         _domain(info, value, values.get(name))
     for tag, title in METRICS:
         experiment.metric_infos.add(name=api_pb2.MetricName(tag=tag), display_name=title)
-    return plugin_data_pb2.HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
+    return plugin_data_pb2.HParamsPluginData(experiment=experiment, version=tbsummaries.HPARAMS_DATA_VERSION)

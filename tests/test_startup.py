@@ -38,23 +38,54 @@ def compositions(monkeypatch) -> list[tuple]:
     return made
 
 
-def test_a_single_run_composes_its_config_twice_not_four_times(compositions, tmp_path):
-    """Mode detection and the run's composition, once each: the checks before Hydra runs make
-    them, and Hydra's own two are answered from them."""
+def test_a_single_run_composes_its_config_once(compositions, tmp_path):
+    """The run's composition, once: the checks before Hydra runs make it, Hydra's own is answered
+    from it, and Hydra's mode detection (a composition in multirun mode) is answered without one,
+    since nothing in ``conf/`` sets ``hydra.mode`` (below)."""
     result = run_in_process([*RUN, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert [mode for _, mode in compositions] == ["MULTIRUN", "RUN"]
-    assert compositions[1][0][-1] == "hydra.mode=RUN"  # what Hydra itself adds, so the checked config is the run one
+    assert [mode for _, mode in compositions] == ["RUN"]
+    assert compositions[0][0][-1] == "hydra.mode=RUN"  # what Hydra itself adds, so the checked config is the run one
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"] == 4  # ceil(120 / 32), 1 epoch
 
 
-def test_a_sweep_composes_the_master_config_twice_and_each_job_once(compositions, tmp_path):
+def test_a_sweep_composes_the_master_config_once_and_each_job_once(compositions, tmp_path):
     result = run_in_process(["-m", *RUN, "batch_size=8,16", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert result.returncode == 0, result.stderr
     masters = [c for c in compositions if "batch_size=8,16" in c[0]]
     jobs = sorted(c[0] for c in compositions if "batch_size=8,16" not in c[0])
-    assert [mode for _, mode in masters] == ["MULTIRUN", "MULTIRUN"]
+    assert [mode for _, mode in masters] == ["MULTIRUN"] and masters[0][0][-1] == "hydra.mode=MULTIRUN"
     assert len(jobs) == 2 and any("batch_size=8" in j for j in jobs[0] + jobs[1])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["hydra.mode=MULTIRUN", "batch_size=8,16"],  # Hydra's own way to make a run a sweep without -m
+    ["hydra/launcher=basic"],  # a group of Hydra's config, whose options could set it
+])
+def test_where_the_command_line_can_set_the_mode_hydra_detects_it(compositions, tmp_path, overrides):
+    result = run_in_process([*RUN, *overrides, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert compositions[0][1] == "MULTIRUN" and "hydra.mode=" not in compositions[0][0][-1]  # the detection
+    swept = "hydra.mode=MULTIRUN" in overrides
+    assert (tmp_path / "sweep" / "multirun.yaml").exists() == swept
+    assert (tmp_path / "run" / "summary.json").exists() == (not swept)
+
+
+def test_no_config_in_conf_sets_hydras_mode():
+    """What lets a run skip Hydra's mode detection: only a ``_global_`` file could set
+    ``hydra.mode`` (the others are packaged in their group), and none does."""
+    from omegaconf import OmegaConf
+
+    from runner.cli import CONF_DIR
+
+    global_files = []
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        header = [line for line in path.read_text().splitlines() if line.startswith("# @package")]
+        assert header in ([], ["# @package _global_"]), (path, header)
+        if header:
+            global_files.append(path.relative_to(CONF_DIR).as_posix())
+            assert OmegaConf.select(OmegaConf.load(path), "hydra.mode") is None, path
+    assert "experiment/batch_scaling.yaml" in global_files and "regime/sgd.yaml" in global_files
 
 
 def test_a_kept_composition_is_a_copy_the_caller_may_change(tmp_path):
