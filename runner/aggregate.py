@@ -201,6 +201,8 @@ class Series:
 _U64 = struct.Struct("<Q")
 # Smallest and largest number of following headers probed at once for a run of equal lengths.
 _PROBE_MIN, _PROBE_MAX = 8, 1 << 16
+# Records of one length in a row, read one by one, before the rest of the run is probed at once.
+_STREAK = 8
 
 
 def _equal_length_run(arr: np.ndarray, start: int, length: int) -> int:
@@ -226,21 +228,39 @@ def _equal_length_run(arr: np.ndarray, start: int, length: int) -> int:
 
 
 def _record_bounds(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Start of each record's data and its length; a truncated last record is left out."""
+    """Start of each record's data and its length; a truncated last record is left out.
+
+    Record by record, until the same length has come ``_STREAK`` times in a row: from there
+    :func:`_equal_length_run` jumps over the whole run at once (a per-iteration series at
+    batch 1: thousands of records of one length). Short runs (an epoch's scalars, each tag
+    its own length) cost a header read each instead of a numpy probe each.
+    """
     arr = np.frombuffer(buf, dtype=np.uint8)
-    starts, lengths = [], []
+    singles: list[int] = []  # (start, length) pairs, flattened
+    runs: list[tuple[int, int, int]] = []  # (first start, length, count) of runs jumped over
     offset, total = 0, len(buf)
+    previous, streak = -1, 0
+    unpack = _U64.unpack_from
     while offset + 12 <= total:
-        (length,) = _U64.unpack_from(buf, offset)
+        (length,) = unpack(buf, offset)
         if offset + 16 + length > total:
             break  # a writer still appending; TensorBoard also waits for the rest
+        streak = streak + 1 if length == previous else 1
+        previous = length
+        if streak < _STREAK:
+            singles += (offset + 12, length)
+            offset += 16 + length
+            continue
         count = _equal_length_run(arr, offset, length)
-        starts.append(offset + 12 + (16 + length) * np.arange(count, dtype=np.int64))
-        lengths.append(np.full(count, length, dtype=np.int64))
+        runs.append((offset + 12, length, count))
         offset += (16 + length) * count
-    if not starts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(starts), np.concatenate(lengths)
+        streak = 0
+    pairs = np.asarray(singles, dtype=np.int64).reshape(-1, 2)
+    starts = [pairs[:, 0]] + [first + (16 + length) * np.arange(count, dtype=np.int64) for first, length, count in runs]
+    lengths = [pairs[:, 1]] + [np.full(count, length, dtype=np.int64) for _, length, count in runs]
+    starts_all, lengths_all = np.concatenate(starts), np.concatenate(lengths)
+    order = np.argsort(starts_all, kind="stable")  # runs were gathered apart from the singles
+    return starts_all[order], lengths_all[order]
 
 
 def _gather(arr: np.ndarray, positions: np.ndarray, width: int) -> np.ndarray:
@@ -322,11 +342,28 @@ def _slow_scalars(record: bytes) -> list[tuple[str, int, float, float]]:
     return points
 
 
+# The last file framed: a report asks whether a run's file is whole (unread_tail), then reads
+# it (read_scalar_series). Keyed by what changes when the file does.
+_last_framed: dict[tuple, tuple[bytes, np.ndarray, np.ndarray]] = {}
+
+
+def _framed(path: Path) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """An event file's bytes and its records' data starts and lengths."""
+    info = os.stat(path)
+    key = (os.path.abspath(path), info.st_ino, info.st_size, info.st_mtime_ns)
+    if key not in _last_framed:
+        buf = Path(path).read_bytes()
+        if len(buf) != info.st_size:  # written to between the stat and the read: not kept
+            return (buf, *_record_bounds(buf))
+        _last_framed.clear()
+        _last_framed[key] = (buf, *_record_bounds(buf))
+    return _last_framed[key]
+
+
 def _read_event_file(path: Path) -> dict[str, list[tuple[np.ndarray, ...]]]:
     """Scalar points of one event file as (record index, step, value, wall) array chunks per tag."""
-    buf = path.read_bytes()
+    buf, starts, lengths = _framed(path)
     arr = np.frombuffer(buf, dtype=np.uint8)
-    starts, lengths = _record_bounds(buf)
     chunks: dict[str, list[tuple[np.ndarray, ...]]] = {}
     if len(starts) == 0:
         return chunks
@@ -396,8 +433,7 @@ def unread_tail(path: Path) -> int:
     0 for a complete file; more for one cut short (a copy or a disk that ran out, a writer
     still appending) or whose framing breaks off (a damaged length header).
     """
-    buf = Path(path).read_bytes()
-    starts, lengths = _record_bounds(buf)
+    buf, starts, lengths = _framed(Path(path))
     # A record is its length (8 bytes), the length's CRC (4), the data, the data's CRC (4);
     # starts point at the data.
     end = int(starts[-1] + lengths[-1] + 4) if len(starts) else 0

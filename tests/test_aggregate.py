@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.tensorboard import SummaryWriter
 
 from runner.aggregate import (
+    _record_bounds,
     AGGREGATE_DIR,
     find_runs,
     read_scalar_series,
@@ -276,3 +279,34 @@ def test_reader_skips_a_half_written_last_record(tmp_path):
     (path,) = _event_files(tmp_path)
     path.write_bytes(path.read_bytes()[:-7])
     assert [s for s, _ in _as_lists(read_scalar_series(tmp_path))["a"]] == [0, 1, 2, 3]
+
+
+def _walk(buf: bytes) -> tuple[list[int], list[int]]:
+    """Every whole record's data start and length, one header at a time."""
+    starts, lengths, offset = [], [], 0
+    while offset + 12 <= len(buf):
+        length = int.from_bytes(buf[offset : offset + 8], "little")
+        if offset + 16 + length > len(buf):
+            break
+        starts.append(offset + 12)
+        lengths.append(length)
+        offset += 16 + length
+    return starts, lengths
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    runs=st.lists(st.tuples(st.integers(0, 40), st.integers(1, 60)), min_size=0, max_size=25),
+    cut=st.integers(0, 30),
+)
+def test_record_bounds_are_every_record_in_order(runs, cut):
+    """Runs of equal lengths of any size (jumped over once long) mixed with single records,
+    and a file cut anywhere in its last record: the same records a header-by-header walk finds."""
+    buf = b"".join(
+        (length).to_bytes(8, "little") + b"\x00" * 4 + bytes([i % 251]) * length + b"\x00" * 4
+        for i, (length, count) in enumerate(runs)
+        for _ in range(count)
+    )
+    buf = buf[: max(0, len(buf) - cut)]
+    starts, lengths = _record_bounds(buf)
+    assert (starts.tolist(), lengths.tolist()) == _walk(buf)
