@@ -24,7 +24,7 @@ $(RUNTIME): pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
 	# An editable install leaves runner/ uncompiled (pip compiles a regular one); where
-	# PYTHONDONTWRITEBYTECODE is set, every run would compile it again (about 0.3 s).
+	# PYTHONDONTWRITEBYTECODE is set, every run would compile it again (about 0.4 s).
 	$(BIN)/python -m compileall -q runner
 	touch $(RUNTIME)
 

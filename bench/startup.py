@@ -66,6 +66,7 @@ FLOOR_LABEL = "torch floor: import torch, one SGD step"
 # ratio is the runner's own work alone.
 FAST_FLOOR = FLOOR + "; import os; os._exit(0)"
 FAST_FLOOR_LABEL = "torch floor, ended by os._exit"
+FLOORS = {FLOOR_LABEL: FLOOR, FAST_FLOOR_LABEL: FAST_FLOOR}
 
 
 def command(overrides: list[str], run_dir: Path, importtime: bool = False) -> list[str]:
@@ -150,7 +151,7 @@ def main() -> None:
     if args.baseline:
         base = f"baseline {code_version(args.baseline.resolve())}"
         timed += [(f"{label} [{base}]", overrides, args.baseline.resolve()) for label, overrides in settings]
-    timed += [(FLOOR_LABEL, None, REPO), (FAST_FLOOR_LABEL, None, REPO)]
+    timed += [(label, None, REPO) for label in FLOORS]
     results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in timed}
     imports = {}
     with tempfile.TemporaryDirectory(prefix="bench_startup_") as tmp:
@@ -160,10 +161,7 @@ def main() -> None:
             shift = r % len(timed)
             for label, overrides, code in timed[shift:] + timed[:shift]:
                 n += 1
-                if overrides is None:
-                    sample = floor_run(FAST_FLOOR if label == FAST_FLOOR_LABEL else FLOOR)
-                else:
-                    sample = one_run(overrides, root, n, code)
+                sample = floor_run(FLOORS[label]) if overrides is None else one_run(overrides, root, n, code)
                 if r:
                     results[label].append(sample)
             print(f"  round {r}/{args.rounds}{' (warm-up)' if r == 0 else ''} done", file=sys.stderr, flush=True)

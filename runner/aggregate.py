@@ -236,8 +236,16 @@ def _record_bounds(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
     its own length) cost a header read each instead of a numpy probe each.
     """
     arr = np.frombuffer(buf, dtype=np.uint8)
-    singles: list[int] = []  # (start, length) pairs, flattened
-    runs: list[tuple[int, int, int]] = []  # (first start, length, count) of runs jumped over
+    starts: list[np.ndarray] = []  # in file order: single records gathered, then a run
+    lengths: list[np.ndarray] = []
+    singles: list[int] = []  # (start, length) pairs, flattened, since the last run
+
+    def gather_singles() -> None:
+        pairs = np.asarray(singles, dtype=np.int64).reshape(-1, 2)
+        starts.append(pairs[:, 0])
+        lengths.append(pairs[:, 1])
+        singles.clear()
+
     offset, total = 0, len(buf)
     previous, streak = -1, 0
     unpack = _U64.unpack_from
@@ -251,16 +259,14 @@ def _record_bounds(buf: bytes) -> tuple[np.ndarray, np.ndarray]:
             singles += (offset + 12, length)
             offset += 16 + length
             continue
+        gather_singles()
         count = _equal_length_run(arr, offset, length)
-        runs.append((offset + 12, length, count))
+        starts.append(offset + 12 + (16 + length) * np.arange(count, dtype=np.int64))
+        lengths.append(np.full(count, length, dtype=np.int64))
         offset += (16 + length) * count
         streak = 0
-    pairs = np.asarray(singles, dtype=np.int64).reshape(-1, 2)
-    starts = [pairs[:, 0]] + [first + (16 + length) * np.arange(count, dtype=np.int64) for first, length, count in runs]
-    lengths = [pairs[:, 1]] + [np.full(count, length, dtype=np.int64) for _, length, count in runs]
-    starts_all, lengths_all = np.concatenate(starts), np.concatenate(lengths)
-    order = np.argsort(starts_all, kind="stable")  # runs were gathered apart from the singles
-    return starts_all[order], lengths_all[order]
+    gather_singles()
+    return np.concatenate(starts), np.concatenate(lengths)
 
 
 def _gather(arr: np.ndarray, positions: np.ndarray, width: int) -> np.ndarray:

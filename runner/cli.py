@@ -275,7 +275,7 @@ def _given(key: str, overrides: list[str]) -> str | None:
 
 def _mode_settable(args: Any) -> bool:
     """Whether the composed config could set ``hydra.mode``: no file in ``conf/`` does
-    (``tests/test_startup.py`` composes every option to check), so only the user's own configs
+    (``tests/test_startup.py`` reads every ``_global_`` one, the only kind that could), so only the user's own configs
     (``--config-dir``, ``--config-path``, ``--config-name``), ``hydra.mode`` itself, the whole
     ``hydra`` node, its search path or one of its groups' options (``hydra/launcher=...``) can.
     A value such as ``hydra.run.dir=...`` cannot."""

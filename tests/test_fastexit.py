@@ -68,4 +68,6 @@ def test_a_run_ends_with_its_files_and_log_complete(tmp_path):
     assert summary["status"] == "done" and summary["epochs"] == 2
     log = next(run_dir.glob("*.log")).read_text()
     assert "epoch 2 " in log and log.endswith("\n")
-    assert result.stdout.rstrip().splitlines()[-1].strip()  # the closing lines reached the terminal
+    # The closing line reached the terminal: the report's path, last thing a run logs.
+    assert result.stdout.rstrip().splitlines()[-1].endswith(f"Report: {run_dir / 'report.md'}")
+    assert (run_dir / "report.md").read_text().startswith("#")
