@@ -29,7 +29,9 @@ busy neighbour on the machine hits them all alike; one untimed warm-up round fir
 ``--cli`` adds the whole command line's cost per epoch against the bare loop's epoch, target at
 most 1.10, two ways: the difference of fresh processes of 1 and 1 + k epochs divided by k, and,
 inside the long process, the median time from one epoch end to the next (read back from the
-run's event file; free of the start-up spread the difference carries).
+run's event file; free of the start-up spread the difference carries). ``--cli-also OVERRIDE``
+times a second command line with that override in the same rounds (e.g.
+``checkpoint_interval_s=0``: a checkpoint at every epoch end, as before it existed).
 
 ``--dissect`` adds a second table that walks from ``bare`` to ``runner_loop`` one change at
 a time, at batch sizes 1 and 32, to show where any overhead goes, plus "what-if" rows that
@@ -42,7 +44,7 @@ once and replayed); the DataLoader, SummaryWriter and Lightning variants are CPU
 
 Usage::
 
-    .venv/bin/python bench/loop_overhead.py [--quick] [--dissect] [--cli] [--device cuda] [--out FILE]
+    .venv/bin/python bench/loop_overhead.py [--quick] [--dissect] [--cli [--cli-also OVERRIDE]] [--device cuda] [--out FILE]
 """
 
 from __future__ import annotations
@@ -543,12 +545,12 @@ QUICK_CLI_EXTRA = {"1": 3, "32": 10}
 CLI_TARGET = 1.10
 
 
-def cli_seconds(batch: str, epochs: int, run_dir: Path) -> tuple[float, list[float]]:
-    """Wall time of ``python -m runner batch_size=<batch> epochs=<epochs>`` in a fresh process,
-    and the seconds between its consecutive epoch ends (see :func:`epoch_intervals`)."""
+def cli_seconds(batch: str, epochs: int, run_dir: Path, extra_args: tuple[str, ...] = ()) -> tuple[float, list[float]]:
+    """Wall time of ``python -m runner batch_size=<batch> epochs=<epochs> [extra_args]`` in a fresh
+    process, and the seconds between its consecutive epoch ends (see :func:`epoch_intervals`)."""
     cmd = [
         sys.executable, "-m", "runner", f"batch_size={batch}", f"epochs={epochs}", "progress=false", "device=cpu",
-        f"hydra.run.dir={run_dir}",
+        f"hydra.run.dir={run_dir}", *extra_args,
     ]
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -573,45 +575,53 @@ def epoch_intervals(run_dir: Path) -> list[float]:
     return list(np.diff(times[1:]))
 
 
-def measure_cli(batches: list[str], extra: dict[str, int], rounds: int, root: Path) -> dict[str, list[tuple[float, float, float]]]:
-    """Per batch size and round: (CLI seconds per extra epoch, bare loop seconds per epoch,
-    median seconds between epoch ends inside the long CLI run).
+def measure_cli(
+    batches: list[str], extra: dict[str, int], rounds: int, root: Path, also: tuple[str, ...] = ()
+) -> dict[tuple[str, str], list[tuple[float, float, float]]]:
+    """Per (batch size, command line) and round: (CLI seconds per extra epoch, bare loop seconds
+    per epoch, median seconds between epoch ends inside the long CLI run).
 
     The CLI's cost of one more epoch is (T(1 + k epochs) - T(1 epoch)) / k, both whole
     processes as a user runs them: start-up and the report cancel out; what remains per
     epoch is the loop plus the epoch-end evaluation, logging and checkpoint. The bare loop
-    runs the same k epochs in this process, in the same round.
+    runs the same k epochs in this process, in the same round. ``also``: overrides, each
+    timed as a second command line in the same rounds (e.g. ``checkpoint_interval_s=0``).
     """
-    out: dict[str, list[tuple[float, float]]] = {b: [] for b in batches}
+    lines = [("defaults", ())] + [(override, (override,)) for override in also]
+    out: dict[tuple[str, str], list[tuple[float, float, float]]] = {(b, label): [] for b in batches for label, _ in lines}
     for r in range(rounds + 1):  # round 0 warms the file cache
         for batch in batches:
             k = extra[batch]
-            short, _ = cli_seconds(batch, 1, root / "cli_short")
-            long, intervals = cli_seconds(batch, 1 + k, root / "cli_long")
+            timed = {}
+            for label, args in lines[r % len(lines):] + lines[: r % len(lines)]:
+                short, _ = cli_seconds(batch, 1, root / "cli_short", args)
+                long, intervals = cli_seconds(batch, 1 + k, root / "cli_long", args)
+                timed[label] = (long - short) / k, statistics.median(intervals)
             body = manual_loop(Setting(batch, k, root))
             t0 = time.perf_counter()
             body()
             bare_epoch = (time.perf_counter() - t0) / k
             if r:
-                out[batch].append(((long - short) / k, bare_epoch, statistics.median(intervals)))
+                for label, (per_epoch, inside) in timed.items():
+                    out[(batch, label)].append((per_epoch, bare_epoch, inside))
         print(f"  cli round {r}/{rounds}{' (warm-up)' if r == 0 else ''} done", file=sys.stderr, flush=True)
     return out
 
 
-def cli_table(results: dict[str, list[tuple[float, float, float]]], extra: dict[str, int]) -> list[str]:
+def cli_table(results: dict[tuple[str, str], list[tuple[float, float, float]]], extra: dict[str, int]) -> list[str]:
     lines = [
-        "| batch | epochs (short / long) | CLI ms per extra epoch, median (min–max) | bare ms per epoch, median | "
+        "| batch | command line | epochs (short / long) | CLI ms per extra epoch, median (min–max) | bare ms per epoch, median | "
         "ratio, median (min–max) | CLI ms from epoch end to epoch end, median (min–max) | its ratio to bare, median (min–max) |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
     ]
-    for batch, samples in results.items():
+    for (batch, label), samples in results.items():
         cli = [c * 1e3 for c, _, _ in samples]
         bare_ms = [b * 1e3 for _, b, _ in samples]
         ratios = [c / b for c, b, _ in samples]
         inside = [i * 1e3 for _, _, i in samples]
         inside_ratios = [i / b for _, b, i in samples]
         lines.append(
-            f"| {batch} | 1 / {1 + extra[batch]} | {statistics.median(cli):.1f} ({min(cli):.1f}–{max(cli):.1f}) | "
+            f"| {batch} | {label} | 1 / {1 + extra[batch]} | {statistics.median(cli):.1f} ({min(cli):.1f}–{max(cli):.1f}) | "
             f"{statistics.median(bare_ms):.1f} | {statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f}) | "
             f"{statistics.median(inside):.1f} ({min(inside):.1f}–{max(inside):.1f}) | "
             f"{statistics.median(inside_ratios):.3f} ({min(inside_ratios):.3f}–{max(inside_ratios):.3f}) |"
@@ -678,6 +688,10 @@ def main() -> None:
     parser.add_argument(
         "--cli", action="store_true", help="also time the whole command line per extra epoch, in fresh processes"
     )
+    parser.add_argument(
+        "--cli-also", action="append", default=[], metavar="OVERRIDE",
+        help="with --cli: also time the command line with this override, in the same rounds (repeatable)",
+    )
     parser.add_argument("--cli-rounds", type=int, help="rounds of the command-line timing (default 5, --quick 2)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the loops run (default cpu)")
     parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
@@ -732,7 +746,7 @@ def main() -> None:
         cli_rounds = args.cli_rounds or (2 if args.quick else 5)
         if args.cli and cli_batches:
             print("command line ...", file=sys.stderr, flush=True)
-            cli = measure_cli(cli_batches, cli_extra, cli_rounds, root)
+            cli = measure_cli(cli_batches, cli_extra, cli_rounds, root, tuple(args.cli_also))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     total = time.perf_counter() - started
@@ -809,10 +823,10 @@ def main() -> None:
         ]
     if cli is not None:
         verdict = "; ".join(
-            f"batch {b}: {median_ratio:.3f} by the difference of processes, {inside_ratio:.3f} epoch end to epoch end "
-            f"({'met' if inside_ratio <= CLI_TARGET else 'NOT met'})"
-            for b in cli
-            for median_ratio, inside_ratio in [(statistics.median(c / e for c, e, _ in cli[b]), statistics.median(i / e for _, e, i in cli[b]))]
+            f"batch {b}{'' if label == 'defaults' else f' ({label})'}: {median_ratio:.3f} by the difference of processes, "
+            f"{inside_ratio:.3f} epoch end to epoch end ({'met' if median_ratio <= CLI_TARGET else 'NOT met'})"
+            for (b, label) in cli
+            for median_ratio, inside_ratio in [(statistics.median(c / e for c, e, _ in cli[(b, label)]), statistics.median(i / e for _, e, i in cli[(b, label)]))]
         )
         out += [
             "",
@@ -821,8 +835,8 @@ def main() -> None:
             "`python -m runner batch_size=B epochs=E progress=false device=cpu` run as a user runs it, each in a fresh "
             "process, with 1 epoch and with 1 + k epochs; the cost of an extra epoch is the difference over k. It "
             "includes the loop, the epoch-end evaluation of the training and validation sets, the TensorBoard series "
-            "and the checkpoint of every epoch (serialised at the boundary, written and fsynced by a background "
-            "thread). The bare loop's epoch is timed in the same round, in this process. The last two columns time the "
+            "and the checkpoints (serialised at the boundary, written and fsynced by a background "
+            "thread; at epoch ends at least `checkpoint_interval_s` apart). The bare loop's epoch is timed in the same round, in this process. The last two columns time the "
             "same long runs from the inside: the median of the seconds between consecutive epoch ends, from the wall "
             "times each run's event file records for `loss/train_full` — one whole epoch of the command line without "
             "the spread of process start-up, which the difference of two process times carries (divided by k). "

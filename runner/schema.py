@@ -417,8 +417,12 @@ class RunConfig:
     log_every: int = 1
     # Batch size for the loss/accuracy evaluations at epoch end (memory only: results are exact).
     eval_batch_size: int = 8192
-    # Save a checkpoint every this many updates (0 = at each epoch end only).
+    # Save a checkpoint every this many updates (0 = at epoch ends only).
     checkpoint_every: int = 0
+    # Epoch-end checkpoints at least this many seconds apart (0 = at every epoch end): a kill
+    # loses at most this much training, and epochs shorter than it do not each pay for one.
+    # The last epoch, a stop signal and checkpoint_every's boundaries always save.
+    checkpoint_interval_s: float = 1.0
     # auto: continue an interrupted run found in output_dir (and keep a finished one);
     # must: fail if there is nothing to continue; never: refuse a directory with a result.
     resume: str = "auto"

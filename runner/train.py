@@ -244,7 +244,7 @@ def _scheduler_steps(cfg: DictConfig, plan: Plan, per_iteration: bool) -> int:
 
 
 # Overrides that say where or how a run goes, never what it computes: not hyperparameters.
-NOT_HPARAMS = frozenset({"output_dir", "progress", "resume", "device", "checkpoint_every", "eval_batch_size", "single_run_plots"})
+NOT_HPARAMS = frozenset({"output_dir", "progress", "resume", "device", "checkpoint_every", "checkpoint_interval_s", "eval_batch_size", "single_run_plots"})
 
 
 def _hparam_value(value: Any) -> Any:
@@ -384,7 +384,7 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     _write_atomic(path, lambda handle: handle.write((json.dumps(payload, indent=2) + "\n").encode()))
 
 
-RESUMABLE_KEYS = {"epochs", "budget_amount", "progress", "resume", "checkpoint_every", "device", "output_dir", "eval_batch_size", "single_run_plots"}
+RESUMABLE_KEYS = {"epochs", "budget_amount", "progress", "resume", "checkpoint_every", "checkpoint_interval_s", "device", "output_dir", "eval_batch_size", "single_run_plots"}
 
 
 def fit(run: Run, logger: MetricLogger, state: TrainState | None = None, save_checkpoint: Any = None) -> dict[str, Any]:

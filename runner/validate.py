@@ -168,7 +168,8 @@ def check_config(cfg: DictConfig) -> None:
     _number("early_stopping_min_delta", cfg.early_stopping_min_delta, 0, FLOAT32_MAX)
     if cfg.train_size is not None:
         _count("train_size", cfg.train_size, 1, "training samples to keep, or null for all")
-    _count("checkpoint_every", cfg.checkpoint_every, 0, "0 = at each epoch end only")
+    _count("checkpoint_every", cfg.checkpoint_every, 0, "0 = at epoch ends only")
+    _number("checkpoint_interval_s", cfg.checkpoint_interval_s, 0, 86400)
     _count("eval_batch_size", cfg.eval_batch_size, 1, "samples per evaluation chunk")
     if cfg.resume not in RESUME_MODES:
         raise ConfigError("resume", cfg.resume, f"one of {', '.join(RESUME_MODES)}")

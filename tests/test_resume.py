@@ -118,6 +118,39 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(reference, tmp_path):
     assert_same_run(out, reference)
 
 
+def _saved_state(out: Path, name: str) -> dict:
+    return torch.load(out / "checkpoints" / name, weights_only=True)["state"]
+
+
+def test_epoch_ends_inside_the_checkpoint_interval_skip_their_checkpoint(make_cfg, tmp_path):
+    # 5 epochs of 4 updates (iris, 120 samples, batch 32) well inside an hour: the only
+    # checkpoints are the one before the first update and the last epoch's.
+    out = tmp_path / "sparse"
+    summary = train(make_cfg("dataset=iris", "batch_size=32", "epochs=5", "checkpoint_interval_s=3600", output_dir=out))
+    assert summary["iterations"] == 20
+    assert (_saved_state(out, PREV)["epoch"], _saved_state(out, PREV)["iteration"]) == (1, 0)
+    assert (_saved_state(out, LAST)["epoch"], _saved_state(out, LAST)["iteration"]) == (6, 20)
+    # 0: every epoch end saves, so the previous checkpoint is epoch 4's end.
+    every = tmp_path / "every"
+    train(make_cfg("dataset=iris", "batch_size=32", "epochs=5", "checkpoint_interval_s=0", output_dir=every))
+    assert (_saved_state(every, PREV)["epoch"], _saved_state(every, PREV)["iteration"]) == (5, 16)
+    assert (_saved_state(every, LAST)["epoch"], _saved_state(every, LAST)["iteration"]) == (6, 20)
+
+
+@pytest.mark.slow  # a real process killed and resumed
+def test_a_kill_after_skipped_epoch_ends_resumes_exactly_from_the_older_checkpoint(reference, tmp_path):
+    out = tmp_path / "run"
+    # Checkpoints only before the first update and at the end; the process dies inside the
+    # second write, so the run resumes from iteration 0 with 480 updates already in its event file.
+    proc = cli(out, "checkpoint_every=0", "checkpoint_interval_s=3600", env={FAULT_ENV: "2"})
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert _saved_state(out, LAST)["iteration"] == 0
+    summary = finished(out, "checkpoint_every=0", "checkpoint_interval_s=3600")
+    assert summary["status"] == "done" and summary["iterations"] == TOTAL
+    assert_same_run(out, reference)
+
+
 def test_finished_run_is_kept_and_resume_never_refuses_it(make_cfg, tmp_path):
     out = tmp_path / "r"
     first = train(make_cfg("dataset=iris", output_dir=out))

@@ -124,7 +124,7 @@ def fusion_key(run: Run) -> tuple[Any, ...] | str:
     return (
         plain(cfg.dataset), cfg.val_fraction, len(run.train), len(run.val) if run.val is not None else 0,
         tuple(run.train.X.shape[1:]), tuple(run.train.Y.shape[1:]), plain(cfg.model), plain(cfg.loss), plain(cfg.scaling),
-        run.batch_size, cfg.drop_last, tuple(run.plan.iterations), cfg.checkpoint_every, str(run.device), optimizer,
+        run.batch_size, cfg.drop_last, tuple(run.plan.iterations), cfg.checkpoint_every, cfg.checkpoint_interval_s, str(run.device), optimizer,
     )
 
 

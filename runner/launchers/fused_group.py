@@ -28,6 +28,7 @@ import torch
 from runner import tags
 from runner.checkpoint import CheckpointWriter
 from runner.epochs import (
+    CheckpointClock,
     StopFlag,
     TrainState,
     _finish_epoch,
@@ -270,6 +271,7 @@ def train_group(members: Sequence[Member]) -> None:
 def _epochs(group: FusedGroup, ref: Run, device: torch.device, stop: StopFlag) -> None:
     """The loop of :func:`runner.epochs.run_epochs` over the group; members that end leave it."""
     start_epoch = group.members[0].state.epoch
+    clock = CheckpointClock(ref.cfg.checkpoint_interval_s)
     probe = target_probe(ref)  # the members share batch size and plan, so the grid too
     for epoch, n_iterations in enumerate(ref.plan.iterations, start=1):
         if epoch < start_epoch:
@@ -294,6 +296,7 @@ def _epochs(group: FusedGroup, ref: Run, device: torch.device, stop: StopFlag) -
                 break
             if lead.position < n_iterations:
                 _save_all(group)  # a boundary inside the epoch
+                clock.saved()
         group.epoch_data = None
         if stop.requested and lead.position < n_iterations:
             for member in group.members:
@@ -312,7 +315,9 @@ def _epochs(group: FusedGroup, ref: Run, device: torch.device, stop: StopFlag) -
         group.drop(stopped)
         if not group.members:
             return
-        _save_all(group)
+        if stop.requested or epoch == len(ref.plan.iterations) or clock.due():
+            _save_all(group)
+            clock.saved()
         if stop.requested:
             for member in group.members:
                 member.state.status = "interrupted"
