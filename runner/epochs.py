@@ -148,9 +148,11 @@ def _epoch_metrics(run: Any, train_epoch_loss: float | None) -> dict[str, float]
 
     ``train_epoch_loss`` is None at epoch 0, which has no batches to average.
     """
-    parts = {"train": evaluate(run.model, run.loss_fn, run.train, run.cfg.eval_batch_size)}
-    if run.val is not None:
-        parts["val"] = evaluate(run.model, run.loss_fn, run.val, run.cfg.eval_batch_size)
+    splits = {"train": run.train, **({"val": run.val} if run.val is not None else {})}
+    if run.joint_eval is not None:
+        parts = dict(zip(splits, run.joint_eval(run.model, run.loss_fn)))
+    else:
+        parts = {name: evaluate(run.model, run.loss_fn, split, run.cfg.eval_batch_size) for name, split in splits.items()}
     names, tensors = [], []
     for split, (loss, acc) in parts.items():
         names.append(tags.loss_tag(split))

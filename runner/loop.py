@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from runner import tags
-from runner.batches import EpochSource, Split
+from runner.batches import EpochSource, InMemorySplit, Split
 from runner.losses import Loss
 
 
@@ -258,3 +258,59 @@ def evaluate(model: nn.Module, loss_fn: Loss, split: Split, batch_size: int) -> 
     model.train()
     n = len(split)
     return loss_sum / n, (correct.double() / n if correct is not None else None)
+
+
+# Splits evaluated together when their copy is at most this large (the copy is made once per run).
+JOINT_EVAL_MAX_BYTES = 64 << 20
+
+
+@dataclass
+class JointEvaluation:
+    """The training and validation sets as one tensor, evaluated in one forward pass.
+
+    At an epoch end of a small data set the two forward passes cost mostly their fixed
+    overhead: on digits (1438 + 359 samples, MLP) one pass over both takes 1.1-1.2 ms where two take
+    1.7. Each split's mean is that of its own rows, as :func:`evaluate` computes it: bit for
+    bit where the kernels' row results do not depend on how many rows there are (matrix
+    products, as in the MLP and CNN), else within float32 rounding of each output (a
+    matrix-vector product, as in the linear model): as a different ``eval_batch_size`` gives.
+    Used when the splits are held in memory, fit in one evaluation chunk together and
+    their copy is small (:data:`JOINT_EVAL_MAX_BYTES`).
+    """
+
+    X: Tensor
+    Y: Tensor
+    labels: Tensor | None
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, splits: Sequence[Split], batch_size: int) -> "JointEvaluation | None":
+        """The splits joined, or None where one pass would not do (see the class)."""
+        if len(splits) < 2 or not all(isinstance(s, InMemorySplit) for s in splits):
+            return None
+        if sum(len(s) for s in splits) > batch_size or sum(s.X.nbytes + s.Y.nbytes for s in splits) > JOINT_EVAL_MAX_BYTES:
+            return None
+        if len({s.labels is None for s in splits}) > 1:
+            return None
+        labels = None if splits[0].labels is None else torch.cat([s.labels for s in splits])
+        return cls(torch.cat([s.X for s in splits]), torch.cat([s.Y for s in splits]), labels, tuple(len(s) for s in splits))
+
+    @property
+    def nbytes(self) -> int:
+        return self.X.nbytes + self.Y.nbytes + (self.labels.nbytes if self.labels is not None else 0)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, loss_fn: Loss) -> list[tuple[Tensor, Tensor | None]]:
+        """Each split's (mean loss, accuracy or None), as :func:`evaluate` returns them."""
+        model.eval()
+        outputs = model(self.X)
+        per_sample = loss_fn.per_sample(outputs, self.Y)
+        hits = None if self.labels is None else loss_fn.predict_classes(outputs) == self.labels
+        model.train()
+        results, start = [], 0
+        for n in self.sizes:
+            rows = slice(start, start + n)
+            start += n
+            loss = per_sample[rows].sum(dtype=torch.float64) / n
+            results.append((loss, hits[rows].sum().double() / n if hits is not None else None))
+        return results

@@ -38,6 +38,7 @@ from runner.errors import ConfigError, RunnerError
 from runner.batches import InMemorySplit, Split
 from runner.loop import (
     EpochScheduler,
+    JointEvaluation,
     FlatGradients,
     NoSchedulerStep,
     accumulating_train_step,
@@ -92,6 +93,7 @@ class Run:
     stop_flag: Callable[[], StopFlag] = StopFlag
     distributed: Any = None
     instruments: Instruments = field(default_factory=Instruments)  # gradient noise, trajectory (off by default)
+    joint_eval: JointEvaluation | None = None  # both splits in one forward pass at epoch ends
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -178,7 +180,10 @@ def build_run(cfg: DictConfig) -> Run:
     trunk = dense_trunk(model) if isinstance(train_split, InMemorySplit) else None
     if trunk is not None:
         train_split = replace(train_split, flat_batches=True)
+    val_split = _ready_split(cfg, val_part, loss_fn, device) if val_part is not None else None
+    joint_eval = None if bounded_memory or val_split is None else JointEvaluation.of([train_split, val_split], cfg.eval_batch_size)
     data_copy = 0 if bounded_memory or cfg.dataset.name == "memmap" else train_split.X.nbytes + train_split.Y.nbytes
+    data_copy += joint_eval.nbytes if joint_eval is not None else 0
     noise_rows = min(cfg.noise.micro_batch_size, len(train_part)) if cfg.noise.every > 0 else None
     memory_estimate = check_fits(model, train_part.feature_shape, device, batch_size, cfg.micro_batch_size, data_copy, noise_rows)
     instruments = make_instruments(cfg, model, loss_fn, optimizer, train_split, plan.total_iterations)
@@ -188,7 +193,7 @@ def build_run(cfg: DictConfig) -> Run:
         device=device,
         dataset=train_part,
         train=train_split,
-        val=_ready_split(cfg, val_part, loss_fn, device) if val_part is not None else None,
+        val=val_split,
         batch_size=batch_size,
         slices=slices,
         plan=plan,
@@ -207,6 +212,7 @@ def build_run(cfg: DictConfig) -> Run:
         bounded_memory=bounded_memory,
         memory_estimate=memory_estimate,
         instruments=instruments,
+        joint_eval=joint_eval,
     )
 
 

@@ -277,3 +277,42 @@ def test_early_stopping_keeps_the_best_epoch(make_cfg, tmp_path):
     val = dict(read_scalars(tmp_path / "r")["loss/val"])  # epoch -> loss, from epoch 0
     best = min(val, key=val.get)
     assert val[best] == pytest.approx(summary["best_loss"], rel=1e-6) and best == summary["best_epoch"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ("dataset=digits",),  # classification: losses and accuracies
+    ("dataset=diabetes", "loss=mse", "model=linear"),  # regression: losses only
+    ("dataset=digits", "model=cnn"),  # images through convolutions
+])
+def test_the_joint_evaluation_equals_evaluating_each_split(make_cfg, overrides):
+    from runner.epochs import _epoch_metrics
+    from runner.loop import evaluate
+
+    run = build_run(make_cfg(*overrides, "epochs=1"))
+    assert run.joint_eval is not None and run.joint_eval.sizes == (len(run.train), len(run.val))
+    fit(run, MemoryLogger())  # trained weights, not the initial ones
+    joint = run.joint_eval(run.model, run.loss_fn)
+    for (loss, acc), split in zip(joint, (run.train, run.val)):
+        want_loss, want_acc = evaluate(run.model, run.loss_fn, split, run.cfg.eval_batch_size)
+        # Bit for bit where the kernel's rows do not depend on how many there are (the MLP's
+        # and CNN's matrix products here); within float32 rounding of the outputs otherwise
+        # (the linear model's matrix-vector product on diabetes).
+        assert_close(loss, want_loss, rtol=1e-6, atol=0)
+        if overrides[0] == "dataset=digits":
+            assert torch.equal(loss, want_loss)
+        assert (acc is None) == (want_acc is None) and (acc is None or torch.equal(acc, want_acc))
+    metrics = _epoch_metrics(run, 0.5)
+    run.joint_eval = None
+    apart = _epoch_metrics(run, 0.5)
+    assert metrics.keys() == apart.keys()
+    assert_close(metrics, apart, rtol=1e-6, atol=1e-9)
+    assert run.model.training  # left in training mode, as evaluate leaves it
+
+
+@pytest.mark.parametrize("overrides", [
+    ("val_fraction=0",),  # one split: nothing to join
+    ("micro_batch_size=8",),  # memory bounded: no copy of the data
+    ("eval_batch_size=1000",),  # 1438 + 359 samples do not fit one evaluation chunk
+])
+def test_splits_are_evaluated_apart_where_joining_them_would_not_do(make_cfg, overrides):
+    assert build_run(make_cfg("dataset=digits", *overrides, "epochs=1")).joint_eval is None
