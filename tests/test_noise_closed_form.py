@@ -105,14 +105,20 @@ def test_a_partly_frozen_model_measures_its_trainable_parameters_only():
     assert_same_measurement(closed, func, mean_square_norm(func), rel=1e-12)
 
 
-def test_identical_samples_through_a_hidden_layer_have_zero_noise_exactly():
+def test_identical_samples_through_a_hidden_layer_have_zero_noise_to_float64_rounding():
+    """Chunks of 4, 4 and 3 samples. The shift by sample 0 leaves only the rounding of the
+    layer outputs: MKL's kernels (Intel CPUs) round a row of a 3-row product differently
+    from the same row of a 4-row one, so tr(Σ) is then ~1e-17 where OpenBLAS-like kernels
+    give exactly 0; either way far below the unshifted formula's cancellation."""
     torch.manual_seed(2)
     model = MLP((3,), 2, hidden=[4]).double()
     x = torch.randn(1, 3, dtype=torch.float64)
     split = InMemorySplit(X=x.repeat(11, 1), Y=torch.ones(11, 2, dtype=torch.float64), labels=None)
     measured = full_gradient(model, LOSSES["MeanSquaredError"](), split, 4, CLOSED_FORM)
-    assert measured.trace.item() == 0.0 and measured.b_simple.item() == 0.0
-    assert torch.linalg.vector_norm(measured.gradient) > 0
+    square_norm = measured.gradient.square().sum().item()
+    assert square_norm > 0.1
+    assert 0.0 <= measured.trace.item() <= 1e-15 * square_norm
+    assert 0.0 <= measured.b_simple.item() <= 1e-15
 
 
 # --------------------------------------------------------------------------- float32, the runner's models and data

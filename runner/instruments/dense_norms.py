@@ -165,8 +165,9 @@ def dense_full_gradient(layers: list[nn.Module], loss_fn: Loss, chunks: Iterator
             if first:
                 shift.append((d[:1], a[:1]))
             d0, a0 = shift[k]
-            # Every dot product by the same expression, so that equal rows give equal bits
-            # (|g_i − g_0|² = 0 exactly for a sample equal to sample 0).
+            # Every dot product by the same expression, so that equal rows of d and a give
+            # equal bits (|g_i − g_0|² = 0 exactly for a sample equal to sample 0; where the
+            # matrix kernels round a row by the chunk's size, MKL's do, it is then ~1e-17).
             dd, aa = (d * d).sum(1), (a * a).sum(1)  # |δ_i|², |a_i|²
             dd0, aa0 = (d * d0).sum(1), (a * a0).sum(1)  # δ_i·δ_0, a_i·a_0
             if first:
