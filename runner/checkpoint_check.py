@@ -1,7 +1,7 @@
 """A loaded checkpoint is input: accept only a state this runner could have written for this run.
 
 :func:`check_checkpoint` compares a payload, field by field, with what
-:func:`runner.train._checkpoint_payload` writes for the run being resumed: the model's,
+:func:`runner.attempts.checkpoint_payload` writes for the run being resumed: the model's,
 optimizer's and scheduler's state dicts and the random states have the structure, types
 and shapes of the run's own (every number finite); the training state (:class:`TrainState`)
 sits on the run's plan — epoch and position within it, the iteration and sample counts

@@ -44,7 +44,9 @@ from runner.launchers import distributed
 from runner.memory import OutOfMemory, release_device_memory
 from runner.rundir import DiskFull, RunDirRefused
 from runner.sweep import check_search_space
-from runner.train import Run, build_run, record_failure, train
+from runner.attempts import record_failure
+from runner.build import Run, build_run
+from runner.train import train
 from runner.validate import unknown_key_allowed
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ import pytest
 from runner.budget import Plan, make_plan
 from runner.errors import ConfigError
 from runner.loggers import MemoryLogger
-from runner.train import build_run, fit, scaled_lr
+from runner.build import build_run, scaled_lr
+from runner.train import fit
 
 LINREG_100 = ("dataset=linreg", "dataset.n=100", "model=linear", "loss=mse", "val_fraction=0")
 

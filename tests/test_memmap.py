@@ -19,7 +19,8 @@ from runner.loggers import MemoryLogger
 from runner.losses import CategoricalCrossentropy, Hinge, MeanSquaredError, SparseCategoricalCrossentropy
 from runner.loop import batch_slices, epoch_order, evaluate
 from runner.models import MLP
-from runner.train import _to_device, build_run, fit
+from runner.build import build_run, to_device
+from runner.train import fit
 
 CPU = torch.device("cpu")
 N = 103  # a prime: every batch and block size below leaves a partial last one
@@ -181,7 +182,7 @@ def splits_for(directory: Path, loss_fn, block_size: int, val_fraction: float = 
     """The in-memory and the memmap training splits of the same data, standardised alike."""
     train, _ = in_memory(directory, val_fraction, 0, features=True, target=True)
     mtrain, _ = memmapped(directory, val_fraction, 0, features=True, target=True)
-    return _to_device(train, loss_fn, CPU), memmap.MemmapSplit(mtrain, loss_fn, CPU, block_size)
+    return to_device(train, loss_fn, CPU), memmap.MemmapSplit(mtrain, loss_fn, CPU, block_size)
 
 
 def assert_same_tensors(expected: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...]) -> None:

@@ -14,7 +14,7 @@ import torch
 from runner.cudagraph import GraphedStep, check_cuda_graph, make_capturable
 from runner.errors import ConfigError
 from runner.loop import FlatGradients, dense_trunk, epoch_order, train_step
-from runner.train import _step_function, build_run
+from runner.build import build_run, step_function
 
 from conftest import REPO
 
@@ -137,5 +137,5 @@ def test_cuda_graph_chooses_the_graphed_step_around_the_plain_update(make_cfg):
     assert not isinstance(run.step, GraphedStep) and run.step.func is train_step
     grads = run.step.args[3]
     # The choice itself needs no GPU (capture happens at the first update, on the device).
-    graphed = _step_function(make_cfg("cuda_graph=true"), run.model, run.loss_fn, run.optimizer, grads, run.batch_size)
+    graphed = step_function(make_cfg("cuda_graph=true"), run.model, run.loss_fn, run.optimizer, grads, run.batch_size)
     assert isinstance(graphed, GraphedStep) and graphed.eager.func is train_step and graphed.batch_size == run.batch_size

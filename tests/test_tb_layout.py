@@ -32,7 +32,9 @@ from runner.tbhparams import tb_value
 from runner.aggregate import DEFAULT_LAYOUT
 from runner.schema import sweep_subdir
 from runner.sweep import split_sweep_keys
-from runner.train import build_run, hparams_of, train
+from runner.build import build_run
+from runner.describe import hparams_of
+from runner.train import train
 
 from conftest import CONF_DIR, assert_train_seconds_logged, compose_cfg, read_scalars, run_in_process
 

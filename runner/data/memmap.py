@@ -644,7 +644,7 @@ class MemmapSplit:
     def load(self, positions: np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
         """The samples at ``positions`` on the device: inputs, loss-ready targets, class labels or None.
 
-        The same tensors, value for value, as ``runner.train._to_device`` makes of the
+        The same tensors, value for value, as ``runner.build.to_device`` makes of the
         whole part, then indexes.
         """
         x, y = self.ds.read(positions)

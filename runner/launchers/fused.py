@@ -59,17 +59,9 @@ from runner import outcomes
 from runner.sweepcache import drop_validated, take_validated
 from runner.rundir import DiskFull, check_usable, exclusive, is_disk_full, keep_record, restore_record
 from runner.text import plural
-from runner.train import (
-    Run,
-    _hydra_job,
-    _prior_attempt,
-    _read_summary,
-    build_run,
-    describe_run,
-    hparams_of,
-    record_failure,
-    standardization_line,
-)
+from runner.attempts import prior_attempt, read_summary, record_failure
+from runner.build import Run, build_run
+from runner.describe import describe_run, hparams_of, hydra_job, standardization_line
 
 log = logging.getLogger(__name__)
 train_log = logging.getLogger("runner.train")
@@ -224,7 +216,7 @@ class FusedLauncher(Launcher):
             return f"{FAULT_ENV} injects a failure into it"  # the sweep tests' crash, as the task function raises it
         try:
             check_usable(job.out)
-            summary = _read_summary(job.out)
+            summary = read_summary(job.out)
         except RunnerError as err:
             return f"its run directory cannot be used as it is ({str(err).splitlines()[0]})"
         if summary is not None and summary.get("status") in ("done", "diverged"):
@@ -313,7 +305,7 @@ class FusedLauncher(Launcher):
                         self._open_job(job)
                         check_usable(job.out)
                         locks.enter_context(exclusive(job.out))
-                        kind, prior = _prior_attempt(job.run, job.out)
+                        kind, prior = prior_attempt(job.run, job.out)
                 except (RunnerError, OSError) as err:
                     locks.close()
                     with self._active(job):
@@ -375,7 +367,7 @@ class FusedLauncher(Launcher):
             train_log.info("Training %s", describe_run(run))
             train_log.info("%s", standardization_line(run))
             logger = TensorBoardLogger(job.out, resume_from=position)
-            hparams = hparams_of(run, *_hydra_job(job.out))
+            hparams = hparams_of(run, *hydra_job(job.out))
             fresh = state is None
             if fresh:
                 logger.log_text("config", "```yaml\n" + OmegaConf.to_yaml(run.cfg, resolve=True) + "```")

@@ -4,7 +4,7 @@ Each member is a complete single run — its own :class:`runner.train.Run` (mode
 optimizer and scheduler, order generator), :class:`TrainState`, TensorBoard logger and run
 directory — and everything but the updates and the evaluation goes through the single run's
 own functions: the epoch-level logging (:func:`runner.epochs._finish_epoch`), logging
-(``_log_iterations``), early stopping, checkpoints (:func:`runner.train._checkpoint_payload`,
+(``_log_iterations``), early stopping, checkpoints (:func:`runner.attempts.checkpoint_payload`,
 the single-run format), the summary. The updates are stacked (:mod:`runner.launchers.stacked`),
 and so is the epoch-0 and epoch-end evaluation: every member's training and validation loss
 (and accuracy) in one forward per chunk, one device→host transfer. So each member's files are those its
@@ -47,13 +47,9 @@ from runner.launchers.stacked_optim import StackedOptimizer
 from runner.loggers import TensorBoardLogger
 from runner.loop import EpochTrace, epoch_order
 from runner.scaling.grid import STOP_REASON, target_probe
-from runner.train import (
-    CHECKPOINT_DIR,
-    Run,
-    _checkpoint_payload,
-    _comparable_config,
-    write_results,
-)
+from runner.attempts import CHECKPOINT_DIR, checkpoint_payload, comparable_config
+from runner.build import Run
+from runner.train import write_results
 
 log = logging.getLogger("runner.epochs")  # the single run's log lines, under the same logger name
 train_log = logging.getLogger("runner.train")
@@ -77,13 +73,13 @@ class Member:
     def __post_init__(self) -> None:
         self.per_iteration = self.run.cfg.scheduler.interval == "iteration"
         self.checkpoints = CheckpointWriter(self.out / CHECKPOINT_DIR)
-        self.config = _comparable_config(self.run.cfg)
+        self.config = comparable_config(self.run.cfg)
 
     def save(self) -> None:
         """The member's checkpoint, serialised and written by its writer's thread: the payload is
         a snapshot, as nothing in it is written into later (:meth:`FusedGroup.sync` gives the
         module new tensors and the optimizer state new ones; the dicts holding them are copied here)."""
-        payload = _checkpoint_payload(self.run, self.state, self.logger.position(), self.config)
+        payload = checkpoint_payload(self.run, self.state, self.logger.position(), self.config)
         optimizer = payload["optimizer"]
         optimizer["state"] = {key: dict(value) for key, value in optimizer["state"].items()}
         payload["scheduler"] = copy.deepcopy(payload["scheduler"])
