@@ -28,7 +28,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from runner import tags
-from runner.aggregate import find_runs, read_scalar_series, read_summary
+from runner.aggregate import find_runs, read_summary
+from runner.eventfiles import read_scalar_series
 from runner.errors import RunnerError
 
 __all__ = ["RunFailed", "run", "sweep", "load"]

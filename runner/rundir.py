@@ -17,8 +17,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator

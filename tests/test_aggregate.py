@@ -14,15 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.tensorboard import SummaryWriter
 
-from runner.aggregate import (
-    _record_bounds,
-    AGGREGATE_DIR,
-    find_runs,
-    read_scalar_series,
-    seed_groups,
-    layout_summary,
-    write_seed_aggregates,
-)
+from runner.aggregate import AGGREGATE_DIR, find_runs, layout_summary, seed_groups, write_seed_aggregates
+from runner.eventfiles import _record_bounds, read_scalar_series
 from runner.tbwriter import EventWriter
 from runner.train import train
 

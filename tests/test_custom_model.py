@@ -16,7 +16,6 @@ import torch
 
 from runner.checkpoint import LAST
 from runner.cli import run_cli
-from runner.errors import ConfigError
 from runner.train import build_run, train
 
 from conftest import read_scalars

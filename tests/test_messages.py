@@ -22,7 +22,7 @@ import pytest
 from runner.text import plural, program_name
 from runner.train import train
 
-from conftest import REPO, compose_cfg
+from conftest import compose_cfg
 
 PYTHON = sys.executable
 # The console script installed next to this interpreter (pip install -e .[test]).

@@ -16,7 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner import report
-from runner.aggregate import Series, find_runs, natural_key, read_summary
+from runner.aggregate import find_runs, natural_key, read_summary
+from runner.eventfiles import Series
 from runner.report import PLOTS, Labels, write_report
 from runner.tbwriter import EventWriter
 from runner.train import train

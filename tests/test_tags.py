@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner import tags
-from runner.aggregate import event_files, read_scalar_series
+from runner.eventfiles import event_files, read_scalar_series
 from runner.epochs import TrainState
 from runner.report import write_report
 from runner.tbwriter import EventWriter

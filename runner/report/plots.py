@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from runner import tags
-from runner.aggregate import Series, align_series, is_positional
+from runner.aggregate import align_series, is_positional
+from runner.eventfiles import Series
 from runner.safefs import save_figure
 from runner.report.records import LOSS_GREW, Labels, RunRecord, compact_ints, problem_suffix
 

@@ -175,7 +175,7 @@ def _axis_caveats(findings: Findings) -> list[str]:
                 found.append(
                     f"**Equal time**: by {quantity(point.at, 's')}, when the quickest run ended, "
                     + _and([f"`{n}`" for n in late])
-                    + f" had not been evaluated after the start; to compare at equal time, give every run the same: "
+                    + " had not been evaluated after the start; to compare at equal time, give every run the same: "
                     "`budget=seconds budget_amount=<s>`."
                 )
     return found
