@@ -28,7 +28,7 @@ from runner.loggers import MetricLogger
 from runner.loop import EpochTrace, epoch_order, evaluate, train_one_epoch
 from runner.progress import make_progress
 from runner.scaling.grid import STOP_REASON, target_probe
-from runner.text import plural
+from runner.text import duration, plural
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def _finish_epoch(run: Any, logger: MetricLogger, state: TrainState, metrics: di
     _log_epoch(logger, state.metrics, state, state.epoch)
     run.epoch_scheduler.step(state.metrics)
     _track_best(run, state)
-    log.info("epoch %d  %s  (eval %.2fs)", state.epoch, "  ".join(f"{k}={v:.4g}" for k, v in state.metrics.items()), time.perf_counter() - started)
+    log.info("epoch %d  %s  (eval %s)", state.epoch, "  ".join(f"{k}={v:.4g}" for k, v in state.metrics.items()), duration(time.perf_counter() - started))
     state.epoch += 1
     state.position = 0
     state.order = None

@@ -18,6 +18,17 @@ def plural(count: float, noun: str, plural_noun: str | None = None) -> str:
     return f"{number} {noun if count == 1 else plural_noun or noun + 's'}"
 
 
+
+def duration(seconds: float) -> str:
+    """A wall time a reader takes in at a glance: ``1.2 ms`` below a second, ``3.40 s`` above
+    (an epoch-end evaluation of a small set takes a millisecond; ``0.00s`` says nothing)."""
+    ms = seconds * 1000
+    if ms < 10:
+        return f"{ms:.2g} ms"
+    if round(ms) < 1000:
+        return f"{ms:.0f} ms"
+    return f"{seconds:.2f} s"
+
 def program_name(argv0: str | None = None) -> str:
     """How the user started the program, for usage lines: ``hpr`` or ``python -m runner``.
 

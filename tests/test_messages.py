@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.text import plural, program_name
+from runner.text import duration, plural, program_name
 from runner.train import train
 
 from conftest import compose_cfg
@@ -51,6 +51,22 @@ def test_plural_irregular_form():
     assert plural(1, "batch", "batches") == "1 batch"
     assert plural(3, "batch", "batches") == "3 batches"
 
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(0.00123, "1.2 ms"), (0.0004, "0.4 ms"), (0.0099, "9.9 ms"), (0.01, "10 ms"), (0.3456, "346 ms"), (0.9994, "999 ms"), (0.9996, "1.00 s"), (1.0, "1.00 s"), (12.345, "12.35 s")],
+)
+def test_durations_read_in_milliseconds_below_a_second(seconds, expected):
+    assert duration(seconds) == expected
+
+
+def test_the_epoch_line_gives_the_evaluation_time_in_a_readable_unit(caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="runner.epochs")
+    train(compose_cfg(["dataset=iris", "epochs=2"], tmp_path / "run"))
+    epoch_lines = [r.getMessage() for r in caplog.records if r.name == "runner.epochs" and r.getMessage().startswith("epoch 1 ")]
+    assert len(epoch_lines) == 1
+    assert re.search(r"  \(eval \d+(\.\d+)? (ms|s)\)$", epoch_lines[0]), epoch_lines[0]
 
 def test_counts_of_one_are_singular_in_messages(tmp_path, caplog):
     """The helper is used where the program prints counts: a few that can be 1."""
