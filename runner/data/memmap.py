@@ -39,7 +39,7 @@ from torch import Tensor
 
 from runner import data as datasets
 from runner.batches import EpochSource
-from runner.data.files import _check_numeric, _first_bad_index
+from runner.data.files.checks import check_numeric, first_bad_index
 from runner.errors import ConfigError, DataError
 from runner.losses import Loss
 from runner.text import plural
@@ -272,13 +272,13 @@ def _open_npy(path: Path, name: str) -> np.ndarray:
     dtype = _npy_dtype(path)
     if dtype is not None:
         # Checked before mapping, whose own message for an object array is less helpful.
-        _check_numeric(path, name, np.empty(0, dtype=dtype))
+        check_numeric(path, name, np.empty(0, dtype=dtype))
     try:
         # allow_pickle=False: an object array would be unpickled, which can run code.
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(path, f"not a readable .npy array ({e}); write it with np.save") from e
-    _check_numeric(path, name, arr)
+    check_numeric(path, name, arr)
     return arr
 
 
@@ -304,7 +304,7 @@ class _BadValues:
     def add(self, mask: np.ndarray, row_offset: int) -> None:
         count = int(mask.sum())
         if count and self.first is None:
-            first = _first_bad_index(mask)
+            first = first_bad_index(mask)
             self.first = first + row_offset if isinstance(first, int) else (first[0] + row_offset, *first[1:])
         self.count += count
 
