@@ -271,9 +271,10 @@ class JointEvaluation:
     At an epoch end of a small data set the two forward passes cost mostly their fixed
     overhead: on digits (1438 + 359 samples, MLP) one pass over both takes 1.1-1.2 ms where two take
     1.7. Each split's mean is that of its own rows, as :func:`evaluate` computes it: bit for
-    bit where the kernels' row results do not depend on how many rows there are (matrix
-    products, as in the MLP and CNN), else within float32 rounding of each output (a
-    matrix-vector product, as in the linear model): as a different ``eval_batch_size`` gives.
+    bit where the kernels' row results do not depend on how many rows there are (the MLP and
+    CNN on digits, compared on an AMD EPYC; MKL on Intel CPUs can round a row by the product's
+    row count), else within float32 rounding of each output (a matrix-vector product, as in
+    the linear model): as a different ``eval_batch_size`` gives.
     Used when the splits are held in memory, fit in one evaluation chunk together and
     their copy is small (:data:`JOINT_EVAL_MAX_BYTES`).
     """
