@@ -24,7 +24,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.checkpoint import LAST, PREV
+from runner.checkpoint import LAST, PREV, CheckpointWriter
 from runner.checkpoint_check import ImpossibleCheckpoint, check_checkpoint
 from runner.errors import RunnerError
 from runner.train import build_run, train
@@ -41,8 +41,20 @@ MANY = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, suppre
 
 
 def interrupted(out: Path) -> None:
-    """A finished run made to look killed after its last checkpoint."""
-    train(compose_cfg(RUN, out))
+    """A finished run made to look killed after its last checkpoint.
+
+    Each checkpoint is written before training goes on, so ``prev.ckpt`` is always the
+    mid-epoch one before the end (the writer otherwise drops a checkpoint still queued when a
+    newer one arrives, as it may on a loaded machine)."""
+    submit = CheckpointWriter.submit
+
+    def submit_and_wait(self, payload, snapshot=False):
+        submit(self, payload, snapshot)
+        self.wait()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CheckpointWriter, "submit", submit_and_wait)
+        train(compose_cfg(RUN, out))
     for name in ("summary.json", "model.pt"):
         (out / name).unlink()
 

@@ -122,18 +122,36 @@ def _saved_state(out: Path, name: str) -> dict:
     return torch.load(out / "checkpoints" / name, weights_only=True)["state"]
 
 
-def test_epoch_ends_inside_the_checkpoint_interval_skip_their_checkpoint(make_cfg, tmp_path):
+def _submitted_positions(monkeypatch) -> list[tuple[int, int]]:
+    """(epoch, iteration) of every checkpoint the run hands its writer, in order. The files
+    alone cannot say: a checkpoint still queued when a newer one arrives is replaced by it."""
+    positions: list[tuple[int, int]] = []
+    submit = CheckpointWriter.submit
+
+    def record(self, payload, snapshot=False):
+        positions.append((payload["state"]["epoch"], payload["state"]["iteration"]))
+        return submit(self, payload, snapshot)
+
+    monkeypatch.setattr(CheckpointWriter, "submit", record)
+    return positions
+
+
+def test_epoch_ends_inside_the_checkpoint_interval_skip_their_checkpoint(make_cfg, tmp_path, monkeypatch):
     # 5 epochs of 4 updates (iris, 120 samples, batch 32) well inside an hour: the only
     # checkpoints are the one before the first update and the last epoch's.
+    submitted = _submitted_positions(monkeypatch)
     out = tmp_path / "sparse"
     summary = train(make_cfg("dataset=iris", "batch_size=32", "epochs=5", "checkpoint_interval_s=3600", output_dir=out))
     assert summary["iterations"] == 20
+    assert submitted == [(1, 0), (6, 20)]
     assert (_saved_state(out, PREV)["epoch"], _saved_state(out, PREV)["iteration"]) == (1, 0)
     assert (_saved_state(out, LAST)["epoch"], _saved_state(out, LAST)["iteration"]) == (6, 20)
-    # 0: every epoch end saves, so the previous checkpoint is epoch 4's end.
+    # 0: every epoch end saves. (On disk the previous file may be an older one than epoch 4's
+    # end: the writer drops a queued checkpoint for a newer one.)
+    submitted.clear()
     every = tmp_path / "every"
     train(make_cfg("dataset=iris", "batch_size=32", "epochs=5", "checkpoint_interval_s=0", output_dir=every))
-    assert (_saved_state(every, PREV)["epoch"], _saved_state(every, PREV)["iteration"]) == (5, 16)
+    assert submitted == [(1, 0), (2, 4), (3, 8), (4, 12), (5, 16), (6, 20)]
     assert (_saved_state(every, LAST)["epoch"], _saved_state(every, LAST)["iteration"]) == (6, 20)
 
 
