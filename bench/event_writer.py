@@ -1,4 +1,4 @@
-"""Cost per logged scalar point: torch's SummaryWriter against runner.tbwriter.EventWriter.
+"""Cost per logged scalar point: torch's SummaryWriter against runner.events.writer.EventWriter.
 
 Every variant writes the same points (one tag, steps 0..N-1, float64 values, wall
 time "now") to a fresh log directory. The variants run interleaved, in a rotating
@@ -35,7 +35,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from runner import tbwriter  # the project installed in .venv (make setup)
+from runner.events import encode, writer as event_writer  # the project installed in .venv (make setup)
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from torch.utils.tensorboard import SummaryWriter
@@ -59,7 +59,7 @@ def run_summary_writer(logdir: Path, steps: np.ndarray, values: np.ndarray) -> t
 
 
 def run_event_writer_scalar(logdir: Path, steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
-    writer = tbwriter.EventWriter(logdir)
+    writer = event_writer.EventWriter(logdir)
     steps_l, values_l = steps.tolist(), values.tolist()
     t0 = time.perf_counter()
     for step, value in zip(steps_l, values_l):
@@ -71,7 +71,7 @@ def run_event_writer_scalar(logdir: Path, steps: np.ndarray, values: np.ndarray)
 
 def event_writer_batches(batch: int) -> Run:
     def run(logdir: Path, steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
-        writer = tbwriter.EventWriter(logdir)
+        writer = event_writer.EventWriter(logdir)
         t0 = time.perf_counter()
         for begin in range(0, len(steps), batch):
             writer.add_scalars(TAG, steps[begin : begin + batch], values[begin : begin + batch])
@@ -89,7 +89,7 @@ def sync_scalar(logdir: Path, steps: np.ndarray, values: np.ndarray) -> tuple[fl
     with open(logdir / "events.out.tfevents.sync", "wb") as file:
         t0 = time.perf_counter()
         for step, value in zip(steps_l, values_l):
-            file.write(tbwriter.encode_scalar(TAG, step, value, time.time()))
+            file.write(encode.encode_scalar(TAG, step, value, time.time()))
         t1 = time.perf_counter()
     return t1 - t0, time.perf_counter() - t1
 
@@ -100,7 +100,7 @@ def sync_batches(batch: int) -> Run:
         with open(logdir / "events.out.tfevents.sync", "wb") as file:
             t0 = time.perf_counter()
             for begin in range(0, len(steps), batch):
-                file.write(tbwriter.encode_scalars(TAG, steps[begin : begin + batch], values[begin : begin + batch]))
+                file.write(encode.encode_scalars(TAG, steps[begin : begin + batch], values[begin : begin + batch]))
                 file.flush()
             t1 = time.perf_counter()
         return t1 - t0, time.perf_counter() - t1
@@ -119,24 +119,24 @@ def encode_protobuf(steps: np.ndarray, values: np.ndarray, batch: int) -> bytes:
             step=step,
             summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=TAG, simple_value=value)]),
         )
-        out.append(tbwriter.frame_record(event.SerializeToString()))
+        out.append(encode.frame_record(event.SerializeToString()))
     return b"".join(out)
 
 
 def encode_by_hand(steps: np.ndarray, values: np.ndarray, batch: int) -> bytes:
     wall = time.time()
-    return b"".join(tbwriter.encode_scalar(TAG, s, v, wall) for s, v in zip(steps.tolist(), values.tolist()))
+    return b"".join(encode.encode_scalar(TAG, s, v, wall) for s, v in zip(steps.tolist(), values.tolist()))
 
 
 def encode_numpy(steps: np.ndarray, values: np.ndarray, batch: int) -> bytes:
     return b"".join(
-        tbwriter.encode_scalars(TAG, steps[b : b + batch], values[b : b + batch]) for b in range(0, len(steps), batch)
+        encode.encode_scalars(TAG, steps[b : b + batch], values[b : b + batch]) for b in range(0, len(steps), batch)
     )
 
 
 def _one_batch_of_records(steps: np.ndarray, values: np.ndarray, batch: int) -> tuple[np.ndarray, int]:
     """A batch's records as rows, and the data length (steps with 3-byte varints, so one length)."""
-    blob = tbwriter.encode_scalars(TAG, 16384 + steps[:batch], values[:batch])
+    blob = encode.encode_scalars(TAG, 16384 + steps[:batch], values[:batch])
     (length,) = struct.unpack_from("<Q", blob)
     return np.frombuffer(blob, dtype=np.uint8).reshape(-1, length + 16).copy(), length
 
@@ -149,7 +149,7 @@ def crc_by_table(steps: np.ndarray, values: np.ndarray, batch: int) -> bytes:
     # The step varint and the float vary (the wall time is one constant per batch).
     columns = np.array([22, 23, 24, tail_start, tail_start + 1, tail_start + 2, tail_start + 3])
     distance = (row_len - 5) - columns
-    table = tbwriter._crc_contributions(int(distance.max()) + 1)
+    table = encode._crc_contributions(int(distance.max()) + 1)
     for _ in range(len(steps) // len(rows)):
         crc = np.bitwise_xor.reduce(table[distance[None, :], rows[:, columns]], axis=1) ^ np.uint32(12345)
         masked = ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)
@@ -233,9 +233,9 @@ def main() -> None:
                 log_us[name].append(log_s / points * 1e6)
                 close_ms[name].append(close_s * 1e3)
                 shutil.rmtree(logdir)
-            for name, encode in encoders.items():
+            for name, encode_all in encoders.items():
                 t0 = time.perf_counter()
-                encode(steps, values, batch)
+                encode_all(steps, values, batch)
                 encode_us[name].append((time.perf_counter() - t0) / points * 1e6)
             print(f"round {repeat + 1}/{args.repeats} done", file=sys.stderr)
     finally:

@@ -11,7 +11,7 @@ layout's margin charts, a band) per configuration instead of one line per seed.
 Every run's event file (and every aggregate's) starts with the same custom-scalars
 layout (:func:`layout_summary`); TensorBoard merges identical layouts into one.
 
-The members' event files are read by :mod:`runner.eventfiles`.
+The members' event files are read by :mod:`runner.events.read`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from runner import tags, tbsummaries
+from runner import tags
+from runner.events import summaries
 from runner.outcomes import LEDGER_DIR, not_results
-from runner.eventfiles import Series, event_files, read_scalar_series
-from runner.tbwriter import EventWriter
+from runner.events.read import Series, event_files, read_scalar_series
+from runner.events.writer import EventWriter
 from runner.safefs import open_inside
 
 __all__ = [
@@ -435,6 +436,6 @@ def layout_summary(tags: LayoutSpec = DEFAULT_LAYOUT):
             ``("Margin", [value_tag, lower_tag, upper_tag])``.
 
     Returns:
-        A ``Summary`` for :meth:`runner.tbwriter.EventWriter.add_summary`.
+        A ``Summary`` for :meth:`runner.events.writer.EventWriter.add_summary`.
     """
-    return tbsummaries.custom_scalars(_layout_for_torch(tags))
+    return summaries.custom_scalars(_layout_for_torch(tags))

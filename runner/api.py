@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from runner import tags
 from runner.aggregate import find_runs, read_summary
-from runner.eventfiles import read_scalar_series
+from runner.events.read import read_scalar_series
 from runner.errors import RunnerError
 
 __all__ = ["RunFailed", "run", "sweep", "load"]

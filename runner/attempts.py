@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.aggregate import SUMMARY_FILE
-from runner.eventfiles import event_files
+from runner.events.read import event_files
 from runner.build import Run
 from runner.checkpoint import load_checkpoint, restore_rng_state, rng_state
 from runner.checkpoint_check import check_checkpoint

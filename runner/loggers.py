@@ -16,10 +16,10 @@ from typing import Any, Mapping
 import numpy as np
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from runner import tbsummaries
+from runner.events import summaries
 from runner.aggregate import layout_summary
-from runner.tbhparams import experiment_plugin_data, tb_value
-from runner.tbwriter import EventWriter
+from runner.events.hparams import experiment_plugin_data, tb_value
+from runner.events.writer import EventWriter
 
 SESSION_STATUS = {
     "done": api_pb2.STATUS_SUCCESS,
@@ -95,16 +95,16 @@ class TensorBoardLogger(MetricLogger):
         self._writer.add_scalars(name, steps, values, wall_times)
 
     def log_text(self, name: str, text: str) -> None:
-        self._writer.add_summary(tbsummaries.text(name, text), step=0)
+        self._writer.add_summary(summaries.text(name, text), step=0)
 
     def log_image(self, name: str, png: bytes, step: int) -> None:
-        self._writer.add_summary(tbsummaries.image(name, png), step=step)
+        self._writer.add_summary(summaries.image(name, png), step=step)
 
     def log_hparams(self, hparams: Mapping[str, Any]) -> None:
         # The experiment (hyperparameters in display order, the curated metrics; the same in
-        # every run of a sweep: see runner.tbhparams), then this session's start. A metric's
+        # every run of a sweep: see runner.events.hparams), then this session's start. A metric's
         # value is the last point of the run's own series with that tag.
-        self._write_hparams_plugin_data(tbsummaries.EXPERIMENT_TAG, experiment_plugin_data(hparams, self.log_dir))
+        self._write_hparams_plugin_data(summaries.EXPERIMENT_TAG, experiment_plugin_data(hparams, self.log_dir))
         start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
         for name, value in hparams.items():
             value = tb_value(value)
@@ -118,14 +118,14 @@ class TensorBoardLogger(MetricLogger):
                 start.hparams[name].number_value = float(value)
             else:
                 start.hparams[name].string_value = repr(value)
-        self._write_hparams_plugin_data(tbsummaries.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))
+        self._write_hparams_plugin_data(summaries.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))
 
     def log_status(self, status: str) -> None:
         end = plugin_data_pb2.SessionEndInfo(status=SESSION_STATUS[status], end_time_secs=time.time())
-        self._write_hparams_plugin_data(tbsummaries.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))
+        self._write_hparams_plugin_data(summaries.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))
 
     def _write_hparams_plugin_data(self, tag: str, data: plugin_data_pb2.HParamsPluginData) -> None:
-        self._writer.add_summary(tbsummaries.hparams(tag, data), step=0)
+        self._writer.add_summary(summaries.hparams(tag, data), step=0)
 
     def flush(self) -> None:
         self._writer.flush()

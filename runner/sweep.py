@@ -29,7 +29,7 @@ def finish(root: Path, plots: bool = True) -> Path:
 
     Nothing else is written for TensorBoard: every run's own event file carries the
     custom-scalars layout, its HParams session and the sweep's HParams experiment
-    (:mod:`runner.tbhparams`). A batch-size scaling study also gets ``scaling.json``, its
+    (:mod:`runner.events.hparams`). A batch-size scaling study also gets ``scaling.json``, its
     figures and B_crit printed before the report, whose section reads them.
     """
     from runner.aggregate import write_seed_aggregates

@@ -15,8 +15,8 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.tensorboard import SummaryWriter
 
 from runner.aggregate import AGGREGATE_DIR, find_runs, layout_summary, seed_groups, write_seed_aggregates
-from runner.eventfiles import _record_bounds, read_scalar_series
-from runner.tbwriter import EventWriter
+from runner.events.read import _record_bounds, read_scalar_series
+from runner.events.writer import EventWriter
 from runner.train import train
 
 from conftest import compose_cfg, read_scalars

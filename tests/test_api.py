@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from runner import api
-from runner.eventfiles import read_scalar_series
+from runner.events.read import read_scalar_series
 
 from conftest import REPO
 from test_custom_model import write_package

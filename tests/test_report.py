@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 
 from runner import report
 from runner.aggregate import find_runs, natural_key, read_summary
-from runner.eventfiles import Series
+from runner.events.read import Series
 from runner.report import PLOTS, Labels, write_report
-from runner.tbwriter import EventWriter
+from runner.events.writer import EventWriter
 from runner.train import train
 
 from conftest import REPO, compose_cfg

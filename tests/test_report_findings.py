@@ -25,7 +25,7 @@ from runner.report.findings import find, write_json
 from runner.report.plots import PLOTS, draw, lines_of, palette
 from runner.report.records import Labels, configurations, load_records
 from runner.report.sentences import caveats, findings_text, summary_paragraph
-from runner.tbwriter import EventWriter
+from runner.events.writer import EventWriter
 
 from conftest import read_scalars
 

@@ -14,10 +14,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner import tags
-from runner.eventfiles import event_files, read_scalar_series
+from runner.events.read import event_files, read_scalar_series
 from runner.epochs import TrainState
 from runner.report import write_report
-from runner.tbwriter import EventWriter
+from runner.events.writer import EventWriter
 from runner.train import train
 
 from conftest import compose_cfg

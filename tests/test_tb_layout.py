@@ -28,7 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from runner.epochs import TRAIN_SECONDS_TAG
-from runner.tbhparams import tb_value
+from runner.events.hparams import tb_value
 from runner.aggregate import DEFAULT_LAYOUT
 from runner.schema import sweep_subdir
 from runner.sweep import split_sweep_keys

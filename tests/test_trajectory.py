@@ -232,7 +232,7 @@ def test_noise_report_marks_the_batch_sizes_against_the_measured_critical_batch_
 def test_critical_batch_size_compares_runs_at_equal_training_loss():
     """A run measured once at the initial weights (loss 2, B_simple 48) does not pin the
     estimate: runs are compared where their loss first reached the median lowest loss (0.5)."""
-    from runner.eventfiles import Series
+    from runner.events.read import Series
 
     class Record:
         def __init__(self, steps, b_simple, loss_steps, losses):

@@ -223,13 +223,13 @@ def shared_surface(found: Sequence[tuple[Any, Trajectory]]) -> Trajectory | None
 def _write_tensorboard_image(out_dir: Path, tag: str, png: bytes) -> None:
     """The combined figure as a TensorBoard image: a run named ``report`` in the report's folder,
     replaced (not appended to) whenever the report is written again."""
-    from runner import tbsummaries
-    from runner.tbwriter import EventWriter
+    from runner.events import summaries
+    from runner.events.writer import EventWriter
 
     for old in out_dir.glob("events.out.tfevents.*"):
         old.unlink()
     with EventWriter(out_dir) as writer:
-        writer.add_summary(tbsummaries.image(tag, png), step=0)
+        writer.add_summary(summaries.image(tag, png), step=0)
 
 
 def trajectory_section(out_dir: Path, configs: dict[str, list[Any]], labels: Any, loss_name: str = "") -> str:

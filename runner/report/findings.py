@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from runner import tags
-from runner.eventfiles import Series
+from runner.events.read import Series
 from runner.report.records import Labels, RunRecord
 from runner.safefs import open_inside
 from runner.seedstats import ALPHA, TOO_FEW, Comparison, Spread, compare, spread

@@ -16,7 +16,7 @@ import numpy as np
 
 from runner import tags
 from runner.aggregate import align_series, is_positional
-from runner.eventfiles import Series
+from runner.events.read import Series
 from runner.safefs import save_figure
 from runner.report.records import LOSS_GREW, Labels, RunRecord, compact_ints, problem_suffix
 

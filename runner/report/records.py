@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import yaml
 
 from runner.aggregate import find_runs, natural_key, read_summary, seed_groups, seed_of
-from runner.eventfiles import Series, event_files, read_scalar_series, unread_tail
+from runner.events.read import Series, event_files, read_scalar_series, unread_tail
 from runner.errors import RunnerError
 from runner.schema import split_items
 

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import OmegaConf
 
-from runner.eventfiles import read_scalar_series
+from runner.events.read import read_scalar_series
 from runner.scaling.grid import B_SIMPLE_TAG, TAG
 
 SCALING_JSON = "scaling.json"

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from tensorboard.compat.proto import event_pb2
 
 from runner import tags
-from runner.tbwriter import encode_scalar
+from runner.events.encode import encode_scalar
 
 __all__ = ["Series", "event_files", "read_scalar_series", "unread_tail"]
 
@@ -130,7 +130,7 @@ def _scalar_layout(arr: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
     """Locates step and tag bytes in records shaped like a plain scalar event.
 
     Such a record is ``0x09 wall(8) [0x10 varint step] <tag bytes> float(4)``, which
-    is what both ``runner.tbwriter`` and protobuf write for a ``simple_value``.
+    is what both ``runner.events.encode`` and protobuf write for a ``simple_value``.
 
     Returns:
         (candidate mask, steps, tag-part start, tag-part length), all per record.

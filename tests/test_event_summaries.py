@@ -10,13 +10,13 @@ import pytest
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard import summary as torch_summary
 
-from runner import tbsummaries
+from runner.events import summaries
 from runner.aggregate import DEFAULT_LAYOUT, _layout_for_torch, layout_summary
 
 
 def test_text_is_torchs_text_summary():
     for value in ("", "plain", "**markdown** — ünïcode ✓\nsecond line"):
-        assert tbsummaries.text("config", value).SerializeToString() == torch_summary.text("config", value).SerializeToString()
+        assert summaries.text("config", value).SerializeToString() == torch_summary.text("config", value).SerializeToString()
 
 
 @pytest.mark.parametrize("field", ["experiment", "session_start_info", "session_end_info"])
@@ -30,7 +30,7 @@ def test_hparams_is_the_hparams_plugins_summary(field):
     else:
         data.session_end_info.status = api_pb2.STATUS_SUCCESS
     want = metadata.create_summary_metadata(data)
-    got = tbsummaries.hparams("_hparams_/" + field, data)
+    got = summaries.hparams("_hparams_/" + field, data)
     [value] = got.value
     assert value.metadata.SerializeToString() == want.SerializeToString()
     assert value.tensor.SerializeToString() == metadata.NULL_TENSOR.SerializeToString()
@@ -38,9 +38,9 @@ def test_hparams_is_the_hparams_plugins_summary(field):
 
 
 def test_tags_and_version_are_the_hparams_plugins():
-    assert (tbsummaries.EXPERIMENT_TAG, tbsummaries.SESSION_START_INFO_TAG, tbsummaries.SESSION_END_INFO_TAG) == (
+    assert (summaries.EXPERIMENT_TAG, summaries.SESSION_START_INFO_TAG, summaries.SESSION_END_INFO_TAG) == (
         metadata.EXPERIMENT_TAG, metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG)
-    assert (tbsummaries.HPARAMS_PLUGIN, tbsummaries.HPARAMS_DATA_VERSION) == (metadata.PLUGIN_NAME, metadata.PLUGIN_DATA_VERSION)
+    assert (summaries.HPARAMS_PLUGIN, summaries.HPARAMS_DATA_VERSION) == (metadata.PLUGIN_NAME, metadata.PLUGIN_DATA_VERSION)
 
 
 def test_layout_is_torchs_custom_scalars():
@@ -49,7 +49,7 @@ def test_layout_is_torchs_custom_scalars():
 
 def test_image_reads_its_size_from_the_png_header():
     png = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (640).to_bytes(4, "big") + (480).to_bytes(4, "big") + b"\x08\x06\x00\x00\x00"
-    [value] = tbsummaries.image("report/figure", png).value
+    [value] = summaries.image("report/figure", png).value
     assert (value.tag, value.image.width, value.image.height, value.image.colorspace, value.image.encoded_image_string) == (
         "report/figure", 640, 480, 4, png)
 

@@ -4,7 +4,7 @@ data and the Custom Scalars layout.
 TensorBoard's and torch's summary helpers build the same messages, but importing them loads
 TensorBoard's TensorFlow stub (its file system layer, and boto3 where that is installed):
 0.2–0.4 s of every run's start, for four small messages. The messages here are byte for byte
-the helpers' own (``tests/test_tbsummaries.py`` compares them).
+the helpers' own (``tests/test_event_summaries.py`` compares them).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Behaviour of runner.tbwriter: what TensorBoard reads back, byte by byte where it matters."""
+"""Behaviour of runner.events (encode, writer): what TensorBoard reads back, byte by byte where it matters."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard import summary as torch_summary
 
-from runner import tbwriter
-from runner.tbwriter import EventWriteError, EventWriter, encode_scalar, encode_scalars
+from runner.events import writer as event_writer
+from runner.events.encode import encode_scalar, encode_scalars
+from runner.events.writer import EventWriteError, EventWriter
 
 REPO = Path(__file__).resolve().parents[1]
 WALL = 1_700_000_000.25
@@ -277,7 +278,7 @@ def test_flush_makes_points_visible_while_open(tmp_path: Path) -> None:
 
 def test_points_reach_the_file_without_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A live TensorBoard must see points during a long epoch without anyone calling flush().
-    monkeypatch.setattr(tbwriter, "_MAX_LATENCY_S", 0.05)
+    monkeypatch.setattr(event_writer, "_MAX_LATENCY_S", 0.05)
     with EventWriter(tmp_path) as writer:
         writer.add_scalar("loss", 1.0, 1)
         deadline = time.monotonic() + 5.0
@@ -320,7 +321,7 @@ def test_dropped_writer_is_finalised(tmp_path: Path) -> None:
 def test_unclosed_writer_is_flushed_at_exit_and_does_not_hang(tmp_path: Path) -> None:
     script = (
         "import numpy as np\n"
-        "from runner.tbwriter import EventWriter\n"
+        "from runner.events.writer import EventWriter\n"
         f"w = EventWriter({str(tmp_path)!r})\n"
         "w.add_scalars('loss', np.arange(5000), np.ones(5000))\n"
         "w.add_scalar('loss', 2.0, 5000)\n"

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from runner import tags, tbsummaries
+from runner import tags
+from runner.events import summaries
 from runner.boardview import MULTIRUN_FILE
 
 # (tag, column title): what a comparison reads, the loss first. No ``vs_*`` duplicates:
@@ -130,4 +131,4 @@ def experiment_plugin_data(hparams: Mapping[str, Any], log_dir: Path) -> plugin_
         _domain(info, value, values.get(name))
     for tag, title in METRICS:
         experiment.metric_infos.add(name=api_pb2.MetricName(tag=tag), display_name=title)
-    return plugin_data_pb2.HParamsPluginData(experiment=experiment, version=tbsummaries.HPARAMS_DATA_VERSION)
+    return plugin_data_pb2.HParamsPluginData(experiment=experiment, version=summaries.HPARAMS_DATA_VERSION)
