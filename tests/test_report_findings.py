@@ -120,8 +120,12 @@ def _shared_last(runs, tag: str) -> int | None:
 
 
 def _value_at(scalars, tag: str, at: float) -> float:
-    """The last point logged at or before ``at``."""
-    return [v for s, v in sorted(scalars[tag]) if s <= at][-1]
+    """The last point logged at or before ``at``. Steps can repeat (a full-batch epoch can take
+    under a millisecond, so two evaluations share a ``vs_time_ms`` step): the later one in the
+    file is the last, so the points are read in file order, never sorted by value."""
+    steps = [s for s, _ in scalars[tag]]
+    assert steps == sorted(steps), tag
+    return [v for s, v in scalars[tag] if s <= at][-1]
 
 
 def expected_findings(root: Path) -> dict:
