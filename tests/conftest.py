@@ -14,6 +14,15 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
+# pytest-xdist's workers share the machine's cores. With torch's default of one OpenMP thread
+# per core in each worker (and in every process a test starts), their threads spin against each
+# other at every parallel region: on 2 cores, the README's first sweep took 220 s in CI against
+# 11 s alone. Each worker gets its share of the cores instead (what torchrun does for its ranks);
+# an OMP_NUM_THREADS already set is kept. Set before the imports below: torch reads it as it loads.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _XDIST_WORKERS))
+
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
