@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
+import torch
 
 from runner import data as datasets
 from runner.build import Run
@@ -84,7 +85,7 @@ REGIME_WORDS = {"bgd": "batch gradient descent", "sgd": "stochastic gradient des
 
 
 def describe_run(run: Run) -> str:
-    """``digits (1438 train / 359 val samples) on cpu: mlp, sparse_categorical_crossentropy,
+    """``digits (1438 train / 359 val samples) on cpu (2 threads): mlp, sparse_categorical_crossentropy,
     SGD lr 0.1, mini-batch (batch size 32, 45 iterations per epoch), 20 epochs``.
 
     Every part is named for what it is (the regime as a regime, the optimizer by its
@@ -106,8 +107,11 @@ def describe_run(run: Run) -> str:
         else f"a budget of {plural(cfg.budget_amount, cfg.budget.removesuffix('s'))}"
     )
     model = cfg.model._target_.rsplit(".", 1)[-1].lower()
+    # On a CPU the thread count is worth a word: it sets the speed, and a full batch's sums
+    # round differently with another count (the last bit of the weights).
+    device = f"cpu ({plural(torch.get_num_threads(), 'thread')})" if run.device.type == "cpu" else str(run.device)
     return (
-        f"{cfg.dataset.name} ({len(run.train)} train / {val}) on {run.device}: {model}, {run.loss_fn.option}, "
+        f"{cfg.dataset.name} ({len(run.train)} train / {val}) on {device}: {model}, {run.loss_fn.option}, "
         f"{optimizer}, {REGIME_WORDS[run.regime]} ({batches}), {length}"
     )
 

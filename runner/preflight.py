@@ -37,6 +37,7 @@ LAUNCHERS = (
     # executor, Ray; the plugins' own classes too, for hydra/launcher=submitit_slurm or ray.
     "hydra_plugins.hpr_cluster_launchers.cluster_launchers.SlurmLauncher",
     "hydra_plugins.hpr_cluster_launchers.cluster_launchers.RayLauncher",
+    "hydra_plugins.hpr_cluster_launchers.cluster_launchers.LocalLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",

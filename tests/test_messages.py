@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from runner.text import duration, plural, program_name
 from runner.train import train
@@ -135,20 +136,30 @@ def _train_logged(caplog, tmp_path: Path, *overrides: str) -> tuple[dict, list[s
     return summary, [r.getMessage() for r in caplog.records if r.name == "runner.train"]
 
 
-def test_header_names_regime_optimizer_and_counts(caplog, tmp_path):
+@pytest.fixture
+def torch_threads():
+    """Sets torch's CPU thread count for one test; the worker's own count is restored after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_header_names_regime_optimizer_and_counts(caplog, tmp_path, torch_threads):
+    torch_threads(3)
     _, lines = _train_logged(caplog, tmp_path, "dataset=iris", "optimizer=adam", "regime=sgd", "epochs=1")
     assert lines[0] == (
-        "Training iris (120 train / 30 val samples) on cpu: mlp, sparse_categorical_crossentropy, Adam lr 0.001, "
+        "Training iris (120 train / 30 val samples) on cpu (3 threads): mlp, sparse_categorical_crossentropy, Adam lr 0.001, "
         "stochastic gradient descent (batch size 1, 120 iterations per epoch), 1 epoch"
     )
 
 
-def test_header_of_a_full_batch_run(caplog, tmp_path):
+def test_header_of_a_full_batch_run(caplog, tmp_path, torch_threads):
+    torch_threads(1)
     _, lines = _train_logged(
         caplog, tmp_path, "dataset=iris", "regime=bgd", "epochs=2", "val_fraction=0", "optimizer=momentum", "scheduler=cosine"
     )
     assert lines[0] == (
-        "Training iris (150 train / no validation) on cpu: mlp, sparse_categorical_crossentropy, "
+        "Training iris (150 train / no validation) on cpu (1 thread): mlp, sparse_categorical_crossentropy, "
         "SGD momentum 0.9 lr 0.1 (cosine schedule, stepped per epoch), "
         "batch gradient descent (batch size 150, 1 iteration per epoch), 2 epochs"
     )

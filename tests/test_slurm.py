@@ -94,7 +94,7 @@ def job_logs(sweep_dir: Path) -> dict[str, str]:
     "preset, target",
     [
         ("slurm", "hydra_plugins.hpr_cluster_launchers.cluster_launchers.SlurmLauncher"),
-        ("slurm_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+        ("slurm_local", "hydra_plugins.hpr_cluster_launchers.cluster_launchers.LocalLauncher"),
     ],
 )
 def test_each_slurm_preset_composes_to_its_launcher_and_passes_the_checks(preset, target):
@@ -117,7 +117,8 @@ def test_each_slurm_preset_composes_to_its_launcher_and_passes_the_checks(preset
 @pytest.mark.slow
 def test_a_sweep_through_submitits_local_executor_runs_each_job_in_its_own_process_and_reports_once(tmp_path):
     sweep = tmp_path / "sweep"
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    # Without OMP_NUM_THREADS (the tests' own share of the cores), as a user runs it.
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "OMP_NUM_THREADS")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "runner", "-m", "experiment=gd_compare", "dataset=wine", "epochs=2", "progress=false",
          "hydra/launcher=slurm_local", f"hydra.sweep.dir={sweep}"],
@@ -131,6 +132,9 @@ def test_a_sweep_through_submitits_local_executor_runs_each_job_in_its_own_proce
         assert summary["status"] == "done" and summary["iterations"] == 2 * wine_ipe[name.split("=")[1]]
     pids = {int(next((sweep / name).glob("events.out.tfevents.*")).name.split(".")[-2]) for name in runs}
     assert len(pids) == 5 and proc.pid not in pids  # five processes, none of them the launcher
+    # Side by side, each keeps to the preset's cpus_per_task: 1 torch thread, not one per core.
+    for name in runs:
+        assert "on cpu (1 thread): " in (sweep / name / "cli.log").read_text(), name
     assert out.count("Report: ") == 1 and "Sweep finished: 5 jobs: 5 done" in out
     assert "from 5 runs" in (sweep / "report.md").read_text()
 

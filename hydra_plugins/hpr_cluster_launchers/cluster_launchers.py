@@ -11,5 +11,9 @@ class SlurmLauncher(cluster.SlurmLauncher):
     """:class:`runner.cluster.SlurmLauncher`, under the name Hydra's plugin discovery accepts."""
 
 
+class LocalLauncher(cluster.LocalLauncher):
+    """:class:`runner.cluster.LocalLauncher`, under the name Hydra's plugin discovery accepts."""
+
+
 class RayLauncher(cluster.RayLauncher):
     """:class:`runner.cluster.RayLauncher`, under the name Hydra's plugin discovery accepts."""
