@@ -441,6 +441,10 @@ def test_the_launcher_names_a_killed_rank_but_not_one_the_agent_stopped():
                                    "the same command resumes the run from its last checkpoint", 1)
     stopped = {0: F(exitcode=1, timestamp=7, pid=10), 1: F(exitcode=-15, timestamp=7, pid=11)}
     assert failure_line(stopped) == (None, 1)
+    # The agent's SIGTERM of rank 0 recorded in the same second as rank 1's own failure: rank 1's
+    # status (it said why), not -15 (a shell would read 241).
+    stopped_lower = {0: F(exitcode=-15, timestamp=7, pid=10), 1: F(exitcode=1, timestamp=7, pid=11)}
+    assert failure_line(stopped_lower) == (None, 1)
     refused = {0: F(exitcode=2, timestamp=7, pid=10), 1: F(exitcode=-15, timestamp=8, pid=11)}
     assert failure_line(refused) == (None, 2)
     alone = {1: F(exitcode=-15, timestamp=7, pid=11), 0: F(exitcode=1, timestamp=8, pid=10)}

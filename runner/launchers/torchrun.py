@@ -42,7 +42,7 @@ def failure_line(failures: dict[int, Any]) -> tuple[str | None, int]:
     SIGTERM beside a rank that exited by itself: that is the agent stopping the rest."""
     first_second = min(f.timestamp for f in failures.values())
     first = {rank: f for rank, f in failures.items() if f.timestamp == first_second}
-    spoke = any(f.exitcode > 0 for f in first.values())
+    spoke = sorted(rank for rank, f in first.items() if f.exitcode > 0)
     killed = sorted(rank for rank, f in first.items() if f.exitcode < 0 and not (spoke and f.exitcode == -signal.SIGTERM))
     if killed:  # it could not say anything itself
         rank = killed[0]
@@ -50,7 +50,9 @@ def failure_line(failures: dict[int, Any]) -> tuple[str | None, int]:
             f"Error: torchrun rank {rank} (pid {first[rank].pid}) was killed by {_signal_name(-first[rank].exitcode)}; "
             f"the other ranks were stopped: {RESUME}"
         ), 1
-    return None, first[min(first)].exitcode or 1
+    # The status of a rank that said why (its line is on stderr), never the SIGTERM the agent
+    # sent a lower rank in the same second: that would exit 241.
+    return None, first[spoke[0]].exitcode if spoke else 1
 
 
 def _quiet_agent() -> None:
