@@ -232,7 +232,7 @@ class LocalLauncher(_SubmititLocalLauncher):
 
     torch would start one thread per core in every job, and the jobs' threads would busy-wait
     at each parallel region on cores the other jobs hold (the README's ``experiment=gd_compare``
-    on 2 cores: 22.0 s against 16.7 s with one thread per job, ``bench/side_by_side.py``). An
+    on 2 cores: 26.4 s, against 18.9 s with one thread per job, ``bench/side_by_side.py``). An
     ``OMP_NUM_THREADS`` the user set is kept; Ray and joblib limit their workers' threads
     themselves, and a Slurm job is confined to its allocated cores.
     """
