@@ -21,6 +21,7 @@ number order, ``step`` left out when it is 0 as proto3 does, negative steps as
 10-byte varints), with one exception: ``wall_time`` is always written, where
 protobuf would leave out an exact ``0.0``; both parse to the same ``Event``.
 """
+
 from __future__ import annotations
 
 import functools
